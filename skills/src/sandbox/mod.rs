@@ -1,0 +1,1 @@
+//! The external-systems sandbox (work in progress).

@@ -1,0 +1,1 @@
+//! Embedded PostgreSQL (work in progress).
