@@ -1,1 +1,65 @@
-//! placeholder
+//! # stepwise-engine
+//!
+//! A durable saga executor on PostgreSQL. It knows no hotel and no protocol: applications
+//! register [`Skill`]s (named, versioned, ordered [`Step`]s with optional compensations) and
+//! start sagas through the [`Engine`]; [`Worker`]s run them.
+//!
+//! ## Concepts
+//!
+//! - **Skill / step.** A step's action receives the saga input, the outputs of earlier steps,
+//!   its attempt number and a stable idempotency key (`{saga_id}/{step}`, or
+//!   `{saga_id}/{step}/compensate`) to hand to external systems. Its output is committed before
+//!   the next step starts. Steps run at least once; effects happen once through those keys.
+//! - **Errors** are classified where they happen ([`StepError::retryable`] or
+//!   [`StepError::permanent`]). A permanent error, or a retryable one that exhausted the step's
+//!   [`RetryPolicy`], starts compensation: the compensations of the succeeded steps run in
+//!   reverse order, each with its own durable retries. A compensation that cannot succeed leaves
+//!   the saga `failed` for an operator, with the whole story in its history.
+//! - **Durable retries.** The next attempt time is `now + RetryPolicy::delay_after(..)`, written
+//!   to the saga's `wake_at`; the worker lets go. No sleeping loop that a crash would forget.
+//! - **Leases and fencing.** Workers claim due sagas with `FOR UPDATE SKIP LOCKED`, taking a
+//!   lease (`wake_at` = expiry) and bumping `fencing_token`. Every write is conditioned on the
+//!   token, so a worker that lost its lease cannot overwrite the new owner. Expired leases are
+//!   reclaimed by any worker (`lease_expired` in the history). The worker that commits step k
+//!   starts step k+1 in the same commit and runs it while it holds the lease.
+//! - **Time** comes from a [`Clock`]; tests use [`ManualClock`].
+//!
+//! ## Tables (schema `stepwise`, see `migrations/`)
+//!
+//! - `sagas`: one row per saga: skill and version, status, input/output/error, `cursor` (the
+//!   forward step in progress), `wake_at` (when a worker must look: due time, or lease expiry
+//!   while held; NULL when terminal), `lease_owner`, `fencing_token`, `cancel_requested_at`,
+//!   `replay_of`. `(skill, idempotency_key)` is unique. Step commits only touch unindexed
+//!   columns so they are HOT updates.
+//! - `steps`: one row per step, created with the saga: status, attempts (over the saga's whole
+//!   life) and the base of the current round (operator retries get a fresh budget), output,
+//!   error, and the same for its compensation.
+//! - `events`: the append-only history (a trigger refuses updates): kind, step, attempt, actor,
+//!   time, detail.
+//!
+//! ## States
+//!
+//! See [`model`] for the state machine of sagas, steps and compensations.
+
+pub mod clock;
+pub mod engine;
+pub mod error;
+pub mod executor;
+pub mod model;
+pub mod registry;
+pub mod retry;
+pub mod skill;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use engine::{Engine, StartRequest};
+pub use error::{ErrorClass, StartError, StepError, StoreError};
+pub use executor::{JitterSource, Worker, WorkerConfig, WorkerError};
+pub use model::{
+    CompensationStatus, EventKind, EventView, SagaDetail, SagaFilter, SagaStatus, SagaSummary,
+    StepStatus, StepView,
+};
+pub use registry::{Registry, RegistryError};
+pub use retry::{Jitter, RetryPolicy};
+pub use skill::{InputError, Skill, SkillBuilder, SkillError, SkillInput, Step, StepContext};
+pub use store::{PgStore, StartOutcome};

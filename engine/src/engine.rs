@@ -1,0 +1,135 @@
+//! The entry point applications use: start, cancel, inspect and wait for sagas.
+
+use crate::clock::SharedClock;
+use crate::error::{StartError, StoreError};
+use crate::executor::{Worker, WorkerConfig};
+use crate::model::{SagaDetail, SagaFilter, SagaSummary};
+use crate::registry::Registry;
+use crate::store::{InsertConflict, NewSaga, PgStore, StartOutcome};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A request to start a saga.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub skill: String,
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+    /// Who asked: `role:subject` for MCP callers, the OS user for the CLI.
+    pub started_by: String,
+}
+
+/// The engine: a store, a registry and a clock. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    store: PgStore,
+    registry: Arc<Registry>,
+    clock: SharedClock,
+}
+
+impl Engine {
+    pub fn new(store: PgStore, registry: Arc<Registry>, clock: SharedClock) -> Self {
+        Self {
+            store,
+            registry,
+            clock,
+        }
+    }
+
+    pub fn store(&self) -> &PgStore {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    pub fn worker(&self, config: WorkerConfig) -> Worker {
+        Worker::new(
+            self.store.clone(),
+            self.registry.clone(),
+            self.clock.clone(),
+            config,
+        )
+    }
+
+    /// Validates the input and starts a saga on the skill's latest version, idempotently on
+    /// (skill, idempotency key).
+    pub async fn start(&self, request: StartRequest) -> Result<StartOutcome, StartError> {
+        let skill = self
+            .registry
+            .latest(&request.skill)
+            .ok_or_else(|| StartError::UnknownSkill(request.skill.clone()))?;
+        skill
+            .validate(&request.input)
+            .map_err(|e| StartError::InvalidInput {
+                skill: request.skill.clone(),
+                message: e.to_string(),
+            })?;
+        let step_names = skill.step_names_for(&request.input);
+        let new = NewSaga {
+            id: Uuid::now_v7(),
+            skill: skill.name().to_string(),
+            skill_version: skill.version() as i32,
+            input: request.input,
+            idempotency_key: request.idempotency_key.clone(),
+            started_by: request.started_by,
+            replay_of: None,
+            step_names,
+            reused_outputs: Vec::new(),
+            extra_events: Vec::new(),
+        };
+        match self.store.insert_saga(new, self.clock.now()).await? {
+            Ok(outcome) => Ok(outcome),
+            Err(InsertConflict::DifferentInput(existing)) => Err(StartError::IdempotencyConflict {
+                skill: request.skill,
+                key: request.idempotency_key.unwrap_or_default(),
+                existing,
+            }),
+        }
+    }
+
+    /// Asks a saga to stop; it is compensated after its running step. False if already over.
+    pub async fn cancel(
+        &self,
+        id: Uuid,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.store
+            .request_cancel(id, actor, reason, self.clock.now())
+            .await
+    }
+
+    pub async fn detail(&self, id: Uuid) -> Result<Option<SagaDetail>, StoreError> {
+        self.store.detail(id).await
+    }
+
+    pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaSummary>, StoreError> {
+        self.store.list(filter).await
+    }
+
+    /// Waits until the saga is terminal or `timeout` passes; returns its latest summary.
+    pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<SagaSummary, StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let summary = self
+                .store
+                .summary(id)
+                .await?
+                .ok_or(StoreError::NotFound(id))?;
+            if summary.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(summary);
+            }
+            tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Errors: the ones step actions report (classified where they happen) and the engine's own.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Whether trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Timeouts, 5xx, 429, connection loss: the next attempt may succeed.
+    Retryable,
+    /// Validation, business rules, a declined card: stop and compensate.
+    Permanent,
+}
+
+/// What a step action or compensation reports when it fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct StepError {
+    pub class: ErrorClass,
+    /// A stable, machine-readable code such as `card_declined` or `timeout`.
+    pub code: String,
+    pub message: String,
+    /// What the caller (often an agent relaying to a person) can do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+impl StepError {
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Retryable,
+            code: code.into(),
+            message: message.into(),
+            action: None,
+        }
+    }
+
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Permanent,
+            code: code.into(),
+            message: message.into(),
+            action: None,
+        }
+    }
+
+    pub fn with_action(mut self, action: impl Into<String>) -> Self {
+        self.action = Some(action.into());
+        self
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.class == ErrorClass::Retryable
+    }
+
+    /// The shape stored in `steps.error` and shown by `sagas show`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::json!({
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.is_retryable(),
+        });
+        if let (Some(action), Some(map)) = (&self.action, value.as_object_mut()) {
+            map.insert("action".into(), action.clone().into());
+        }
+        value
+    }
+}
+
+/// Why a saga could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("unknown skill `{0}`")]
+    UnknownSkill(String),
+    #[error("invalid input for `{skill}`: {message}")]
+    InvalidInput { skill: String, message: String },
+    #[error("idempotency key `{key}` was already used for skill `{skill}` with a different input (saga {existing})")]
+    IdempotencyConflict {
+        skill: String,
+        key: String,
+        existing: Uuid,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Failures of the PostgreSQL store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the lease on saga {saga_id} was lost (another worker owns it now)")]
+    LostLease { saga_id: Uuid },
+    #[error("saga {0} not found")]
+    NotFound(Uuid),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}

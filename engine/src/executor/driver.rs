@@ -1,0 +1,578 @@
+//! Drives one claimed saga as far as it can go while this worker holds the lease: forward
+//! steps, then compensations in reverse order if needed, until the saga is terminal, must wait
+//! for a retry time, or the lease is lost.
+
+use crate::clock::SharedClock;
+use crate::error::{StepError, StoreError};
+use crate::model::{CompensationStatus, EventKind, SagaStatus, StepStatus};
+use crate::registry::Registry;
+use crate::skill::{BoxFuture, Skill, StepContext};
+use crate::store::{
+    ClaimedSaga, Lease, NewEvent, PgStore, StepChange, StepState, Transition, WakeChange,
+};
+use futures::FutureExt;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// How long a worker waits before looking again at a saga whose skill version it lacks.
+const UNKNOWN_SKILL_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub(crate) struct Driver {
+    pub store: PgStore,
+    pub registry: Arc<Registry>,
+    pub clock: SharedClock,
+    pub lease_duration: Duration,
+    pub jitter: super::JitterSource,
+    pub shutdown: CancellationToken,
+}
+
+/// The result of one attempt of an action or compensation.
+enum Attempt {
+    Done(Result<Value, StepError>),
+    LeaseLost,
+}
+
+/// In-memory mirror of a claimed saga; authoritative while the lease is held because every
+/// change is committed under the fencing token first.
+struct Run {
+    skill: Arc<Skill>,
+    lease: Lease,
+    status: SagaStatus,
+    input: Arc<Value>,
+    cursor: usize,
+    cancel_requested: bool,
+    steps: Vec<StepState>,
+    /// Whether the step at `cursor` already has its current attempt recorded as started.
+    begun: bool,
+}
+
+impl Run {
+    /// What the action (or compensation) at `position` sees for this attempt.
+    fn context(&self, position: usize, attempt: i32, compensation: bool) -> StepContext {
+        let step = self.skill.steps()[position].name_arc();
+        let saga_id = self.lease.saga_id;
+        let idempotency_key = if compensation {
+            format!("{saga_id}/{step}/compensate")
+        } else {
+            format!("{saga_id}/{step}")
+        };
+        StepContext {
+            saga_id,
+            skill: Arc::from(self.skill.name()),
+            step,
+            position,
+            attempt: attempt.max(1) as u32,
+            idempotency_key,
+            input: self.input.clone(),
+            outputs: Arc::new(outputs_of(&self.steps)),
+        }
+    }
+}
+
+impl Driver {
+    pub async fn drive(&self, claimed: ClaimedSaga) {
+        let span = info_span!(
+            "saga",
+            saga_id = %claimed.lease.saga_id,
+            skill = %claimed.skill,
+            version = claimed.skill_version,
+        );
+        async move {
+            if let Err(error) = self.drive_inner(claimed).await {
+                match error {
+                    StoreError::LostLease { .. } => {
+                        info!("lease lost; another worker owns the saga now")
+                    }
+                    other => warn!(error = %other, "saga paused by a store error; its lease will expire and it will be resumed"),
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn drive_inner(&self, claimed: ClaimedSaga) -> Result<(), StoreError> {
+        let version = u32::try_from(claimed.skill_version).unwrap_or(0);
+        let Some(skill) = self.registry.get(&claimed.skill, version) else {
+            warn!("this worker does not have the saga's skill version; leaving it for another worker");
+            let mut t = Transition::new();
+            t.wake = WakeChange::Set(self.clock.now() + chrono_duration(UNKNOWN_SKILL_BACKOFF));
+            t.release_lease = true;
+            self.store
+                .commit(&claimed.lease, self.clock.now(), &t)
+                .await?;
+            return Ok(());
+        };
+        if let Some(previous) = &claimed.expired_owner {
+            info!(previous_owner = %previous, "took over a saga whose lease expired");
+        }
+        let mut run = Run {
+            skill,
+            lease: claimed.lease,
+            status: claimed.status,
+            input: Arc::new(claimed.input),
+            cursor: usize::try_from(claimed.cursor).unwrap_or(0),
+            cancel_requested: claimed.cancel_requested,
+            steps: claimed.steps,
+            begun: false,
+        };
+        if run.steps.is_empty() || run.steps.len() > run.skill.steps().len() {
+            return Err(StoreError::Corrupt(format!(
+                "saga has {} steps but skill version has {}",
+                run.steps.len(),
+                run.skill.steps().len()
+            )));
+        }
+        loop {
+            if self.shutdown.is_cancelled() {
+                debug!("shutting down: releasing the saga");
+                return self.store.release(&run.lease, self.clock.now()).await;
+            }
+            let more = match run.status {
+                SagaStatus::Pending | SagaStatus::Running => self.forward(&mut run).await?,
+                SagaStatus::Compensating => self.compensate(&mut run).await?,
+                SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed => false,
+            };
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs the step at the cursor. Returns whether to keep driving.
+    async fn forward(&self, run: &mut Run) -> Result<bool, StoreError> {
+        if run.cancel_requested {
+            let error = json!({"code": "cancelled", "message": "the saga was cancelled on request"});
+            let t = self.compensation_transition(run, Transition::new(), error);
+            self.commit(run, &t).await?;
+            return Ok(true);
+        }
+        let position = run.cursor;
+        if position >= run.steps.len() {
+            // Every step is done (a fork that reused them all): finish.
+            let mut t = Transition::new();
+            self.complete_into(run, &mut t);
+            self.commit(run, &t).await?;
+            return Ok(false);
+        }
+        let skill = run.skill.clone();
+        let step = &skill.steps()[position];
+        let policy = skill.action_policy(step, &run.input);
+
+        if !run.begun {
+            let state = &run.steps[position];
+            if state.status == StepStatus::Running
+                && !policy.allows_another(
+                    (state.attempts - state.attempts_round_base).max(0) as u32,
+                )
+            {
+                // The last allowed attempt was cut short (its worker died): give up.
+                let error = StepError::retryable(
+                    "attempt_interrupted",
+                    "the worker running the last allowed attempt stopped",
+                );
+                return self.fail_forward(run, error, true).await;
+            }
+            let attempt = state.attempts + 1;
+            let mut t = Transition::new();
+            t.status = Some(SagaStatus::Running);
+            t.steps.push(StepChange::Begin {
+                position: position as i32,
+            });
+            t.events
+                .push(NewEvent::step(EventKind::StepStarted, step.name(), attempt));
+            self.commit(run, &t).await?;
+            let state = &mut run.steps[position];
+            state.attempts = attempt;
+            state.status = StepStatus::Running;
+            run.status = SagaStatus::Running;
+            run.begun = true;
+        }
+
+        let state = &run.steps[position];
+        let attempt = state.attempts;
+        let ctx = run.context(position, attempt, false);
+        let span = info_span!("step", step = %step.name(), attempt);
+        let outcome = self
+            .attempt(&mut run.lease, step.run(ctx), step.timeout_duration())
+            .instrument(span)
+            .await;
+        let result = match outcome {
+            Attempt::Done(result) => result,
+            Attempt::LeaseLost => return Err(StoreError::LostLease { saga_id: run.lease.saga_id }),
+        };
+        match result {
+            Ok(output) => {
+                debug!(step = %step.name(), attempt, "step succeeded");
+                run.steps[position].output = Some(output.clone());
+                run.steps[position].status = StepStatus::Succeeded;
+                let mut t = Transition::new();
+                t.cursor = Some(position as i32 + 1);
+                t.steps.push(StepChange::Succeeded {
+                    position: position as i32,
+                    output,
+                });
+                t.events
+                    .push(NewEvent::step(EventKind::StepSucceeded, step.name(), attempt));
+                run.cursor = position + 1;
+                run.begun = false;
+                if run.cursor == run.steps.len() {
+                    self.complete_into(run, &mut t);
+                    self.commit(run, &t).await?;
+                    return Ok(false);
+                }
+                let next = &run.steps[run.cursor];
+                let next_attempt = next.attempts + 1;
+                t.then_begin = Some((
+                    run.cursor as i32,
+                    NewEvent::step(EventKind::StepStarted, &next.name, next_attempt),
+                ));
+                self.renew_lease_if_due(run, &mut t);
+                let committed = self.commit(run, &t).await?;
+                if committed.began_next {
+                    let next = &mut run.steps[run.cursor];
+                    next.attempts = next_attempt;
+                    next.status = StepStatus::Running;
+                    run.begun = true;
+                }
+                run.cancel_requested = committed.cancel_requested;
+                Ok(true)
+            }
+            Err(error) => {
+                let state = &run.steps[position];
+                let in_round = (state.attempts - state.attempts_round_base).max(0) as u32;
+                let last = !error.is_retryable() || !policy.allows_another(in_round);
+                if last {
+                    return self.fail_forward(run, error, false).await;
+                }
+                let delay = policy.delay_after(in_round, self.jitter.sample());
+                let retry_at = self.clock.now() + chrono_duration(delay);
+                info!(step = %step.name(), attempt, error = %error, delay_ms = delay.as_millis() as u64, "step failed; retry scheduled");
+                let mut t = Transition::new();
+                t.status = Some(SagaStatus::Pending);
+                t.wake = WakeChange::Set(retry_at);
+                t.release_lease = true;
+                t.steps.push(StepChange::Failed {
+                    position: position as i32,
+                    error: error.to_json(),
+                    last: false,
+                });
+                t.events.push(
+                    NewEvent::step(EventKind::StepFailed, step.name(), attempt)
+                        .with_detail(error.to_json()),
+                );
+                t.events.push(
+                    NewEvent::step(EventKind::RetryScheduled, step.name(), attempt).with_detail(
+                        json!({"at": retry_at, "delay_ms": delay.as_millis() as u64}),
+                    ),
+                );
+                self.commit(run, &t).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The step at the cursor failed for good: record it and start compensating.
+    async fn fail_forward(
+        &self,
+        run: &mut Run,
+        error: StepError,
+        interrupted: bool,
+    ) -> Result<bool, StoreError> {
+        let position = run.cursor;
+        let state = &run.steps[position];
+        let name = state.name.clone();
+        warn!(step = %name, attempt = state.attempts, error = %error, "step failed for good; compensating");
+        let mut t = Transition::new();
+        t.steps.push(StepChange::Failed {
+            position: position as i32,
+            error: error.to_json(),
+            last: true,
+        });
+        let mut detail = error.to_json();
+        if interrupted {
+            detail["interrupted"] = Value::Bool(true);
+        }
+        t.events.push(
+            NewEvent::step(EventKind::StepFailed, &name, state.attempts.max(1)).with_detail(detail),
+        );
+        run.steps[position].status = StepStatus::Failed;
+        let mut saga_error = json!({"code": error.code, "message": error.message, "step": name});
+        if let Some(action) = &error.action {
+            saga_error["action"] = Value::String(action.clone());
+        }
+        let t = self.compensation_transition(run, t, saga_error);
+        self.commit(run, &t).await?;
+        Ok(true)
+    }
+
+    /// Adds to `t` what turns the saga toward compensation: every succeeded step with a
+    /// compensation is marked pending; with nothing to undo the saga ends `compensated` at once.
+    fn compensation_transition(&self, run: &mut Run, mut t: Transition, error: Value) -> Transition {
+        let skill = run.skill.clone();
+        let positions: Vec<i32> = run
+            .steps
+            .iter()
+            .filter(|s| {
+                s.status == StepStatus::Succeeded
+                    && s.compensation_status == CompensationStatus::NotNeeded
+                    && skill.steps()[s.position as usize].is_compensable()
+            })
+            .map(|s| s.position)
+            .collect();
+        for s in run.steps.iter_mut() {
+            if positions.contains(&s.position) {
+                s.compensation_status = CompensationStatus::Pending;
+            }
+        }
+        t.error = Some(error);
+        t.steps.push(StepChange::CompensationPending { positions });
+        t.status = Some(SagaStatus::Compensating);
+        run.status = SagaStatus::Compensating;
+        run.begun = false;
+        t
+    }
+
+    /// Undoes the highest succeeded step still to compensate. Returns whether to keep driving.
+    async fn compensate(&self, run: &mut Run) -> Result<bool, StoreError> {
+        let next = run.steps.iter().rposition(|s| {
+            matches!(
+                s.compensation_status,
+                CompensationStatus::Pending | CompensationStatus::Running
+            )
+        });
+        let Some(position) = next else {
+            let mut t = Transition::new();
+            t.status = Some(SagaStatus::Compensated);
+            t.wake = WakeChange::Clear;
+            t.release_lease = true;
+            t.steps.push(StepChange::SkipUnreached);
+            t.events.push(NewEvent::saga(EventKind::SagaCompensated));
+            self.commit(run, &t).await?;
+            run.status = SagaStatus::Compensated;
+            info!("saga compensated");
+            return Ok(false);
+        };
+        let skill = run.skill.clone();
+        let step = &skill.steps()[position];
+        let policy = skill.compensation_policy(step, &run.input);
+        let state = &run.steps[position];
+        let in_round = (state.compensation_attempts - state.compensation_round_base).max(0) as u32;
+        if state.compensation_status == CompensationStatus::Running && !policy.allows_another(in_round)
+        {
+            let error = StepError::retryable(
+                "attempt_interrupted",
+                "the worker running the last allowed compensation attempt stopped",
+            );
+            return self.fail_compensation(run, position, error).await;
+        }
+        let attempt = state.compensation_attempts + 1;
+        let mut t = Transition::new();
+        t.steps.push(StepChange::CompensationBegin {
+            position: position as i32,
+        });
+        t.events.push(NewEvent::step(
+            EventKind::CompensationStarted,
+            step.name(),
+            attempt,
+        ));
+        self.renew_lease_if_due(run, &mut t);
+        self.commit(run, &t).await?;
+        let state = &mut run.steps[position];
+        state.compensation_attempts = attempt;
+        state.compensation_status = CompensationStatus::Running;
+        let output = state.output.clone().unwrap_or(Value::Null);
+
+        let ctx = run.context(position, attempt, true);
+        let Some(fut) = step.run_compensation(ctx, output) else {
+            return Err(StoreError::Corrupt(format!(
+                "step `{}` is marked for compensation but has none",
+                step.name()
+            )));
+        };
+        let span = info_span!("compensation", step = %step.name(), attempt);
+        let outcome = self
+            .attempt(&mut run.lease, fut, step.timeout_duration())
+            .instrument(span)
+            .await;
+        let result = match outcome {
+            Attempt::Done(result) => result,
+            Attempt::LeaseLost => return Err(StoreError::LostLease { saga_id: run.lease.saga_id }),
+        };
+        match result {
+            Ok(output) => {
+                let mut t = Transition::new();
+                t.steps.push(StepChange::CompensationSucceeded {
+                    position: position as i32,
+                    output,
+                });
+                t.events.push(NewEvent::step(
+                    EventKind::CompensationSucceeded,
+                    step.name(),
+                    attempt,
+                ));
+                self.commit(run, &t).await?;
+                run.steps[position].compensation_status = CompensationStatus::Compensated;
+                Ok(true)
+            }
+            Err(error) => {
+                let in_round = (attempt - run.steps[position].compensation_round_base).max(0) as u32;
+                if error.is_retryable() && policy.allows_another(in_round) {
+                    let delay = policy.delay_after(in_round, self.jitter.sample());
+                    let retry_at = self.clock.now() + chrono_duration(delay);
+                    info!(step = %step.name(), attempt, error = %error, "compensation failed; retry scheduled");
+                    let mut t = Transition::new();
+                    t.wake = WakeChange::Set(retry_at);
+                    t.release_lease = true;
+                    t.steps.push(StepChange::CompensationFailed {
+                        position: position as i32,
+                        error: error.to_json(),
+                        last: false,
+                    });
+                    t.events.push(
+                        NewEvent::step(EventKind::CompensationFailed, step.name(), attempt)
+                            .with_detail(error.to_json()),
+                    );
+                    t.events.push(
+                        NewEvent::step(EventKind::RetryScheduled, step.name(), attempt)
+                            .with_detail(json!({"at": retry_at, "delay_ms": delay.as_millis() as u64, "compensation": true})),
+                    );
+                    self.commit(run, &t).await?;
+                    run.steps[position].compensation_status = CompensationStatus::Pending;
+                    Ok(false)
+                } else {
+                    self.fail_compensation(run, position, error).await
+                }
+            }
+        }
+    }
+
+    /// A compensation cannot succeed: the saga is `failed` and waits for an operator.
+    async fn fail_compensation(
+        &self,
+        run: &mut Run,
+        position: usize,
+        error: StepError,
+    ) -> Result<bool, StoreError> {
+        let state = &run.steps[position];
+        let name = state.name.clone();
+        warn!(step = %name, attempt = state.compensation_attempts, error = %error, "compensation exhausted; saga failed, operator needed");
+        let mut t = Transition::new();
+        t.status = Some(SagaStatus::Failed);
+        t.wake = WakeChange::Clear;
+        t.release_lease = true;
+        t.error = Some(json!({
+            "code": "compensation_failed",
+            "message": format!("could not undo step `{name}`: {}", error.message),
+            "step": name,
+            "cause": error.to_json(),
+        }));
+        t.steps.push(StepChange::CompensationFailed {
+            position: position as i32,
+            error: error.to_json(),
+            last: true,
+        });
+        t.steps.push(StepChange::SkipUnreached);
+        t.events.push(
+            NewEvent::step(
+                EventKind::CompensationFailed,
+                &name,
+                state.compensation_attempts.max(1),
+            )
+            .with_detail(error.to_json()),
+        );
+        t.events.push(NewEvent::saga(EventKind::SagaFailed));
+        self.commit(run, &t).await?;
+        run.status = SagaStatus::Failed;
+        run.steps[position].compensation_status = CompensationStatus::Failed;
+        Ok(false)
+    }
+
+    fn complete_into(&self, run: &mut Run, t: &mut Transition) {
+        let output = run.skill.finish(&run.input, &outputs_of(&run.steps));
+        t.status = Some(SagaStatus::Completed);
+        t.wake = WakeChange::Clear;
+        t.release_lease = true;
+        t.output = Some(output);
+        t.events.push(NewEvent::saga(EventKind::SagaCompleted));
+        run.status = SagaStatus::Completed;
+        info!("saga completed");
+    }
+
+    /// Renews the lease in this commit when less than half of it is left. Skipping renewal on
+    /// most commits keeps the hot-path update from touching the indexed `wake_at` (HOT updates).
+    fn renew_lease_if_due(&self, run: &Run, t: &mut Transition) {
+        let now = self.clock.now();
+        let half = chrono_duration(self.lease_duration / 2);
+        if run.lease.expires_at - now < half {
+            t.wake = WakeChange::Set(now + chrono_duration(self.lease_duration));
+        }
+    }
+
+    async fn commit(
+        &self,
+        run: &mut Run,
+        t: &Transition,
+    ) -> Result<crate::store::Committed, StoreError> {
+        let committed = self.store.commit(&run.lease, self.clock.now(), t).await?;
+        if let (WakeChange::Set(at), false) = (t.wake, t.release_lease) {
+            run.lease.expires_at = at;
+        }
+        Ok(committed)
+    }
+
+    /// Runs one attempt with its timeout, renewing the lease while it runs. A panic in the
+    /// action is a permanent failure, not a crashed worker.
+    async fn attempt(
+        &self,
+        lease: &mut Lease,
+        fut: BoxFuture<Result<Value, StepError>>,
+        timeout: Duration,
+    ) -> Attempt {
+        let guarded = tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind());
+        tokio::pin!(guarded);
+        let beat = (self.lease_duration / 3).max(Duration::from_millis(10));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+        loop {
+            tokio::select! {
+                result = &mut guarded => {
+                    return Attempt::Done(match result {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_panic)) => Err(StepError::permanent("panicked", "the step's code panicked")),
+                        Err(_elapsed) => Err(StepError::retryable(
+                            "timeout",
+                            format!("the attempt took longer than {} ms", timeout.as_millis()),
+                        )),
+                    });
+                }
+                _ = heartbeat.tick() => {
+                    let until = self.clock.now() + chrono_duration(self.lease_duration);
+                    match self.store.heartbeat(lease, until).await {
+                        Ok(()) => lease.expires_at = until,
+                        Err(StoreError::LostLease { .. }) => return Attempt::LeaseLost,
+                        Err(error) => warn!(error = %error, "heartbeat failed; will try again"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Outputs of the steps that succeeded, by name.
+fn outputs_of(steps: &[StepState]) -> BTreeMap<String, Value> {
+    steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Succeeded)
+        .filter_map(|s| s.output.clone().map(|o| (s.name.clone(), o)))
+        .collect()
+}
+
+pub(crate) fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

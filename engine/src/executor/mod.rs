@@ -1,0 +1,253 @@
+//! The executor: workers that claim due sagas from PostgreSQL and drive them.
+//!
+//! A worker claims with `FOR UPDATE SKIP LOCKED`, holds each saga under a lease and fencing
+//! token, and keeps running the saga's next step itself while it holds the lease. Idle workers
+//! wait on LISTEN/NOTIFY, with polling as the fallback (and for retry times coming due).
+
+mod driver;
+
+use crate::clock::SharedClock;
+use crate::error::StoreError;
+use crate::registry::Registry;
+use crate::store::{PgStore, WORK_CHANNEL};
+use driver::{chrono_duration, Driver};
+use sqlx::postgres::PgListener;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Recorded as the actor of the worker's events and as the lease owner.
+    pub worker_id: String,
+    /// Sagas driven at once.
+    pub concurrency: usize,
+    /// How long a claim lasts without renewal; a dead worker's sagas are reclaimed after it.
+    pub lease: Duration,
+    /// Longest idle wait between looks at the queue when no NOTIFY arrives.
+    pub poll_interval: Duration,
+    /// Most sagas claimed in one statement.
+    pub claim_batch: usize,
+    /// On shutdown, how long in-flight steps may take to finish before they are abandoned
+    /// (their leases then expire and another worker resumes them).
+    pub shutdown_grace: Duration,
+    /// Where full-jitter retry delays draw their randomness.
+    pub jitter: JitterSource,
+}
+
+/// The random number behind full-jitter delays.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JitterSource {
+    Random,
+    /// Always this point of `[0, 1]`: `Fixed(1.0)` gives the whole capped delay, so tests know
+    /// exactly when a retry is due.
+    Fixed(f64),
+}
+
+impl JitterSource {
+    pub(crate) fn sample(self) -> f64 {
+        match self {
+            Self::Random => rand::random::<f64>(),
+            Self::Fixed(unit) => unit,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: default_worker_id(),
+            concurrency: 16,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            claim_batch: 16,
+            shutdown_grace: Duration::from_secs(10),
+            jitter: JitterSource::Random,
+        }
+    }
+}
+
+/// `worker:{host}:{pid}:{random}`, unique per process.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("worker:{host}:{}:{}", std::process::id(), &suffix[..6])
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not listen for work notifications: {0}")]
+    Listen(#[from] sqlx::Error),
+}
+
+/// A saga worker. Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    store: PgStore,
+    clock: SharedClock,
+    config: WorkerConfig,
+    worker_id: Arc<str>,
+    registry: Arc<Registry>,
+}
+
+impl Worker {
+    pub fn new(
+        store: PgStore,
+        registry: Arc<Registry>,
+        clock: SharedClock,
+        config: WorkerConfig,
+    ) -> Self {
+        Self {
+            worker_id: Arc::from(config.worker_id.as_str()),
+            store,
+            clock,
+            config,
+            registry,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.worker_id
+    }
+
+    fn driver(&self, shutdown: CancellationToken) -> Driver {
+        Driver {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            clock: self.clock.clone(),
+            lease_duration: self.config.lease,
+            jitter: self.config.jitter,
+            shutdown,
+        }
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<crate::store::ClaimedSaga>, StoreError> {
+        let now = self.clock.now();
+        self.store
+            .claim(
+                &self.worker_id,
+                now,
+                now + chrono_duration(self.config.lease),
+                limit as i64,
+            )
+            .await
+    }
+
+    /// Drives every due saga until none is due, then returns how many claims it made.
+    /// Deterministic under a manual clock: for tests, the demo and one-shot runs.
+    pub async fn run_until_idle(&self) -> Result<usize, WorkerError> {
+        let driver = self.driver(CancellationToken::new());
+        let mut total = 0;
+        loop {
+            let claimed = self.claim(self.config.concurrency.max(1)).await?;
+            if claimed.is_empty() {
+                return Ok(total);
+            }
+            total += claimed.len();
+            futures::future::join_all(claimed.into_iter().map(|c| driver.drive(c))).await;
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops claiming, lets in-flight steps finish
+    /// within the grace period and releases their sagas.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let mut listener = PgListener::connect_with(self.store.pool()).await?;
+        listener.listen(WORK_CHANNEL).await?;
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let driver = self.driver(shutdown.clone());
+        let mut tasks = JoinSet::new();
+        info!(worker = %self.worker_id, concurrency = self.config.concurrency, "worker started");
+
+        while !shutdown.is_cancelled() {
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    warn!(error = %e, "a saga task ended abnormally");
+                }
+            }
+            let free = permits.available_permits().min(self.config.claim_batch.max(1));
+            let mut claimed_all = false;
+            if free > 0 {
+                match self.claim(free).await {
+                    Ok(claimed) => {
+                        claimed_all = claimed.len() == free;
+                        for saga in claimed {
+                            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                                break;
+                            };
+                            let driver = driver.clone();
+                            tasks.spawn(async move {
+                                driver.drive(saga).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "claim failed; retrying after the poll interval");
+                    }
+                }
+            }
+            if claimed_all {
+                continue; // more may be due right now
+            }
+            let wait = self.idle_wait().await;
+            let at_capacity = permits.available_permits() == 0;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                notification = listener.recv() => {
+                    if let Err(error) = notification {
+                        warn!(error = %error, "notification listener failed; polling until it reconnects");
+                        tokio::time::sleep(self.config.poll_interval).await;
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                Some(_) = tasks.join_next(), if at_capacity => {}
+            }
+        }
+
+        info!(in_flight = tasks.len(), "worker stopping");
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                if let Err(e) = done {
+                    warn!(error = %e, "a saga task ended abnormally");
+                }
+            }
+        };
+        if tokio::time::timeout(self.config.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            warn!(abandoned = tasks.len(), "grace period over; abandoning in-flight steps (their leases will expire)");
+            tasks.shutdown().await;
+        }
+        info!("worker stopped");
+        Ok(())
+    }
+
+    /// How long to sleep when nothing was due: until the next due time, within the poll interval.
+    async fn idle_wait(&self) -> Duration {
+        match self.store.next_due().await {
+            Ok(Some(at)) => {
+                let until = (at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+                until.clamp(Duration::from_millis(2), self.config.poll_interval)
+            }
+            Ok(None) => self.config.poll_interval,
+            Err(error) => {
+                debug!(error = %error, "could not read the next due time");
+                self.config.poll_interval
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The PostgreSQL store: every SQL statement the engine runs lives in this module.
+//!
+//! Writes made on behalf of a worker go through [`PgStore::commit`], which conditions the whole
+//! transaction on the saga's fencing token: a worker that lost its lease gets
+//! [`StoreError::LostLease`] and changes nothing.
+
+mod queries;
+mod rows;
+
+pub use queries::{
+    InsertConflict,
+    ClaimedSaga, Committed, Lease, NewEvent, NewSaga, StartOutcome, StepChange, StepState,
+    Transition, WakeChange,
+};
+
+use crate::error::StoreError;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The channel workers LISTEN on; a NOTIFY means "new or due work may be waiting".
+pub const WORK_CHANNEL: &str = "stepwise_work";
+
+/// The migrations of `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Handle to the engine's tables. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Connects with a pool of at most `max_connections`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("stepwise");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations (safe to run concurrently: sqlx takes an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,794 @@
+//! The statements behind [`PgStore`]. Parameterized throughout; timestamps come from the
+//! engine's clock, never from `now()`, so tests can move time.
+
+use super::rows::{parse, DetailRow, EventRow, StepRow, SummaryRow};
+use super::{PgStore, WORK_CHANNEL};
+use crate::error::StoreError;
+use crate::model::{
+    CompensationStatus, EventKind, EventView, SagaDetail, SagaFilter, SagaStatus, SagaSummary,
+    StepStatus, StepView,
+};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// A saga to insert.
+#[derive(Debug, Clone)]
+pub struct NewSaga {
+    pub id: Uuid,
+    pub skill: String,
+    pub skill_version: i32,
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+    pub started_by: String,
+    pub replay_of: Option<Uuid>,
+    pub step_names: Vec<String>,
+    /// Outputs of leading steps reused from another saga (fork): those steps start succeeded.
+    pub reused_outputs: Vec<Value>,
+    /// Extra events recorded with `saga_started` (e.g. `operator_restart`), with their actor.
+    pub extra_events: Vec<(NewEvent, String)>,
+}
+
+/// The result of an idempotent start.
+#[derive(Debug, Clone)]
+pub struct StartOutcome {
+    pub saga: SagaSummary,
+    /// False when the idempotency key matched an existing saga with the same input.
+    pub created: bool,
+}
+
+/// Why an insert did not create a saga.
+#[derive(Debug)]
+pub enum InsertConflict {
+    /// The key exists with a different input.
+    DifferentInput(Uuid),
+}
+
+/// A worker's hold on a saga. Every write made under it is fenced by `token`.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub saga_id: Uuid,
+    pub token: i64,
+    pub worker: Arc<str>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The persisted state of one step, as a worker needs it.
+#[derive(Debug, Clone)]
+pub struct StepState {
+    pub position: i32,
+    pub name: String,
+    pub status: StepStatus,
+    pub attempts: i32,
+    pub attempts_round_base: i32,
+    pub output: Option<Value>,
+    pub compensation_status: CompensationStatus,
+    pub compensation_attempts: i32,
+    pub compensation_round_base: i32,
+}
+
+/// A saga a worker just claimed.
+#[derive(Debug, Clone)]
+pub struct ClaimedSaga {
+    pub lease: Lease,
+    pub skill: String,
+    pub skill_version: i32,
+    pub status: SagaStatus,
+    pub input: Value,
+    pub cursor: i32,
+    pub cancel_requested: bool,
+    /// The worker whose lease ran out, if the saga was taken over.
+    pub expired_owner: Option<String>,
+    pub steps: Vec<StepState>,
+}
+
+/// A history row to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub step: Option<String>,
+    pub attempt: Option<i32>,
+    pub detail: Option<Value>,
+}
+
+impl NewEvent {
+    pub fn saga(kind: EventKind) -> Self {
+        Self {
+            kind,
+            step: None,
+            attempt: None,
+            detail: None,
+        }
+    }
+
+    pub fn step(kind: EventKind, step: &str, attempt: i32) -> Self {
+        Self {
+            kind,
+            step: Some(step.to_string()),
+            attempt: Some(attempt),
+            detail: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+}
+
+/// What to do with `wake_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeChange {
+    Keep,
+    Set(DateTime<Utc>),
+    /// The saga reached a terminal state.
+    Clear,
+}
+
+/// One change to a step row.
+#[derive(Debug, Clone)]
+pub enum StepChange {
+    /// A new attempt of the action starts.
+    Begin { position: i32 },
+    Succeeded { position: i32, output: Value },
+    /// The attempt failed; `last` means no attempt follows.
+    Failed {
+        position: i32,
+        error: Value,
+        last: bool,
+    },
+    /// These succeeded steps must be undone.
+    CompensationPending { positions: Vec<i32> },
+    CompensationBegin { position: i32 },
+    CompensationSucceeded { position: i32, output: Value },
+    CompensationFailed {
+        position: i32,
+        error: Value,
+        last: bool,
+    },
+    /// The saga is over: steps never reached become skipped, interrupted ones failed.
+    SkipUnreached,
+}
+
+/// Everything one worker commit changes, applied atomically under the lease.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub status: Option<SagaStatus>,
+    pub cursor: Option<i32>,
+    pub wake: WakeChange,
+    pub release_lease: bool,
+    pub output: Option<Value>,
+    pub error: Option<Value>,
+    pub steps: Vec<StepChange>,
+    pub events: Vec<NewEvent>,
+    /// Start this step's next attempt in the same commit, unless a cancel was requested: the
+    /// worker that commits step k starts k+1 without another round trip.
+    pub then_begin: Option<(i32, NewEvent)>,
+}
+
+impl Transition {
+    pub fn new() -> Self {
+        Self {
+            status: None,
+            cursor: None,
+            wake: WakeChange::Keep,
+            release_lease: false,
+            output: None,
+            error: None,
+            steps: Vec::new(),
+            events: Vec::new(),
+            then_begin: None,
+        }
+    }
+}
+
+impl Default for Transition {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a commit observed.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    pub cancel_requested: bool,
+    /// Whether `then_begin` was applied.
+    pub began_next: bool,
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, skill, skill_version, status, idempotency_key, created_at, updated_at";
+
+impl PgStore {
+    /// Inserts a saga with its steps and `saga_started` event, idempotently on
+    /// (skill, idempotency key): the same key with the same input returns the existing saga.
+    pub async fn insert_saga(
+        &self,
+        saga: NewSaga,
+        now: DateTime<Utc>,
+    ) -> Result<Result<StartOutcome, InsertConflict>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let reused = saga.reused_outputs.len() as i32;
+        let inserted: Option<SummaryRow> = sqlx::query_as(&format!(
+            "INSERT INTO stepwise.sagas
+                 (id, skill, skill_version, status, idempotency_key, input, started_by, replay_of,
+                  cursor, step_count, wake_at, created_at, updated_at)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $10, $10)
+             ON CONFLICT (skill, idempotency_key) DO NOTHING
+             RETURNING {SUMMARY_COLUMNS}"
+        ))
+        .bind(saga.id)
+        .bind(&saga.skill)
+        .bind(saga.skill_version)
+        .bind(&saga.idempotency_key)
+        .bind(&saga.input)
+        .bind(&saga.started_by)
+        .bind(saga.replay_of)
+        .bind(reused)
+        .bind(saga.step_names.len() as i32)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+
+        let Some(row) = inserted else {
+            tx.rollback().await?;
+            return self.existing_for_key(&saga).await;
+        };
+
+        let outputs: Vec<Option<Value>> = (0..saga.step_names.len())
+            .map(|i| saga.reused_outputs.get(i).cloned())
+            .collect();
+        sqlx::query(
+            "INSERT INTO stepwise.steps (saga_id, position, name, status, output, finished_at)
+             SELECT $1, t.ord::int - 1, t.name,
+                    CASE WHEN t.output IS NULL THEN 'pending' ELSE 'succeeded' END,
+                    t.output, CASE WHEN t.output IS NULL THEN NULL ELSE $3 END
+             FROM UNNEST($2::text[], $4::jsonb[]) WITH ORDINALITY AS t(name, output, ord)",
+        )
+        .bind(saga.id)
+        .bind(&saga.step_names)
+        .bind(now)
+        .bind(&outputs)
+        .execute(&mut *tx)
+        .await?;
+
+        let mut events = vec![(NewEvent::saga(EventKind::SagaStarted), saga.started_by.clone())];
+        events.extend(saga.extra_events.iter().cloned());
+        for (event, actor) in &events {
+            insert_events(&mut tx, saga.id, now, actor, std::slice::from_ref(event)).await?;
+        }
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WORK_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(StartOutcome {
+            saga: row.try_into()?,
+            created: true,
+        }))
+    }
+
+    async fn existing_for_key(
+        &self,
+        saga: &NewSaga,
+    ) -> Result<Result<StartOutcome, InsertConflict>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Existing {
+            #[sqlx(flatten)]
+            summary: SummaryRow,
+            same_input: bool,
+        }
+        let existing: Existing = sqlx::query_as(&format!(
+            "SELECT {SUMMARY_COLUMNS}, input = $3 AS same_input
+             FROM stepwise.sagas WHERE skill = $1 AND idempotency_key = $2"
+        ))
+        .bind(&saga.skill)
+        .bind(&saga.idempotency_key)
+        .bind(&saga.input)
+        .fetch_one(&self.pool)
+        .await?;
+        if existing.same_input {
+            Ok(Ok(StartOutcome {
+                saga: existing.summary.try_into()?,
+                created: false,
+            }))
+        } else {
+            Ok(Err(InsertConflict::DifferentInput(existing.summary.id)))
+        }
+    }
+
+    /// Claims up to `limit` due sagas: waiting ones whose time has come and held ones whose
+    /// lease expired. Each claim bumps the fencing token; takeovers are recorded as
+    /// `lease_expired`.
+    pub async fn claim(
+        &self,
+        worker: &Arc<str>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ClaimedSaga>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct ClaimRow {
+            id: Uuid,
+            skill: String,
+            skill_version: i32,
+            status: String,
+            input: Value,
+            cursor: i32,
+            fencing_token: i64,
+            cancel_requested: bool,
+            previous_owner: Option<String>,
+        }
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<ClaimRow> = sqlx::query_as(
+            "WITH due AS (
+                 SELECT id, lease_owner AS previous_owner FROM stepwise.sagas
+                 WHERE wake_at <= $1
+                 ORDER BY wake_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE stepwise.sagas s
+             SET lease_owner = $3, fencing_token = s.fencing_token + 1, wake_at = $4,
+                 status = CASE WHEN s.status = 'pending' THEN 'running' ELSE s.status END,
+                 updated_at = $1
+             FROM due WHERE s.id = due.id
+             RETURNING s.id, s.skill, s.skill_version, s.status, s.input, s.cursor,
+                       s.fencing_token, s.cancel_requested_at IS NOT NULL AS cancel_requested,
+                       due.previous_owner",
+        )
+        .bind(now)
+        .bind(limit)
+        .bind(worker.as_ref())
+        .bind(lease_until)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        for row in rows.iter().filter(|r| r.previous_owner.is_some()) {
+            let event = NewEvent::saga(EventKind::LeaseExpired)
+                .with_detail(serde_json::json!({ "previous_owner": row.previous_owner }));
+            insert_events(&mut tx, row.id, now, worker, &[event]).await?;
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mut steps = self.step_states(&mut tx, &ids).await?;
+        tx.commit().await?;
+
+        rows.into_iter()
+            .map(|r| {
+                Ok(ClaimedSaga {
+                    lease: Lease {
+                        saga_id: r.id,
+                        token: r.fencing_token,
+                        worker: worker.clone(),
+                        expires_at: lease_until,
+                    },
+                    status: parse::<SagaStatus>("saga status", &r.status)?,
+                    skill: r.skill,
+                    skill_version: r.skill_version,
+                    input: r.input,
+                    cursor: r.cursor,
+                    cancel_requested: r.cancel_requested,
+                    expired_owner: r.previous_owner,
+                    steps: steps.remove(&r.id).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn step_states(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, Vec<StepState>>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            saga_id: Uuid,
+            position: i32,
+            name: String,
+            status: String,
+            attempts: i32,
+            attempts_round_base: i32,
+            output: Option<Value>,
+            compensation_status: String,
+            compensation_attempts: i32,
+            compensation_round_base: i32,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT saga_id, position, name, status, attempts, attempts_round_base, output,
+                    compensation_status, compensation_attempts, compensation_round_base
+             FROM stepwise.steps WHERE saga_id = ANY($1) ORDER BY saga_id, position",
+        )
+        .bind(ids)
+        .fetch_all(tx)
+        .await?;
+        let mut by_saga: std::collections::HashMap<Uuid, Vec<StepState>> = Default::default();
+        for r in rows {
+            by_saga.entry(r.saga_id).or_default().push(StepState {
+                position: r.position,
+                name: r.name,
+                status: parse("step status", &r.status)?,
+                attempts: r.attempts,
+                attempts_round_base: r.attempts_round_base,
+                output: r.output,
+                compensation_status: parse("compensation status", &r.compensation_status)?,
+                compensation_attempts: r.compensation_attempts,
+                compensation_round_base: r.compensation_round_base,
+            });
+        }
+        Ok(by_saga)
+    }
+
+    /// Applies a worker's transition atomically, fenced by its lease token.
+    pub async fn commit(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        t: &Transition,
+    ) -> Result<Committed, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (set_wake, wake_at) = match t.wake {
+            WakeChange::Keep => (false, None),
+            WakeChange::Set(at) => (true, Some(at)),
+            WakeChange::Clear => (true, None),
+        };
+        let cancel_requested: Option<bool> = sqlx::query_scalar(
+            "UPDATE stepwise.sagas
+             SET status = COALESCE($3, status),
+                 cursor = COALESCE($4, cursor),
+                 wake_at = CASE WHEN $5 THEN $6 ELSE wake_at END,
+                 lease_owner = CASE WHEN $7 THEN NULL ELSE lease_owner END,
+                 output = COALESCE($8, output),
+                 error = COALESCE($9, error),
+                 updated_at = $10
+             WHERE id = $1 AND fencing_token = $2
+             RETURNING cancel_requested_at IS NOT NULL",
+        )
+        .bind(lease.saga_id)
+        .bind(lease.token)
+        .bind(t.status.map(SagaStatus::as_str))
+        .bind(t.cursor)
+        .bind(set_wake)
+        .bind(wake_at)
+        .bind(t.release_lease)
+        .bind(&t.output)
+        .bind(&t.error)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(cancel_requested) = cancel_requested else {
+            tx.rollback().await?;
+            return Err(StoreError::LostLease {
+                saga_id: lease.saga_id,
+            });
+        };
+
+        for change in &t.steps {
+            apply_step_change(&mut tx, lease.saga_id, now, change).await?;
+        }
+        let began_next = match &t.then_begin {
+            Some((position, event)) if !cancel_requested => {
+                apply_step_change(
+                    &mut tx,
+                    lease.saga_id,
+                    now,
+                    &StepChange::Begin {
+                        position: *position,
+                    },
+                )
+                .await?;
+                let mut events = t.events.clone();
+                events.push(event.clone());
+                insert_events(&mut tx, lease.saga_id, now, &lease.worker, &events).await?;
+                true
+            }
+            _ => {
+                insert_events(&mut tx, lease.saga_id, now, &lease.worker, &t.events).await?;
+                false
+            }
+        };
+        tx.commit().await?;
+        Ok(Committed {
+            cancel_requested,
+            began_next,
+        })
+    }
+
+    /// Extends a lease while a long step runs. Fails with `LostLease` if another worker has it.
+    pub async fn heartbeat(&self, lease: &Lease, until: DateTime<Utc>) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE stepwise.sagas SET wake_at = $3 WHERE id = $1 AND fencing_token = $2",
+        )
+        .bind(lease.saga_id)
+        .bind(lease.token)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::LostLease {
+                saga_id: lease.saga_id,
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives a saga back without finishing it (shutdown): due now, for any worker.
+    pub async fn release(&self, lease: &Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut t = Transition::new();
+        t.wake = WakeChange::Set(now);
+        t.release_lease = true;
+        self.commit(lease, now, &t).await.map(|_| ())
+    }
+
+    /// Records a cancellation request; a worker compensates after the running step. Returns
+    /// false if the saga is already terminal.
+    pub async fn request_cancel(
+        &self,
+        id: Uuid,
+        actor: &str,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A waiting saga becomes due now so a worker notices; a held one is told at its next commit.
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE stepwise.sagas
+             SET cancel_requested_at = COALESCE(cancel_requested_at, $2),
+                 wake_at = CASE WHEN lease_owner IS NULL THEN LEAST(wake_at, $2) ELSE wake_at END,
+                 updated_at = $2
+             WHERE id = $1 AND status IN ('pending', 'running')
+             RETURNING status",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if status.is_none() {
+            tx.rollback().await?;
+            return match self.summary(id).await? {
+                Some(_) => Ok(false),
+                None => Err(StoreError::NotFound(id)),
+            };
+        }
+        let event = NewEvent::saga(EventKind::CancelRequested)
+            .with_detail(serde_json::json!({ "reason": reason }));
+        insert_events(&mut tx, id, now, actor, &[event]).await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WORK_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn summary(&self, id: Uuid) -> Result<Option<SagaSummary>, StoreError> {
+        let row: Option<SummaryRow> = sqlx::query_as(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM stepwise.sagas WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(SagaSummary::try_from).transpose()
+    }
+
+    /// A saga with its steps and full history.
+    pub async fn detail(&self, id: Uuid) -> Result<Option<SagaDetail>, StoreError> {
+        let Some(saga): Option<DetailRow> = sqlx::query_as(
+            "SELECT id, skill, skill_version, status, idempotency_key, input, output, error,
+                    started_by, replay_of, cancel_requested_at, lease_owner, created_at, updated_at
+             FROM stepwise.sagas WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let steps: Vec<StepRow> = sqlx::query_as(
+            "SELECT position, name, status, attempts, output, error, started_at, finished_at,
+                    compensation_status, compensation_attempts, compensation_output,
+                    compensation_error, compensation_started_at, compensation_finished_at
+             FROM stepwise.steps WHERE saga_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let events: Vec<EventRow> = sqlx::query_as(
+            "SELECT row_number() OVER (ORDER BY id) AS seq, at, kind, step, attempt, actor, detail
+             FROM stepwise.events WHERE saga_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(SagaDetail {
+            id: saga.id,
+            status: parse("saga status", &saga.status)?,
+            skill: saga.skill,
+            skill_version: saga.skill_version,
+            idempotency_key: saga.idempotency_key,
+            input: saga.input,
+            output: saga.output,
+            error: saga.error,
+            started_by: saga.started_by,
+            replay_of: saga.replay_of,
+            cancel_requested_at: saga.cancel_requested_at,
+            lease_owner: saga.lease_owner,
+            created_at: saga.created_at,
+            updated_at: saga.updated_at,
+            steps: steps
+                .into_iter()
+                .map(StepView::try_from)
+                .collect::<Result<_, _>>()?,
+            events: events
+                .into_iter()
+                .map(EventView::try_from)
+                .collect::<Result<_, _>>()?,
+        }))
+    }
+
+    /// Sagas matching `filter`, newest first.
+    pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaSummary>, StoreError> {
+        let rows: Vec<SummaryRow> = sqlx::query_as(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM stepwise.sagas
+             WHERE ($1::text IS NULL OR status = $1)
+               AND ($2::text IS NULL OR skill = $2)
+               AND ($3::timestamptz IS NULL OR created_at >= $3)
+               AND ($4::text IS NULL OR started_by = $4)
+             ORDER BY created_at DESC, id
+             LIMIT $5"
+        ))
+        .bind(filter.status.map(SagaStatus::as_str))
+        .bind(&filter.skill)
+        .bind(filter.since)
+        .bind(&filter.started_by)
+        .bind(if filter.limit > 0 { filter.limit } else { 100 })
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(SagaSummary::try_from).collect()
+    }
+
+    /// How many sagas are in each status (for `sagas list` and metrics).
+    pub async fn counts_by_status(&self) -> Result<Vec<(SagaStatus, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM stepwise.sagas GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(s, n)| Ok((parse("saga status", &s)?, n)))
+            .collect()
+    }
+
+    /// The earliest time any waiting saga is due, if any (lets idle workers sleep exactly).
+    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT min(wake_at) FROM stepwise.sagas WHERE wake_at IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
+
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    saga_id: Uuid,
+    at: DateTime<Utc>,
+    actor: &str,
+    events: &[NewEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let steps: Vec<Option<String>> = events.iter().map(|e| e.step.clone()).collect();
+    let attempts: Vec<Option<i32>> = events.iter().map(|e| e.attempt).collect();
+    let details: Vec<Option<Value>> = events.iter().map(|e| e.detail.clone()).collect();
+    sqlx::query(
+        "INSERT INTO stepwise.events (saga_id, at, kind, step, attempt, actor, detail)
+         SELECT $1, $2, t.kind, t.step, t.attempt, $3, t.detail
+         FROM UNNEST($4::text[], $5::text[], $6::int[], $7::jsonb[]) WITH ORDINALITY
+              AS t(kind, step, attempt, detail, ord)
+         ORDER BY t.ord",
+    )
+    .bind(saga_id)
+    .bind(at)
+    .bind(actor)
+    .bind(&kinds)
+    .bind(&steps)
+    .bind(&attempts)
+    .bind(&details)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn apply_step_change(
+    tx: &mut sqlx::PgConnection,
+    saga_id: Uuid,
+    now: DateTime<Utc>,
+    change: &StepChange,
+) -> Result<(), StoreError> {
+    let query = match change {
+        StepChange::Begin { position } => sqlx::query(
+            "UPDATE stepwise.steps
+             SET status = 'running', attempts = attempts + 1, started_at = $3, finished_at = NULL
+             WHERE saga_id = $1 AND position = $2",
+        )
+        .bind(saga_id)
+        .bind(position)
+        .bind(now),
+        StepChange::Succeeded { position, output } => sqlx::query(
+            "UPDATE stepwise.steps
+             SET status = 'succeeded', output = $3, error = NULL, finished_at = $4
+             WHERE saga_id = $1 AND position = $2",
+        )
+        .bind(saga_id)
+        .bind(position)
+        .bind(output)
+        .bind(now),
+        StepChange::Failed {
+            position,
+            error,
+            last,
+        } => sqlx::query(
+            "UPDATE stepwise.steps
+             SET status = CASE WHEN $4 THEN 'failed' ELSE 'pending' END, error = $3, finished_at = $5
+             WHERE saga_id = $1 AND position = $2",
+        )
+        .bind(saga_id)
+        .bind(position)
+        .bind(error)
+        .bind(last)
+        .bind(now),
+        StepChange::CompensationPending { positions } => sqlx::query(
+            "UPDATE stepwise.steps SET compensation_status = 'pending'
+             WHERE saga_id = $1 AND position = ANY($2) AND status = 'succeeded'",
+        )
+        .bind(saga_id)
+        .bind(positions),
+        StepChange::CompensationBegin { position } => sqlx::query(
+            "UPDATE stepwise.steps
+             SET compensation_status = 'running', compensation_attempts = compensation_attempts + 1,
+                 compensation_started_at = COALESCE(compensation_started_at, $3)
+             WHERE saga_id = $1 AND position = $2",
+        )
+        .bind(saga_id)
+        .bind(position)
+        .bind(now),
+        StepChange::CompensationSucceeded { position, output } => sqlx::query(
+            "UPDATE stepwise.steps
+             SET compensation_status = 'compensated', compensation_output = $3,
+                 compensation_error = NULL, compensation_finished_at = $4
+             WHERE saga_id = $1 AND position = $2",
+        )
+        .bind(saga_id)
+        .bind(position)
+        .bind(output)
+        .bind(now),
+        StepChange::CompensationFailed {
+            position,
+            error,
+            last,
+        } => sqlx::query(
+            "UPDATE stepwise.steps
+             SET compensation_status = CASE WHEN $4 THEN 'failed' ELSE 'pending' END,
+                 compensation_error = $3,
+                 compensation_finished_at = CASE WHEN $4 THEN $5 ELSE NULL END
+             WHERE saga_id = $1 AND position = $2",
+        )
+        .bind(saga_id)
+        .bind(position)
+        .bind(error)
+        .bind(last)
+        .bind(now),
+        StepChange::SkipUnreached => sqlx::query(
+            "UPDATE stepwise.steps
+             SET status = CASE WHEN attempts = 0 THEN 'skipped' ELSE 'failed' END
+             WHERE saga_id = $1 AND status IN ('pending', 'running')",
+        )
+        .bind(saga_id),
+    };
+    query.execute(&mut *tx).await?;
+    Ok(())
+}
