@@ -46,6 +46,7 @@ pub mod engine;
 pub mod error;
 pub mod executor;
 pub mod model;
+pub mod query;
 pub mod registry;
 pub mod retry;
 pub mod skill;
@@ -59,7 +60,10 @@ pub use model::{
     CompensationStatus, EventKind, EventView, SagaDetail, SagaFilter, SagaStatus, SagaSummary,
     StepStatus, StepView,
 };
+pub use query::Query;
 pub use registry::{Registry, RegistryError};
 pub use retry::{Jitter, RetryPolicy};
-pub use skill::{InputError, Skill, SkillBuilder, SkillError, SkillInput, Step, StepContext};
+pub use skill::{
+    Exposure, InputError, Skill, SkillBuilder, SkillError, SkillInput, Step, StepContext,
+};
 pub use store::{PgStore, StartOutcome};

@@ -1,6 +1,7 @@
 //! The skills a process knows. Several versions of one skill may be registered: new sagas start
 //! on the latest, and a saga always runs on the version it started with.
 
+use crate::query::Query;
 use crate::skill::Skill;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,11 +10,14 @@ use std::sync::Arc;
 pub enum RegistryError {
     #[error("skill `{name}` version {version} is registered twice")]
     Duplicate { name: String, version: u32 },
+    #[error("`{0}` is registered both as a skill and as a query, or twice as a query")]
+    NameTaken(String),
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
     skills: BTreeMap<String, BTreeMap<u32, Arc<Skill>>>,
+    queries: BTreeMap<String, Arc<Query>>,
 }
 
 impl Registry {
@@ -21,7 +25,27 @@ impl Registry {
         Self::default()
     }
 
+    pub fn register_query(&mut self, query: Query) -> Result<(), RegistryError> {
+        let name = query.name().to_string();
+        if self.skills.contains_key(&name) || self.queries.contains_key(&name) {
+            return Err(RegistryError::NameTaken(name));
+        }
+        self.queries.insert(name, Arc::new(query));
+        Ok(())
+    }
+
+    pub fn query(&self, name: &str) -> Option<Arc<Query>> {
+        self.queries.get(name).cloned()
+    }
+
+    pub fn queries(&self) -> Vec<Arc<Query>> {
+        self.queries.values().cloned().collect()
+    }
+
     pub fn register(&mut self, skill: Skill) -> Result<(), RegistryError> {
+        if self.queries.contains_key(skill.name()) {
+            return Err(RegistryError::NameTaken(skill.name().to_string()));
+        }
         let versions = self.skills.entry(skill.name().to_string()).or_default();
         if versions.contains_key(&skill.version()) {
             return Err(RegistryError::Duplicate {

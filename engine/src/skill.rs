@@ -224,12 +224,60 @@ impl Step {
     }
 }
 
+/// Who may call a skill or query through a facade, and how it behaves. Roles are plain names
+/// (the facade decides what a role is); the engine itself enforces none of this.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Exposure {
+    /// Roles allowed to call it, e.g. `staff`, `manager`. Empty: not exposed as a tool.
+    pub roles: Vec<String>,
+    /// Roles that may call it only on their own data: the input field named by
+    /// `subject_field` must equal the caller's subject (e.g. a guest's email).
+    pub self_service_roles: Vec<String>,
+    pub subject_field: Option<String>,
+    /// May destroy or reverse something (refunds, cancellations).
+    pub destructive: bool,
+    /// Reaches systems outside Stepwise (payments, CRM, SMS).
+    pub open_world: bool,
+}
+
+impl Exposure {
+    pub fn roles(roles: &[&str]) -> Self {
+        Self {
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// `roles` may act on the data of the subject named by the input field `field`.
+    pub fn self_service(mut self, roles: &[&str], field: &str) -> Self {
+        self.self_service_roles = roles.iter().map(|r| r.to_string()).collect();
+        self.subject_field = Some(field.to_string());
+        self
+    }
+
+    pub fn destructive(mut self) -> Self {
+        self.destructive = true;
+        self
+    }
+
+    pub fn open_world(mut self) -> Self {
+        self.open_world = true;
+        self
+    }
+
+    /// Whether `role` may call at all (its own data only, for self-service roles).
+    pub fn allows(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role) || self.self_service_roles.iter().any(|r| r == role)
+    }
+}
+
 /// A named, versioned saga definition.
 #[derive(Clone)]
 pub struct Skill {
     name: String,
     version: u32,
     description: String,
+    exposure: Exposure,
     input_schema: Value,
     output_schema: Option<Value>,
     steps: Vec<Step>,
@@ -273,6 +321,7 @@ impl Skill {
                 name: name.into(),
                 version,
                 description: description.into(),
+                exposure: Exposure::default(),
                 input_schema: schema,
                 output_schema: None,
                 steps: Vec::new(),
@@ -283,9 +332,7 @@ impl Skill {
                     })?;
                     input.validate()
                 }),
-                finish: Arc::new(|_, outputs| {
-                    Value::Object(outputs.clone().into_iter().collect())
-                }),
+                finish: Arc::new(|_, outputs| Value::Object(outputs.clone().into_iter().collect())),
                 attempts_override: None,
                 step_count: None,
             },
@@ -310,6 +357,10 @@ impl Skill {
 
     pub fn output_schema(&self) -> Option<&Value> {
         self.output_schema.as_ref()
+    }
+
+    pub fn exposure(&self) -> &Exposure {
+        &self.exposure
     }
 
     pub fn steps(&self) -> &[Step] {
@@ -368,6 +419,12 @@ pub struct SkillBuilder {
 impl SkillBuilder {
     pub fn step(mut self, step: Step) -> Self {
         self.skill.steps.push(step);
+        self
+    }
+
+    /// Who may call the skill through a facade.
+    pub fn exposure(mut self, exposure: Exposure) -> Self {
+        self.skill.exposure = exposure;
         self
     }
 

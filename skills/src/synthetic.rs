@@ -11,7 +11,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
-use stepwise_engine::{InputError, RetryPolicy, Skill, SkillError, SkillInput, Step, StepError};
+use stepwise_engine::{
+    Exposure, InputError, RetryPolicy, Skill, SkillError, SkillInput, Step, StepError,
+};
 
 pub const NAME: &str = "synthetic_chain";
 /// The longest chain a synthetic saga may ask for.
@@ -99,6 +101,8 @@ pub fn skill() -> Result<Skill, SkillError> {
         1,
         "Runs a chain of no-op steps that can fail on demand; compensates the steps done, in reverse order, when one fails.",
     )
+    // A diagnostic: only operators get it as a tool.
+    .exposure(Exposure::roles(&["operator"]))
     .step_count(|input| {
         input
             .get("steps")

@@ -100,7 +100,9 @@ impl Driver {
     async fn drive_inner(&self, claimed: ClaimedSaga) -> Result<(), StoreError> {
         let version = u32::try_from(claimed.skill_version).unwrap_or(0);
         let Some(skill) = self.registry.get(&claimed.skill, version) else {
-            warn!("this worker does not have the saga's skill version; leaving it for another worker");
+            warn!(
+                "this worker does not have the saga's skill version; leaving it for another worker"
+            );
             let mut t = Transition::new();
             t.wake = WakeChange::Set(self.clock.now() + chrono_duration(UNKNOWN_SKILL_BACKOFF));
             t.release_lease = true;
@@ -148,7 +150,8 @@ impl Driver {
     /// Runs the step at the cursor. Returns whether to keep driving.
     async fn forward(&self, run: &mut Run) -> Result<bool, StoreError> {
         if run.cancel_requested {
-            let error = json!({"code": "cancelled", "message": "the saga was cancelled on request"});
+            let error =
+                json!({"code": "cancelled", "message": "the saga was cancelled on request"});
             let t = self.compensation_transition(run, Transition::new(), error);
             self.commit(run, &t).await?;
             return Ok(true);
@@ -168,9 +171,8 @@ impl Driver {
         if !run.begun {
             let state = &run.steps[position];
             if state.status == StepStatus::Running
-                && !policy.allows_another(
-                    (state.attempts - state.attempts_round_base).max(0) as u32,
-                )
+                && !policy
+                    .allows_another((state.attempts - state.attempts_round_base).max(0) as u32)
             {
                 // The last allowed attempt was cut short (its worker died): give up.
                 let error = StepError::retryable(
@@ -205,7 +207,11 @@ impl Driver {
             .await;
         let result = match outcome {
             Attempt::Done(result) => result,
-            Attempt::LeaseLost => return Err(StoreError::LostLease { saga_id: run.lease.saga_id }),
+            Attempt::LeaseLost => {
+                return Err(StoreError::LostLease {
+                    saga_id: run.lease.saga_id,
+                })
+            }
         };
         match result {
             Ok(output) => {
@@ -218,8 +224,11 @@ impl Driver {
                     position: position as i32,
                     output,
                 });
-                t.events
-                    .push(NewEvent::step(EventKind::StepSucceeded, step.name(), attempt));
+                t.events.push(NewEvent::step(
+                    EventKind::StepSucceeded,
+                    step.name(),
+                    attempt,
+                ));
                 run.cursor = position + 1;
                 run.begun = false;
                 if run.cursor == run.steps.len() {
@@ -268,9 +277,8 @@ impl Driver {
                         .with_detail(error.to_json()),
                 );
                 t.events.push(
-                    NewEvent::step(EventKind::RetryScheduled, step.name(), attempt).with_detail(
-                        json!({"at": retry_at, "delay_ms": delay.as_millis() as u64}),
-                    ),
+                    NewEvent::step(EventKind::RetryScheduled, step.name(), attempt)
+                        .with_detail(json!({"at": retry_at, "delay_ms": delay.as_millis() as u64})),
                 );
                 self.commit(run, &t).await?;
                 Ok(false)
@@ -314,7 +322,12 @@ impl Driver {
 
     /// Adds to `t` what turns the saga toward compensation: every succeeded step with a
     /// compensation is marked pending; with nothing to undo the saga ends `compensated` at once.
-    fn compensation_transition(&self, run: &mut Run, mut t: Transition, error: Value) -> Transition {
+    fn compensation_transition(
+        &self,
+        run: &mut Run,
+        mut t: Transition,
+        error: Value,
+    ) -> Transition {
         let skill = run.skill.clone();
         let positions: Vec<i32> = run
             .steps
@@ -364,7 +377,8 @@ impl Driver {
         let policy = skill.compensation_policy(step, &run.input);
         let state = &run.steps[position];
         let in_round = (state.compensation_attempts - state.compensation_round_base).max(0) as u32;
-        if state.compensation_status == CompensationStatus::Running && !policy.allows_another(in_round)
+        if state.compensation_status == CompensationStatus::Running
+            && !policy.allows_another(in_round)
         {
             let error = StepError::retryable(
                 "attempt_interrupted",
@@ -403,7 +417,11 @@ impl Driver {
             .await;
         let result = match outcome {
             Attempt::Done(result) => result,
-            Attempt::LeaseLost => return Err(StoreError::LostLease { saga_id: run.lease.saga_id }),
+            Attempt::LeaseLost => {
+                return Err(StoreError::LostLease {
+                    saga_id: run.lease.saga_id,
+                })
+            }
         };
         match result {
             Ok(output) => {
@@ -422,7 +440,8 @@ impl Driver {
                 Ok(true)
             }
             Err(error) => {
-                let in_round = (attempt - run.steps[position].compensation_round_base).max(0) as u32;
+                let in_round =
+                    (attempt - run.steps[position].compensation_round_base).max(0) as u32;
                 if error.is_retryable() && policy.allows_another(in_round) {
                     let delay = policy.delay_after(in_round, self.jitter.sample());
                     let retry_at = self.clock.now() + chrono_duration(delay);

@@ -177,7 +177,9 @@ impl Worker {
                     warn!(error = %e, "a saga task ended abnormally");
                 }
             }
-            let free = permits.available_permits().min(self.config.claim_batch.max(1));
+            let free = permits
+                .available_permits()
+                .min(self.config.claim_batch.max(1));
             let mut claimed_all = false;
             if free > 0 {
                 match self.claim(free).await {
@@ -229,7 +231,10 @@ impl Worker {
             .await
             .is_err()
         {
-            warn!(abandoned = tasks.len(), "grace period over; abandoning in-flight steps (their leases will expire)");
+            warn!(
+                abandoned = tasks.len(),
+                "grace period over; abandoning in-flight steps (their leases will expire)"
+            );
             tasks.shutdown().await;
         }
         info!("worker stopped");

@@ -8,9 +8,8 @@ mod queries;
 mod rows;
 
 pub use queries::{
-    InsertConflict,
-    ClaimedSaga, Committed, Lease, NewEvent, NewSaga, StartOutcome, StepChange, StepState,
-    Transition, WakeChange,
+    ClaimedSaga, Committed, InsertConflict, Lease, NewEvent, NewSaga, StartOutcome, StepChange,
+    StepState, Transition, WakeChange,
 };
 
 use crate::error::StoreError;

@@ -130,8 +130,13 @@ pub enum WakeChange {
 #[derive(Debug, Clone)]
 pub enum StepChange {
     /// A new attempt of the action starts.
-    Begin { position: i32 },
-    Succeeded { position: i32, output: Value },
+    Begin {
+        position: i32,
+    },
+    Succeeded {
+        position: i32,
+        output: Value,
+    },
     /// The attempt failed; `last` means no attempt follows.
     Failed {
         position: i32,
@@ -139,9 +144,16 @@ pub enum StepChange {
         last: bool,
     },
     /// These succeeded steps must be undone.
-    CompensationPending { positions: Vec<i32> },
-    CompensationBegin { position: i32 },
-    CompensationSucceeded { position: i32, output: Value },
+    CompensationPending {
+        positions: Vec<i32>,
+    },
+    CompensationBegin {
+        position: i32,
+    },
+    CompensationSucceeded {
+        position: i32,
+        output: Value,
+    },
     CompensationFailed {
         position: i32,
         error: Value,
@@ -253,7 +265,10 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
 
-        let mut events = vec![(NewEvent::saga(EventKind::SagaStarted), saga.started_by.clone())];
+        let mut events = vec![(
+            NewEvent::saga(EventKind::SagaStarted),
+            saga.started_by.clone(),
+        )];
         events.extend(saga.extra_events.iter().cloned());
         for (event, actor) in &events {
             insert_events(&mut tx, saga.id, now, actor, std::slice::from_ref(event)).await?;

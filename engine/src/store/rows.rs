@@ -92,10 +92,7 @@ impl TryFrom<StepRow> for StepView {
             started_at: r.started_at,
             finished_at: r.finished_at,
             compensation: CompensationView {
-                status: parse::<CompensationStatus>(
-                    "compensation status",
-                    &r.compensation_status,
-                )?,
+                status: parse::<CompensationStatus>("compensation status", &r.compensation_status)?,
                 attempts: r.compensation_attempts,
                 output: r.compensation_output,
                 error: r.compensation_error,
