@@ -1,4 +1,10 @@
-//! The `stepwise` binary's library: command line, embedded PostgreSQL, demo.
-//! Nothing depends on this crate; it composes the engine, the skills and the MCP facade.
+//! The `stepwise` binary's library: command line, composition root, embedded PostgreSQL,
+//! rendering and the demo. Nothing depends on this crate; it composes the engine, the skills
+//! and the MCP facade.
 
+pub mod app;
+pub mod cli;
+pub mod demo;
 pub mod embedded_pg;
+pub mod exit;
+pub mod render;

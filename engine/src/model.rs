@@ -51,6 +51,11 @@ impl SagaStatus {
 }
 
 impl SagaStatus {
+    /// Every status, in lifecycle order.
+    pub fn all() -> &'static [SagaStatus] {
+        Self::VARIANTS
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Compensated | Self::Failed)
     }

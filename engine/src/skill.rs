@@ -377,6 +377,11 @@ impl Skill {
         &self.steps[..n]
     }
 
+    /// Every step the definition has, in order.
+    pub fn step_names(&self) -> Vec<String> {
+        self.steps.iter().map(|s| s.name().to_string()).collect()
+    }
+
     pub fn step_names_for(&self, input: &Value) -> Vec<String> {
         self.steps_for(input)
             .iter()

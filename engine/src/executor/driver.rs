@@ -521,7 +521,7 @@ impl Driver {
         t.output = Some(output);
         t.events.push(NewEvent::saga(EventKind::SagaCompleted));
         run.status = SagaStatus::Completed;
-        info!("saga completed");
+        debug!("saga completed");
     }
 
     /// Renews the lease in this commit when less than half of it is left. Skipping renewal on

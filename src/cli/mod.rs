@@ -1,0 +1,88 @@
+//! The command line (CONTRACT.md section 3): argument parsing and dispatch.
+
+mod sagas;
+mod skills;
+mod start;
+mod worker;
+
+use crate::exit::CliError;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stepwise",
+    version,
+    about = "Durable sagas on PostgreSQL, served to AI agents as MCP tools",
+    long_about = "Stepwise runs skills: sagas of persisted steps with compensations, executed by \
+                  PostgreSQL-backed workers.\n\nDATABASE_URL selects PostgreSQL; when unset, a \
+                  server on 127.0.0.1:5432 is used, or a private one is started from the \
+                  machine's PostgreSQL binaries under $STEPWISE_HOME/pg."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the database migrations.
+    Migrate,
+    /// Run a worker that claims and drives sagas until Ctrl-C or SIGTERM.
+    Worker(worker::WorkerArgs),
+    /// List the registered skills with their input schemas.
+    Skills {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a saga.
+    Start(start::StartArgs),
+    /// Inspect and control sagas.
+    #[command(subcommand)]
+    Sagas(sagas::SagasCommand),
+    /// Run the whole story end to end on the embedded default.
+    Demo,
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Migrate => {
+            let app = crate::app::App::open(2).await?;
+            eprintln!("migrations applied to {}", redact(&app.database_url));
+            app.close().await;
+            Ok(())
+        }
+        Command::Worker(args) => worker::run(args).await,
+        Command::Skills { json } => skills::run(json).await,
+        Command::Start(args) => start::run(args).await,
+        Command::Sagas(command) => sagas::run(command).await,
+        Command::Demo => crate::demo::run().await,
+    }
+}
+
+/// Prints one JSON document on stdout.
+pub fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::failed(format!("could not encode JSON output: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://").and_then(|(scheme, rest)| {
+        let (creds, host) = rest.split_once('@')?;
+        let user = creds.split(':').next().unwrap_or("");
+        Some(format!("{scheme}://{user}@{host}"))
+    }) {
+        Some(redacted) => redacted,
+        None => url.to_string(),
+    }
+}
+
+/// Parses a saga id argument.
+pub fn parse_saga_id(text: &str) -> Result<uuid::Uuid, CliError> {
+    uuid::Uuid::parse_str(text)
+        .map_err(|_| CliError::usage(format!("`{text}` is not a saga id (a UUID)")))
+}

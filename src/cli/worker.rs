@@ -1,0 +1,60 @@
+//! `stepwise worker`.
+
+use crate::app::{shutdown_signal, App};
+use crate::exit::CliError;
+use clap::Args;
+use std::time::Duration;
+use stepwise_engine::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Sagas driven at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Identity recorded as the lease owner and the actor of its events.
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// Lease length in milliseconds: a dead worker's sagas are resumed after it.
+    #[arg(long, default_value_t = 30_000, env = "STEPWISE_LEASE_MS")]
+    pub lease_ms: u64,
+    /// On Ctrl-C/SIGTERM, how long in-flight steps may take to finish, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl WorkerArgs {
+    pub fn config(&self) -> WorkerConfig {
+        let defaults = WorkerConfig::default();
+        WorkerConfig {
+            worker_id: self.worker_id.clone().unwrap_or(defaults.worker_id),
+            concurrency: self.concurrency.max(1),
+            lease: Duration::from_millis(self.lease_ms.max(100)),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            claim_batch: self.concurrency.clamp(1, 64),
+            ..defaults
+        }
+    }
+}
+
+pub async fn run(args: WorkerArgs) -> Result<(), CliError> {
+    if args.concurrency == 0 {
+        return Err(CliError::usage("--concurrency must be at least 1"));
+    }
+    let pool_size = (args.concurrency as u32 / 2).clamp(2, 32) + 1;
+    let app = App::open(pool_size).await?;
+    let worker = app.engine.worker(args.config());
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        signal.cancel();
+    });
+    let result = worker
+        .run(shutdown)
+        .await
+        .map_err(|e| CliError::failed(format!("worker stopped: {e}")));
+    app.close().await;
+    result
+}
