@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 use stepwise_engine::store::{StepChange, Transition};
 use stepwise_engine::{
-    Clock, CompensationStatus, EventKind, ManualClock, SagaStatus, StartError, StartRequest, StepStatus,
-    StoreError,
+    Clock, CompensationStatus, EventKind, ManualClock, SagaStatus, StartError, StartRequest,
+    StepStatus, StoreError,
 };
 
 const SYN: &str = "synthetic_chain";
@@ -98,10 +98,22 @@ async fn transient_failures_are_retried_at_the_persisted_time_then_succeed(pool:
     let saga = detail(&engine, id).await;
     assert_eq!(saga.status, SagaStatus::Completed);
     assert_eq!(saga.steps[1].attempts, 3);
-    assert_eq!(saga.steps[1].output, Some(json!({"index": 2, "attempt": 3})));
+    assert_eq!(
+        saga.steps[1].output,
+        Some(json!({"index": 2, "attempt": 3}))
+    );
     let kinds = history(&saga);
-    assert_eq!(kinds.iter().filter(|k| *k == "step_failed:step_2").count(), 2);
-    assert_eq!(kinds.iter().filter(|k| *k == "retry_scheduled:step_2").count(), 2);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "step_failed:step_2").count(),
+        2
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "retry_scheduled:step_2")
+            .count(),
+        2
+    );
 }
 
 #[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
@@ -174,13 +186,22 @@ async fn compensation_that_keeps_failing_leaves_the_saga_failed_with_its_story(p
     assert_eq!(error["code"], "compensation_failed");
     assert_eq!(error["step"], "step_2");
     // step_2's undo failed twice; step_1 was never undone and still waits for an operator
-    assert_eq!(saga.steps[1].compensation.status, CompensationStatus::Failed);
+    assert_eq!(
+        saga.steps[1].compensation.status,
+        CompensationStatus::Failed
+    );
     assert_eq!(saga.steps[1].compensation.attempts, 2);
-    assert_eq!(saga.steps[0].compensation.status, CompensationStatus::Pending);
+    assert_eq!(
+        saga.steps[0].compensation.status,
+        CompensationStatus::Pending
+    );
     assert_eq!(saga.steps[0].status, StepStatus::Succeeded);
     let kinds = history(&saga);
     assert_eq!(
-        kinds.iter().filter(|k| *k == "compensation_failed:step_2").count(),
+        kinds
+            .iter()
+            .filter(|k| *k == "compensation_failed:step_2")
+            .count(),
         2
     );
     assert!(kinds.contains(&"retry_scheduled:step_2".to_string()));
