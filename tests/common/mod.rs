@@ -64,3 +64,21 @@ pub async fn drive_with_retries(clock: &ManualClock, worker: &Worker, rounds: us
         clock.advance(Duration::from_secs(1));
     }
 }
+
+/// The URL of the per-test database behind `pool`, for child processes.
+pub async fn database_url(pool: &PgPool) -> String {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for tests");
+    let (without_query, query) = match base.split_once('?') {
+        Some((u, q)) => (u.to_string(), format!("?{q}")),
+        None => (base.clone(), String::new()),
+    };
+    let server = match without_query.rsplit_once('/') {
+        Some((server, _db)) if server.contains("://") && !server.ends_with('/') => server,
+        _ => without_query.trim_end_matches('/'),
+    };
+    format!("{server}/{name}{query}")
+}
