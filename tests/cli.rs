@@ -1,0 +1,265 @@
+//! The `stepwise` binary as users run it: JSON shapes and exit codes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::database_url;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn stepwise(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn start_is_idempotent_and_conflicts_exit_4(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let input = r#"{"steps":2}"#;
+    let first = stepwise(
+        &url,
+        &[
+            "start",
+            "synthetic_chain",
+            "--input",
+            input,
+            "--idempotency-key",
+            "k1",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let summary = json_of(&first);
+    for field in [
+        "id",
+        "skill",
+        "skill_version",
+        "status",
+        "idempotency_key",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(
+            summary.get(field).is_some(),
+            "summary lacks {field}: {summary}"
+        );
+    }
+    assert_eq!(summary["status"], "pending");
+    assert_eq!(summary["idempotency_key"], "k1");
+
+    let again = stepwise(
+        &url,
+        &[
+            "start",
+            "synthetic_chain",
+            "--input",
+            input,
+            "--idempotency-key",
+            "k1",
+            "--json",
+        ],
+    );
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(json_of(&again)["id"], summary["id"]);
+
+    let conflict = stepwise(
+        &url,
+        &[
+            "start",
+            "synthetic_chain",
+            "--input",
+            r#"{"steps":3}"#,
+            "--idempotency-key",
+            "k1",
+            "--json",
+        ],
+    );
+    assert_eq!(conflict.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&conflict.stderr).contains("different input"));
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn usage_errors_exit_2_and_unknown_things_exit_3(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let bad_json = stepwise(&url, &["start", "synthetic_chain", "--input", "{nope"]);
+    assert_eq!(bad_json.status.code(), Some(2));
+    let bad_input = stepwise(
+        &url,
+        &["start", "synthetic_chain", "--input", r#"{"steps":0}"#],
+    );
+    assert_eq!(bad_input.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_input.stderr).contains("steps"));
+    let unknown_skill = stepwise(&url, &["start", "no_such_skill", "--input", "{}"]);
+    assert_eq!(unknown_skill.status.code(), Some(3));
+    let unknown_saga = stepwise(
+        &url,
+        &["sagas", "show", "0190f6c4-1111-7000-8000-000000000000"],
+    );
+    assert_eq!(unknown_saga.status.code(), Some(3));
+    let not_an_id = stepwise(&url, &["sagas", "show", "abc"]);
+    assert_eq!(not_an_id.status.code(), Some(2));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "failed starts wrote nothing");
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn a_waited_saga_that_ends_compensated_exits_1_and_show_tells_the_story(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["worker", "--worker-id", "cli-test-worker"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = stepwise(
+        &url,
+        &[
+            "start",
+            "synthetic_chain",
+            "--input",
+            r#"{"steps":3,"fail_at":3}"#,
+            "--wait",
+            "20",
+            "--json",
+        ],
+    );
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = json_of(&out);
+    assert_eq!(summary["status"], "compensated");
+
+    let id = summary["id"].as_str().unwrap();
+    let show = stepwise(&url, &["sagas", "show", id, "--json"]);
+    assert_eq!(show.status.code(), Some(0));
+    let saga = json_of(&show);
+    assert_eq!(saga["error"]["code"], "synthetic_failure");
+    assert_eq!(saga["error"]["step"], "step_3");
+    assert_eq!(
+        saga["started_by"].as_str().unwrap().starts_with("cli:"),
+        true
+    );
+    assert_eq!(saga["steps"][2]["status"], "failed");
+    assert_eq!(saga["steps"][2]["error"]["retryable"], false);
+    assert_eq!(saga["steps"][0]["compensation"]["status"], "compensated");
+    let kinds: Vec<_> = saga["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.first().unwrap(), "saga_started");
+    assert_eq!(kinds.last().unwrap(), "saga_compensated");
+    assert_eq!(saga["events"][0]["seq"], 1);
+
+    let text = stepwise(&url, &["sagas", "show", id]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("COMPENSATED") && text.contains("compensation_succeeded"));
+
+    let list = stepwise(
+        &url,
+        &["sagas", "list", "--status", "compensated", "--json"],
+    );
+    assert_eq!(json_of(&list)["sagas"][0]["id"], summary["id"]);
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn sigterm_stops_a_worker_gracefully_and_releases_its_sagas(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let start = stepwise(
+        &url,
+        &[
+            "start",
+            "synthetic_chain",
+            "--input",
+            r#"{"steps":20,"step_sleep_ms":200}"#,
+            "--json",
+        ],
+    );
+    let id = json_of(&start)["id"].as_str().unwrap().to_string();
+    let worker = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args([
+            "worker",
+            "--worker-id",
+            "graceful",
+            "--shutdown-grace-secs",
+            "5",
+        ])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM stepwise.steps WHERE status = 'succeeded'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if running >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker made no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = worker.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    let (status, owner): (String, Option<String>) =
+        sqlx::query_as("SELECT status, lease_owner FROM stepwise.sagas WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "running", "unfinished, but not lost");
+    assert_eq!(
+        owner, None,
+        "the lease was released, so any worker resumes it at once"
+    );
+    let interrupted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stepwise.steps WHERE saga_id = $1::uuid AND status = 'running'",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(interrupted <= 1);
+}
