@@ -166,10 +166,7 @@ async fn a_waited_saga_that_ends_compensated_exits_1_and_show_tells_the_story(po
     let saga = json_of(&show);
     assert_eq!(saga["error"]["code"], "synthetic_failure");
     assert_eq!(saga["error"]["step"], "step_3");
-    assert_eq!(
-        saga["started_by"].as_str().unwrap().starts_with("cli:"),
-        true
-    );
+    assert!(saga["started_by"].as_str().unwrap().starts_with("cli:"));
     assert_eq!(saga["steps"][2]["status"], "failed");
     assert_eq!(saga["steps"][2]["error"]["retryable"], false);
     assert_eq!(saga["steps"][0]["compensation"]["status"], "compensated");
