@@ -1,6 +1,7 @@
 //! `stepwise`: the composition root's entry point. Logs go to stderr; data to stdout.
 
 use clap::Parser;
+use std::io::IsTerminal;
 use stepwise::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
 
@@ -8,7 +9,8 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("STEPWISE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
