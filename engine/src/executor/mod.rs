@@ -205,7 +205,6 @@ impl Worker {
                 continue; // more may be due right now
             }
             let wait = self.idle_wait().await;
-            let at_capacity = permits.available_permits() == 0;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 notification = listener.recv() => {
@@ -215,7 +214,13 @@ impl Worker {
                     }
                 }
                 _ = tokio::time::sleep(wait) => {}
-                Some(_) = tasks.join_next(), if at_capacity => {}
+                // A saga let go: a permit is free, and it may have scheduled a retry sooner
+                // than this sleep would notice.
+                Some(done) = tasks.join_next() => {
+                    if let Err(e) = done {
+                        warn!(error = %e, "a saga task ended abnormally");
+                    }
+                }
             }
         }
 
