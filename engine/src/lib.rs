@@ -45,6 +45,7 @@ pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod metrics;
 pub mod model;
 pub mod query;
 pub mod registry;

@@ -4,6 +4,7 @@
 //! transaction on the saga's fencing token: a worker that lost its lease gets
 //! [`StoreError::LostLease`] and changes nothing.
 
+mod operator;
 mod queries;
 mod rows;
 
