@@ -47,6 +47,7 @@ pub mod error;
 pub mod executor;
 pub mod metrics;
 pub mod model;
+pub mod operator;
 pub mod query;
 pub mod registry;
 pub mod retry;
@@ -61,6 +62,7 @@ pub use model::{
     CompensationStatus, EventKind, EventView, SagaDetail, SagaFilter, SagaStatus, SagaSummary,
     StepStatus, StepView,
 };
+pub use operator::{BulkFilter, OperatorError, OperatorRequest, Progress, PruneReport};
 pub use query::Query;
 pub use registry::{Registry, RegistryError};
 pub use retry::{Jitter, RetryPolicy};

@@ -4,6 +4,7 @@
 
 use crate::clock::SharedClock;
 use crate::error::{StepError, StoreError};
+use crate::metrics::{self, AttemptKind};
 use crate::model::{CompensationStatus, EventKind, SagaStatus, StepStatus};
 use crate::registry::Registry;
 use crate::skill::{BoxFuture, Skill, StepContext};
@@ -200,13 +201,23 @@ impl Driver {
         let state = &run.steps[position];
         let attempt = state.attempts;
         let ctx = run.context(position, attempt, false);
-        let span = info_span!("step", step = %step.name(), attempt);
+        let span = info_span!("step", saga_id = %run.lease.saga_id, skill = %skill.name(), step = %step.name(), attempt);
+        let began = std::time::Instant::now();
         let outcome = self
             .attempt(&mut run.lease, step.run(ctx), step.timeout_duration())
             .instrument(span)
             .await;
         let result = match outcome {
-            Attempt::Done(result) => result,
+            Attempt::Done(result) => {
+                metrics::step_attempt(
+                    skill.name(),
+                    step.name(),
+                    AttemptKind::Action,
+                    result.is_ok(),
+                    began.elapsed(),
+                );
+                result
+            }
             Attempt::LeaseLost => {
                 return Err(StoreError::LostLease {
                     saga_id: run.lease.saga_id,
@@ -263,6 +274,7 @@ impl Driver {
                 let delay = policy.delay_after(in_round, self.jitter.sample());
                 let retry_at = self.clock.now() + chrono_duration(delay);
                 info!(step = %step.name(), attempt, error = %error, delay_ms = delay.as_millis() as u64, "step failed; retry scheduled");
+                metrics::step_retry(skill.name(), step.name(), AttemptKind::Action);
                 let mut t = Transition::new();
                 t.status = Some(SagaStatus::Pending);
                 t.wake = WakeChange::Set(retry_at);
@@ -410,13 +422,23 @@ impl Driver {
                 step.name()
             )));
         };
-        let span = info_span!("compensation", step = %step.name(), attempt);
+        let span = info_span!("compensation", saga_id = %run.lease.saga_id, skill = %skill.name(), step = %step.name(), attempt);
+        let began = std::time::Instant::now();
         let outcome = self
             .attempt(&mut run.lease, fut, step.timeout_duration())
             .instrument(span)
             .await;
         let result = match outcome {
-            Attempt::Done(result) => result,
+            Attempt::Done(result) => {
+                metrics::step_attempt(
+                    skill.name(),
+                    step.name(),
+                    AttemptKind::Compensation,
+                    result.is_ok(),
+                    began.elapsed(),
+                );
+                result
+            }
             Attempt::LeaseLost => {
                 return Err(StoreError::LostLease {
                     saga_id: run.lease.saga_id,
@@ -446,6 +468,7 @@ impl Driver {
                     let delay = policy.delay_after(in_round, self.jitter.sample());
                     let retry_at = self.clock.now() + chrono_duration(delay);
                     info!(step = %step.name(), attempt, error = %error, "compensation failed; retry scheduled");
+                    metrics::step_retry(skill.name(), step.name(), AttemptKind::Compensation);
                     let mut t = Transition::new();
                     t.wake = WakeChange::Set(retry_at);
                     t.release_lease = true;
@@ -540,6 +563,12 @@ impl Driver {
         t: &Transition,
     ) -> Result<crate::store::Committed, StoreError> {
         let committed = self.store.commit(&run.lease, self.clock.now(), t).await?;
+        match t.status {
+            Some(SagaStatus::Completed) => metrics::saga_completed(run.skill.name()),
+            Some(SagaStatus::Compensated) => metrics::saga_compensated(run.skill.name()),
+            Some(SagaStatus::Failed) => metrics::saga_failed(run.skill.name()),
+            _ => {}
+        }
         if let (WakeChange::Set(at), false) = (t.wake, t.release_lease) {
             run.lease.expires_at = at;
         }

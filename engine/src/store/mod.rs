@@ -8,6 +8,7 @@ mod operator;
 mod queries;
 mod rows;
 
+pub use operator::{HistoryPartition, OperatorEvent, PruneBatch, ReplayConflict, ReplaySaga};
 pub use queries::{
     ClaimedSaga, Committed, InsertConflict, Lease, NewEvent, NewSaga, StartOutcome, StepChange,
     StepState, Transition, WakeChange,
@@ -54,6 +55,8 @@ impl PgStore {
     /// Applies pending migrations (safe to run concurrently: sqlx takes an advisory lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
+        // Saga ids are time-ordered (UUIDv7): keep the history's monthly partitions ahead.
+        self.ensure_history_partitions(chrono::Utc::now()).await?;
         Ok(())
     }
 }

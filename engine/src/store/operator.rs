@@ -1,10 +1,74 @@
-//! The statements behind the operator API (replays, cancellation, pruning) and the queue
-//! sample behind the metrics. Parameterized throughout; kept apart from the worker's hot path.
+//! The statements behind the operator API (replays, pruning, listing for bulk actions) and the
+//! queue sample behind the metrics. Parameterized throughout; kept apart from the worker's hot
+//! path. Every change here is one transaction that also appends its history rows.
 
-use super::PgStore;
+use super::rows::SummaryRow;
+use super::{PgStore, WORK_CHANNEL};
 use crate::error::StoreError;
 use crate::metrics::QueueStats;
+use crate::model::{EventKind, SagaStatus, SagaSummary};
 use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+const SUMMARY_COLUMNS: &str =
+    "id, skill, skill_version, status, idempotency_key, created_at, updated_at";
+
+/// A history row written by an operator action.
+#[derive(Debug, Clone)]
+pub struct OperatorEvent {
+    pub saga_id: Uuid,
+    pub kind: EventKind,
+    pub step: Option<String>,
+    pub actor: String,
+    pub detail: Option<Value>,
+}
+
+/// A saga to create from another one (restart or fork).
+#[derive(Debug, Clone)]
+pub struct ReplaySaga {
+    pub id: Uuid,
+    pub replay_of: Uuid,
+    /// The status the original must still have (checked under a lock).
+    pub original_status: SagaStatus,
+    pub skill: String,
+    pub skill_version: i32,
+    pub input: Value,
+    /// `None`: no idempotency key. `Some(prefix)`: the key is `{prefix}/{n}` with the first
+    /// free `n` counting from the number of earlier replays plus one.
+    pub key_prefix: Option<String>,
+    pub started_by: String,
+    pub step_names: Vec<String>,
+    /// Outputs of the leading steps taken over from the original (fork).
+    pub reused_outputs: Vec<Value>,
+    /// Appended after `saga_started`, in order, on either saga.
+    pub events: Vec<OperatorEvent>,
+}
+
+/// Why a replay could not be written.
+#[derive(Debug)]
+pub enum ReplayConflict {
+    /// The original is gone.
+    NotFound,
+    /// The original changed since it was checked (its current status).
+    StatusChanged(SagaStatus),
+}
+
+/// One monthly partition of the history.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HistoryPartition {
+    pub name: String,
+    pub lower: Uuid,
+    pub upper: Uuid,
+}
+
+/// What one pruning pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneBatch {
+    pub sagas: u64,
+    /// History rows deleted one by one (rows of dropped partitions are not counted).
+    pub events: u64,
+}
 
 impl PgStore {
     /// Counts non-terminal sagas by queue state and the lag of the oldest due one. Reads only
@@ -27,4 +91,383 @@ impl PgStore {
             lag_seconds: lag.unwrap_or(0.0),
         })
     }
+
+    /// Resumes a `failed` saga's compensation: every compensation that failed for good gets a
+    /// fresh round of attempts, the saga becomes `compensating` and due now. `skill_version`
+    /// moves the saga to another registered version (already checked by the caller).
+    /// `Err(conflict)` if the saga is gone or no longer `failed`.
+    pub async fn resume_compensation(
+        &self,
+        id: Uuid,
+        skill_version: i32,
+        event: OperatorEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Result<SagaSummary, ReplayConflict>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<SummaryRow> = sqlx::query_as(&format!(
+            "UPDATE stepwise.sagas
+             SET status = 'compensating', wake_at = $2, skill_version = $3, updated_at = $2
+             WHERE id = $1 AND status = 'failed'
+             RETURNING {SUMMARY_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(now)
+        .bind(skill_version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return self.conflict_for(id).await.map(Err);
+        };
+        sqlx::query(
+            "UPDATE stepwise.steps
+             SET compensation_status = 'pending',
+                 compensation_round_base = compensation_attempts,
+                 compensation_finished_at = NULL
+             WHERE saga_id = $1 AND compensation_status IN ('failed', 'running')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        insert_operator_events(&mut tx, now, std::slice::from_ref(&event)).await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Ok(row.try_into()?))
+    }
+
+    /// Creates a saga from another (restart, fork) with its steps and history, and records the
+    /// link on the original, in one transaction. The original is locked and must still have
+    /// the status the caller checked.
+    pub async fn insert_replay(
+        &self,
+        replay: &ReplaySaga,
+        now: DateTime<Utc>,
+    ) -> Result<Result<SagaSummary, ReplayConflict>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM stepwise.sagas WHERE id = $1 FOR SHARE")
+                .bind(replay.replay_of)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(status) = status else {
+            tx.rollback().await?;
+            return Ok(Err(ReplayConflict::NotFound));
+        };
+        let status: SagaStatus = super::rows::parse("saga status", &status)?;
+        if status != replay.original_status {
+            tx.rollback().await?;
+            return Ok(Err(ReplayConflict::StatusChanged(status)));
+        }
+        let earlier: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas WHERE replay_of = $1")
+                .bind(replay.replay_of)
+                .fetch_one(&mut *tx)
+                .await?;
+        let cursor = replay.reused_outputs.len() as i32;
+        let mut n = earlier + 1;
+        let row = loop {
+            let key = replay.key_prefix.as_ref().map(|p| format!("{p}/{n}"));
+            let inserted: Option<SummaryRow> = sqlx::query_as(&format!(
+                "INSERT INTO stepwise.sagas
+                     (id, skill, skill_version, status, idempotency_key, input, started_by,
+                      replay_of, cursor, step_count, wake_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $10, $10)
+                 ON CONFLICT (skill, idempotency_key) DO NOTHING
+                 RETURNING {SUMMARY_COLUMNS}"
+            ))
+            .bind(replay.id)
+            .bind(&replay.skill)
+            .bind(replay.skill_version)
+            .bind(&key)
+            .bind(&replay.input)
+            .bind(&replay.started_by)
+            .bind(replay.replay_of)
+            .bind(cursor)
+            .bind(replay.step_names.len() as i32)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match inserted {
+                Some(row) => break row,
+                // Someone used `{prefix}/{n}` already: take the next number.
+                None if n < earlier + 1000 => n += 1,
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "no free replay idempotency key under {:?}",
+                        replay.key_prefix
+                    )))
+                }
+            }
+        };
+        let outputs: Vec<Option<Value>> = (0..replay.step_names.len())
+            .map(|i| replay.reused_outputs.get(i).cloned())
+            .collect();
+        sqlx::query(
+            "INSERT INTO stepwise.steps (saga_id, position, name, status, output, finished_at)
+             SELECT $1, t.ord::int - 1, t.name,
+                    CASE WHEN t.output IS NULL THEN 'pending' ELSE 'succeeded' END,
+                    t.output, CASE WHEN t.output IS NULL THEN NULL ELSE $3 END
+             FROM UNNEST($2::text[], $4::jsonb[]) WITH ORDINALITY AS t(name, output, ord)",
+        )
+        .bind(replay.id)
+        .bind(&replay.step_names)
+        .bind(now)
+        .bind(&outputs)
+        .execute(&mut *tx)
+        .await?;
+        let mut events = vec![OperatorEvent {
+            saga_id: replay.id,
+            kind: EventKind::SagaStarted,
+            step: None,
+            actor: replay.started_by.clone(),
+            detail: None,
+        }];
+        events.extend(replay.events.iter().cloned());
+        insert_operator_events(&mut tx, now, &events).await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Ok(row.try_into()?))
+    }
+
+    async fn conflict_for(&self, id: Uuid) -> Result<ReplayConflict, StoreError> {
+        Ok(match self.summary(id).await? {
+            Some(s) => ReplayConflict::StatusChanged(s.status),
+            None => ReplayConflict::NotFound,
+        })
+    }
+
+    /// One page of sagas matching a bulk filter, oldest first, after `after` (keyset paging
+    /// on `(created_at, id)`).
+    pub async fn bulk_page(
+        &self,
+        status: Option<SagaStatus>,
+        skill: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<SagaSummary>, StoreError> {
+        let rows: Vec<SummaryRow> = sqlx::query_as(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM stepwise.sagas
+             WHERE ($1::text IS NULL OR status = $1)
+               AND ($2::text IS NULL OR skill = $2)
+               AND ($3::timestamptz IS NULL OR created_at >= $3)
+               AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5))
+             ORDER BY created_at, id
+             LIMIT $6"
+        ))
+        .bind(status.map(SagaStatus::as_str))
+        .bind(skill)
+        .bind(since)
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(SagaSummary::try_from).collect()
+    }
+
+    /// Counts by status among sagas of `skill` created since `since` (all when `None`).
+    pub async fn counts_by_status_filtered(
+        &self,
+        skill: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<(SagaStatus, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM stepwise.sagas
+             WHERE ($1::text IS NULL OR skill = $1)
+               AND ($2::timestamptz IS NULL OR created_at >= $2)
+             GROUP BY status",
+        )
+        .bind(skill)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(s, n)| Ok((super::rows::parse("saga status", &s)?, n)))
+            .collect()
+    }
+
+    /// Creates the monthly history partitions around `now` (a month back, two ahead) that do
+    /// not exist yet. Returns how many it created.
+    pub async fn ensure_history_partitions(&self, now: DateTime<Utc>) -> Result<i32, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT stepwise.ensure_event_partitions($1 - interval '1 month', $1 + interval '2 months')",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Terminal sagas that finished before `cutoff`: what a prune would delete.
+    pub async fn count_prunable(&self, cutoff: DateTime<Utc>) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM stepwise.sagas
+             WHERE status IN ('completed', 'compensated', 'failed')
+               AND created_at < $1 AND updated_at < $1",
+        )
+        .bind(cutoff)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The monthly history partitions wholly older than `cutoff` in which no saga would
+    /// survive a prune at `cutoff`: they can be dropped whole.
+    pub async fn droppable_history_partitions(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<HistoryPartition>, StoreError> {
+        Ok(sqlx::query_as(
+            "WITH parts AS (
+                 SELECT c.relname::text AS name,
+                        to_date(substr(c.relname, 8), 'YYYY_MM')::timestamp AT TIME ZONE 'UTC' AS month
+                 FROM pg_inherits i
+                 JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = 'stepwise.events'::regclass
+                   AND c.relname ~ '^events_[0-9]{4}_[0-9]{2}$'),
+             bounds AS (
+                 SELECT name, month,
+                        stepwise.uuid_v7_floor(month) AS lower,
+                        stepwise.uuid_v7_floor(month + interval '1 month') AS upper
+                 FROM parts)
+             SELECT name, lower, upper FROM bounds b
+             WHERE b.month + interval '1 month' <= $1
+               AND NOT EXISTS (
+                   SELECT 1 FROM stepwise.sagas s
+                   WHERE s.id >= b.lower AND s.id < b.upper
+                     AND (s.status NOT IN ('completed', 'compensated', 'failed')
+                          OR s.updated_at >= $1))
+             ORDER BY month",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Prunes one month at once: deletes its sagas (steps cascade) and drops its history
+    /// partition, in one transaction. Returns `None`, changing nothing, if a saga of that
+    /// month must stay after all (it was retried meanwhile) or the partition lock could not be
+    /// had quickly (workers are never stalled behind a prune); those sagas are then pruned row
+    /// by row.
+    pub async fn prune_history_partition(
+        &self,
+        partition: &HistoryPartition,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM stepwise.sagas
+             WHERE id >= $1 AND id < $2
+               AND status IN ('completed', 'compensated', 'failed') AND updated_at < $3",
+        )
+        .bind(partition.lower)
+        .bind(partition.upper)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let left: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM stepwise.sagas WHERE id >= $1 AND id < $2)",
+        )
+        .bind(partition.lower)
+        .bind(partition.upper)
+        .fetch_one(&mut *tx)
+        .await?;
+        if left {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query("SET LOCAL lock_timeout = '2s'")
+            .execute(&mut *tx)
+            .await?;
+        // The name comes from pg_class and matched ^events_[0-9]{4}_[0-9]{2}$.
+        let dropped = sqlx::query(&format!(
+            "DROP TABLE stepwise.\"{}\"",
+            partition.name.replace('"', "")
+        ))
+        .execute(&mut *tx)
+        .await;
+        match dropped {
+            Ok(_) => {
+                tx.commit().await?;
+                Ok(Some(deleted))
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes up to `limit` terminal sagas that finished before `cutoff`, with their steps and
+    /// history rows, in one statement. Rows locked by someone else are skipped this time.
+    pub async fn prune_batch(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<PruneBatch, StoreError> {
+        let (sagas, events): (i64, i64) = sqlx::query_as(
+            "WITH doomed AS (
+                 SELECT id FROM stepwise.sagas
+                 WHERE status IN ('completed', 'compensated', 'failed')
+                   AND created_at < $1 AND updated_at < $1
+                 ORDER BY created_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED),
+             ev AS (
+                 DELETE FROM stepwise.events e USING doomed
+                 WHERE e.saga_id = doomed.id RETURNING 1),
+             gone AS (
+                 DELETE FROM stepwise.sagas s USING doomed
+                 WHERE s.id = doomed.id RETURNING 1)
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM ev)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(PruneBatch {
+            sagas: sagas as u64,
+            events: events as u64,
+        })
+    }
+}
+
+async fn notify(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WORK_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_operator_events(
+    tx: &mut sqlx::PgConnection,
+    at: DateTime<Utc>,
+    events: &[OperatorEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let sagas: Vec<Uuid> = events.iter().map(|e| e.saga_id).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let steps: Vec<Option<String>> = events.iter().map(|e| e.step.clone()).collect();
+    let actors: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
+    let details: Vec<Option<Value>> = events.iter().map(|e| e.detail.clone()).collect();
+    sqlx::query(
+        "INSERT INTO stepwise.events (saga_id, at, kind, step, attempt, actor, detail)
+         SELECT t.saga_id, $1, t.kind, t.step, NULL, t.actor, t.detail
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[]) WITH ORDINALITY
+              AS t(saga_id, kind, step, actor, detail, ord)
+         ORDER BY t.ord",
+    )
+    .bind(at)
+    .bind(&sagas)
+    .bind(&kinds)
+    .bind(&steps)
+    .bind(&actors)
+    .bind(&details)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
