@@ -1,1 +1,69 @@
-//! placeholder
+//! # stepwise-mcp
+//!
+//! The MCP facade of Stepwise, on rmcp (the official Rust MCP SDK, pinned at 3.11.0). It serves
+//! whatever [`Registry`](stepwise_engine::Registry) the engine was built with and knows no
+//! hotel: tools, schemas and roles come from the skills' and queries' definitions
+//! ([`Exposure`](stepwise_engine::Exposure)).
+//!
+//! It is thin: a tool call is validated, authorized, turned into a saga start (idempotent on
+//! the caller's `idempotency_key`) or a read, waited for a bounded time, and reported. It never
+//! orchestrates.
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`auth`] | principals (`role:subject`), roles, bearer tokens (stored as SHA-256) |
+//! | [`tools`] | the tool catalog per role, annotations, control tools |
+//! | [`schema`] | JSON Schemas for clients (inlined `$ref`s, object roots), argument checks |
+//! | [`server`] | the rmcp `ServerHandler`: tools, resources (`saga://{id}`), tasks |
+//! | [`results`] | the saga result and tool errors (what was undone, what to do) |
+//! | [`tasks`] | the MCP tasks extension mapped onto sagas (read from PostgreSQL) |
+//! | [`audit`] | the append-only audit of every call |
+//! | [`http`] | streamable HTTP at `/mcp` with bearer auth, `/metrics` |
+//! | [`stdio`](serve_stdio) | the stdio transport |
+
+pub mod audit;
+pub mod auth;
+pub mod http;
+pub mod results;
+pub mod schema;
+pub mod server;
+pub mod tasks;
+pub mod tools;
+
+pub use audit::{AuditEntry, AuditFilter, AuditRecord, AuditStore, Outcome};
+pub use auth::{Principal, Role, TokenStore};
+pub use server::{Facade, StepwiseServer};
+
+use rmcp::ServiceExt;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("MCP session failed to start: {0}")]
+    Start(String),
+    #[error("MCP session ended abnormally: {0}")]
+    Session(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves one MCP session over stdin/stdout as `principal` until the client disconnects or
+/// `shutdown` is cancelled. Logs must go to stderr: stdout carries the protocol.
+pub async fn serve_stdio(
+    facade: Arc<Facade>,
+    principal: Principal,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let server = StepwiseServer::with_principal(facade, principal);
+    let running = server
+        .serve_with_ct(rmcp::transport::stdio(), shutdown)
+        .await
+        .map_err(|e| ServeError::Start(e.to_string()))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| ServeError::Session(e.to_string()))?;
+    Ok(())
+}

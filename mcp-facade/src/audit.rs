@@ -1,0 +1,137 @@
+//! The audit of every tool call: `stepwise.mcp_audit`, append-only (a trigger refuses UPDATE,
+//! DELETE and TRUNCATE). Operators query it with `stepwise audit`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// How a call ended, as stored in `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done, or a read answered.
+    Ok,
+    /// The saga was still running when the call returned.
+    Pending,
+    /// The saga ended compensated or failed.
+    SagaFailed,
+    /// The caller may not do this.
+    Refused,
+    /// Malformed arguments.
+    Invalid,
+    /// Idempotency key reused with other input.
+    Conflict,
+    /// The facade could not serve the call.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Pending => "pending",
+            Outcome::SagaFailed => "saga_failed",
+            Outcome::Refused => "refused",
+            Outcome::Invalid => "invalid",
+            Outcome::Conflict => "conflict",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// One row to append.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub principal: String,
+    pub transport: &'static str,
+    pub tool: String,
+    pub saga_id: Option<Uuid>,
+    pub outcome: Outcome,
+    /// Required unless the outcome is `ok` or `pending`.
+    pub error_code: Option<String>,
+    pub duration_ms: i32,
+}
+
+/// A stored row, as `stepwise audit --json` prints it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub principal: String,
+    pub transport: String,
+    pub tool: String,
+    pub saga_id: Option<Uuid>,
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub duration_ms: i32,
+}
+
+/// Filters of `stepwise audit`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub tool: Option<String>,
+    pub principal: Option<String>,
+    pub saga_id: Option<Uuid>,
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many rows, newest first (default 100).
+    pub limit: i64,
+}
+
+/// `stepwise.mcp_audit`.
+#[derive(Debug, Clone)]
+pub struct AuditStore {
+    pool: PgPool,
+}
+
+impl AuditStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub async fn record(&self, entry: &AuditEntry) -> Result<(), sqlx::Error> {
+        // The CHECK constraint wants a code for every failure; never lose a row over it.
+        let error_code = match (entry.outcome, &entry.error_code) {
+            (Outcome::Ok | Outcome::Pending, _) => None,
+            (_, Some(code)) => Some(code.clone()),
+            (outcome, None) => Some(outcome.as_str().to_string()),
+        };
+        sqlx::query(
+            "INSERT INTO stepwise.mcp_audit
+                 (at, principal, transport, tool, saga_id, outcome, error_code, duration_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(Utc::now())
+        .bind(&entry.principal)
+        .bind(entry.transport)
+        .bind(&entry.tool)
+        .bind(entry.saga_id)
+        .bind(entry.outcome.as_str())
+        .bind(error_code)
+        .bind(entry.duration_ms.max(0))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Rows matching `filter`, newest first.
+    pub async fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, at, principal, transport, tool, saga_id, outcome, error_code, duration_ms
+             FROM stepwise.mcp_audit
+             WHERE ($1::text IS NULL OR tool = $1)
+               AND ($2::text IS NULL OR principal = $2)
+               AND ($3::uuid IS NULL OR saga_id = $3)
+               AND ($4::timestamptz IS NULL OR at >= $4)
+             ORDER BY id DESC
+             LIMIT $5",
+        )
+        .bind(&filter.tool)
+        .bind(&filter.principal)
+        .bind(filter.saga_id)
+        .bind(filter.since)
+        .bind(if filter.limit > 0 { filter.limit } else { 100 })
+        .fetch_all(&self.pool)
+        .await
+    }
+}

@@ -1,0 +1,304 @@
+//! What a tool call answers: the saga result of CONTRACT.md section 5 and tool errors.
+//!
+//! A saga tool returns `structuredContent`
+//! `{"saga_id","status","skill","output"?,"error"?:{"code","message","action"?},"steps_done","steps_total"}`
+//! and a text rendering of it. A saga that ended `compensated` or `failed` is a tool error
+//! (`isError: true`) whose message says what was undone. Every other refusal is a tool error
+//! with `structuredContent: {"error":{"code","message","field"?,"action"?}}`.
+
+use rmcp::model::{CallToolResult, ContentBlock};
+use serde_json::{json, Map, Value};
+use stepwise_engine::{CompensationStatus, SagaDetail, SagaStatus, StepStatus};
+
+/// A tool error the agent can relay: a stable code, a message, maybe the field at fault and
+/// what to do next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolError {
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+    pub action: Option<String>,
+    /// Extra members of the error object (e.g. the saga id an idempotency key belongs to).
+    pub extra: Map<String, Value>,
+}
+
+impl ToolError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            field: None,
+            action: None,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn invalid(field: Option<String>, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let message = match &field {
+            Some(f) if !message.contains(f.as_str()) => format!("`{f}`: {message}"),
+            _ => message,
+        };
+        Self {
+            field,
+            action: Some("Correct the arguments and call again.".into()),
+            ..Self::new("invalid_input", message)
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new("forbidden", message)
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new("not_found", what)
+    }
+
+    pub fn with_action(mut self, action: impl Into<String>) -> Self {
+        self.action = Some(action.into());
+        self
+    }
+
+    pub fn with_extra(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::String(self.code.clone()));
+        error.insert("message".into(), Value::String(self.message.clone()));
+        if let Some(field) = &self.field {
+            error.insert("field".into(), Value::String(field.clone()));
+        }
+        if let Some(action) = &self.action {
+            error.insert("action".into(), Value::String(action.clone()));
+        }
+        for (k, v) in &self.extra {
+            error.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        json!({ "error": Value::Object(error) })
+    }
+
+    pub fn into_result(self) -> CallToolResult {
+        let mut text = format!("Error ({}): {}", self.code, self.message);
+        if let Some(action) = &self.action {
+            text.push_str(&format!(" {action}"));
+        }
+        let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
+        result.structured_content = Some(self.to_json());
+        result
+    }
+}
+
+/// The saga result of a finished (or still running) saga.
+#[derive(Debug, Clone)]
+pub struct SagaReport {
+    pub structured: Value,
+    pub text: String,
+    pub is_error: bool,
+}
+
+impl SagaReport {
+    pub fn into_result(self) -> CallToolResult {
+        let mut result = if self.is_error {
+            CallToolResult::error(vec![ContentBlock::text(self.text)])
+        } else {
+            CallToolResult::success(vec![ContentBlock::text(self.text)])
+        };
+        result.structured_content = Some(self.structured);
+        result
+    }
+}
+
+/// Steps whose compensation ran, in the order they were undone (reverse of the forward order).
+pub fn undone_steps(detail: &SagaDetail) -> Vec<String> {
+    let mut undone: Vec<_> = detail
+        .steps
+        .iter()
+        .filter(|s| s.compensation.status == CompensationStatus::Compensated)
+        .collect();
+    undone.sort_by_key(|s| std::cmp::Reverse(s.position));
+    undone.into_iter().map(|s| s.name.clone()).collect()
+}
+
+/// Steps that succeeded but whose undo failed or has not run yet.
+fn not_undone_steps(detail: &SagaDetail) -> Vec<String> {
+    detail
+        .steps
+        .iter()
+        .filter(|s| {
+            s.status == StepStatus::Succeeded
+                && matches!(
+                    s.compensation.status,
+                    CompensationStatus::Failed
+                        | CompensationStatus::Pending
+                        | CompensationStatus::Running
+                )
+        })
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+fn list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The structured saga result of CONTRACT.md section 5, plus a sentence for the text content.
+pub fn saga_report(detail: &SagaDetail) -> SagaReport {
+    let mut out = Map::new();
+    out.insert("saga_id".into(), Value::String(detail.id.to_string()));
+    out.insert("status".into(), Value::String(detail.status.to_string()));
+    out.insert("skill".into(), Value::String(detail.skill.clone()));
+    let steps_done = detail.steps_done();
+    let steps_total = detail.steps.len();
+    out.insert("steps_done".into(), json!(steps_done));
+    out.insert("steps_total".into(), json!(steps_total));
+
+    let head = format!("`{}` saga {}", detail.skill, detail.id);
+    let (text, is_error) = match detail.status {
+        SagaStatus::Completed => {
+            let output = detail.output.clone().unwrap_or(Value::Null);
+            let text =
+                format!("{head} completed ({steps_done}/{steps_total} steps). Output: {output}");
+            out.insert("output".into(), output);
+            (text, false)
+        }
+        SagaStatus::Compensated | SagaStatus::Failed => {
+            let error = failure(detail);
+            let text = format!(
+                "{head} {}: {}{}",
+                detail.status,
+                error["message"].as_str().unwrap_or_default(),
+                error
+                    .get("action")
+                    .and_then(Value::as_str)
+                    .map(|a| format!(" {a}"))
+                    .unwrap_or_default()
+            );
+            out.insert("error".into(), error);
+            (text, true)
+        }
+        SagaStatus::Pending | SagaStatus::Running | SagaStatus::Compensating => {
+            let text = format!(
+                "{head} is {} ({steps_done}/{steps_total} steps done). It goes on in the background: \
+                 get_saga_status with this saga_id (or the resource saga://{}) tells how it ends.",
+                detail.status, detail.id
+            );
+            (text, false)
+        }
+    };
+    SagaReport {
+        structured: Value::Object(out),
+        text,
+        is_error,
+    }
+}
+
+/// The `error` member of a compensated or failed saga: the cause, what was undone, what was
+/// not, and what to do.
+fn failure(detail: &SagaDetail) -> Value {
+    let cause = detail.error.clone().unwrap_or(Value::Null);
+    let code = cause
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or("saga_failed")
+        .to_string();
+    let cause_message = cause
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("the saga did not complete")
+        .to_string();
+    let step = cause.get("step").and_then(Value::as_str);
+    let undone = undone_steps(detail);
+    let not_undone = not_undone_steps(detail);
+
+    let mut message = match step {
+        Some(step) => format!("{cause_message} (at step `{step}`)."),
+        None => format!("{cause_message}."),
+    };
+    if undone.is_empty() {
+        message.push_str(" Nothing had to be undone.");
+    } else {
+        message.push_str(&format!(" Undone, in this order: {}.", list(&undone)));
+    }
+    let action = match detail.status {
+        SagaStatus::Failed => {
+            if !not_undone.is_empty() {
+                message.push_str(&format!(" NOT undone yet: {}.", list(&not_undone)));
+            }
+            Some(format!(
+                "An operator has to finish the undo (`stepwise sagas retry {}`); tell the person \
+                 their request failed and is being looked after. Do not call again.",
+                detail.id
+            ))
+        }
+        _ => cause
+            .get("action")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| {
+                Some(if code == "cancelled" {
+                    "The request was cancelled and rolled back.".to_string()
+                } else {
+                    "Everything the saga had done was rolled back; fix the cause, then call again \
+                     with a new idempotency_key."
+                        .to_string()
+                })
+            }),
+    };
+    let mut error = Map::new();
+    error.insert("code".into(), Value::String(code));
+    error.insert("message".into(), Value::String(message));
+    if let Some(action) = action {
+        error.insert("action".into(), Value::String(action));
+    }
+    if let Some(step) = step {
+        error.insert("step".into(), Value::String(step.to_string()));
+    }
+    error.insert("undone".into(), json!(undone));
+    if detail.status == SagaStatus::Failed {
+        error.insert("not_undone".into(), json!(not_undone));
+    }
+    Value::Object(error)
+}
+
+/// The JSON Schema of [`saga_report`]'s structured content, with the skill's output schema.
+pub fn saga_output_schema(skill_output: Option<&Map<String, Value>>) -> Map<String, Value> {
+    let output = skill_output
+        .map(|o| Value::Object(o.clone()))
+        .unwrap_or_else(|| json!({"description": "The skill's output."}));
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "saga_id": {"type": "string", "format": "uuid", "description": "The saga's id (also the task id)."},
+            "status": {"type": "string", "enum": ["pending", "running", "compensating", "completed", "compensated", "failed"]},
+            "skill": {"type": "string"},
+            "output": output,
+            "error": {
+                "type": "object",
+                "description": "Why the saga did not complete and what was undone.",
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "action": {"type": "string"},
+                    "step": {"type": "string"},
+                    "undone": {"type": "array", "items": {"type": "string"}},
+                    "not_undone": {"type": "array", "items": {"type": "string"}}
+                },
+                "required": ["code", "message"]
+            },
+            "steps_done": {"type": "integer", "minimum": 0},
+            "steps_total": {"type": "integer", "minimum": 0}
+        },
+        "required": ["saga_id", "status", "skill", "steps_done", "steps_total"]
+    });
+    match schema {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
