@@ -7,4 +7,5 @@ pub mod cli;
 pub mod demo;
 pub mod embedded_pg;
 pub mod exit;
+pub mod metrics_server;
 pub mod render;

@@ -79,6 +79,22 @@ pub fn summary_line(s: &SagaSummary) -> String {
     )
 }
 
+/// An event's detail as `key: value` pairs, nulls left out.
+fn event_detail(detail: &Value) -> String {
+    match detail.as_object() {
+        Some(map) => map
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}: {s}"),
+                other => format!("{k}: {other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => detail.to_string(),
+    }
+}
+
 /// The readable timeline of `sagas show`: header, steps, history.
 pub fn timeline(saga: &SagaDetail) -> String {
     let mut out = String::new();
@@ -112,8 +128,46 @@ pub fn timeline(saga: &SagaDetail) -> String {
             short_error(&Some(error.clone()))
         ));
     }
-    if saga.status == SagaStatus::Failed {
-        out.push_str("  needs an operator: `stepwise sagas retry ID` resumes the compensation\n");
+    if let Some(at) = saga.cancel_requested_at {
+        out.push_str(&format!(
+            "  cancel requested at {}\n",
+            at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+        ));
+    }
+    if let Some(owner) = &saga.lease_owner {
+        out.push_str(&format!("  held by {owner}\n"));
+    }
+    let replays: Vec<String> = saga
+        .events
+        .iter()
+        .filter_map(|e| {
+            let d = e.detail.as_ref()?;
+            let (how, id) = match (d.get("restarted_as"), d.get("forked_as")) {
+                (Some(id), _) => ("restarted as", id),
+                (_, Some(id)) => ("forked as", id),
+                _ => return None,
+            };
+            Some(format!(
+                "{how} {} by {}",
+                id.as_str().unwrap_or("?"),
+                e.actor
+            ))
+        })
+        .collect();
+    for replay in &replays {
+        out.push_str(&format!("  {replay}\n"));
+    }
+    match saga.status {
+        SagaStatus::Failed => out.push_str(&format!(
+            "  needs an operator: a compensation exhausted its attempts; once its cause is fixed, \
+             `stepwise sagas retry {}` resumes the compensation\n",
+            saga.id
+        )),
+        SagaStatus::Compensated if replays.is_empty() => out.push_str(&format!(
+            "  undone; `stepwise sagas restart {}` runs it again as a new saga\n",
+            saga.id
+        )),
+        _ => {}
     }
 
     let mut steps = table(&[
@@ -126,14 +180,25 @@ pub fn timeline(saga: &SagaDetail) -> String {
         "compensation",
     ]);
     for s in &saga.steps {
-        let took = match (s.started_at, s.finished_at) {
-            (Some(a), Some(b)) => millis_between(a, b),
+        let reused_from = saga.events.iter().find_map(|e| {
+            (e.step.as_deref() == Some(s.name.as_str()))
+                .then(|| e.detail.as_ref()?.get("reused_from")?.as_str())
+                .flatten()
+        });
+        let took = match (reused_from, s.started_at, s.finished_at) {
+            (Some(from), _, _) => format!("reused from {}", &from[..from.len().min(8)]),
+            (None, Some(a), Some(b)) => millis_between(a, b),
             _ => String::new(),
         };
         let compensation = match s.compensation.status {
             CompensationStatus::NotNeeded => "-".to_string(),
             status => {
-                let mut text = format!("{status} ({} attempts)", s.compensation.attempts);
+                let mut text = format!("{status} ({} attempts", s.compensation.attempts);
+                if let (Some(a), Some(b)) = (s.compensation.started_at, s.compensation.finished_at)
+                {
+                    text.push_str(&format!(", {}", millis_between(a, b)));
+                }
+                text.push(')');
                 if s.compensation.error.is_some() {
                     text.push_str(&format!("; {}", short_error(&s.compensation.error)));
                 }
@@ -165,7 +230,7 @@ pub fn timeline(saga: &SagaDetail) -> String {
                     "{code}: {}",
                     d.get("message").and_then(Value::as_str).unwrap_or("")
                 ),
-                None => d.to_string(),
+                None => event_detail(d),
             })
             .unwrap_or_default();
         events.add_row(vec![

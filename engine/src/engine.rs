@@ -86,12 +86,7 @@ impl Engine {
             extra_events: Vec::new(),
         };
         match self.store.insert_saga(new, self.clock.now()).await? {
-            Ok(outcome) => {
-                if outcome.created {
-                    crate::metrics::saga_started(&outcome.saga.skill);
-                }
-                Ok(outcome)
-            }
+            Ok(outcome) => Ok(outcome),
             Err(InsertConflict::DifferentInput(existing)) => Err(StartError::IdempotencyConflict {
                 skill: request.skill,
                 key: request.idempotency_key.unwrap_or_default(),

@@ -5,6 +5,9 @@
 //! (the `/metrics` handlers call it on every scrape). [`render_prometheus`] encodes everything
 //! in the Prometheus text format (version 0.0.4, [`CONTENT_TYPE`]).
 //!
+//! Counters and histograms count what happened in this process (the executor counts the sagas
+//! it drives): sum them over processes in PromQL. The queue gauges describe the whole database.
+//!
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `stepwise_sagas_started_total` | counter | `skill` |
@@ -105,7 +108,7 @@ impl Metrics {
         };
         registry.register(
             "sagas_started",
-            "Sagas created (starts, restarts, forks)",
+            "Sagas whose first step began in this process (new sagas, restarts, forks)",
             m.started.clone(),
         );
         registry.register(
@@ -168,7 +171,7 @@ fn skill(skill: &str) -> SkillLabels {
     }
 }
 
-/// A saga was created.
+/// A saga's first step begins (counted by the executor that runs it).
 pub fn saga_started(skill_name: &str) {
     metrics().started.get_or_create(&skill(skill_name)).inc();
 }

@@ -285,7 +285,6 @@ impl Engine {
             .await?
             .map_err(|c| conflict(id, "restart", c))?;
         metrics::operator_action("restart");
-        metrics::saga_started(&summary.skill);
         Ok(summary)
     }
 
@@ -385,7 +384,6 @@ impl Engine {
             .await?
             .map_err(|c| conflict(id, "fork", c))?;
         metrics::operator_action("fork");
-        metrics::saga_started(&summary.skill);
         Ok(summary)
     }
 

@@ -21,6 +21,9 @@ pub struct WorkerArgs {
     /// On Ctrl-C/SIGTERM, how long in-flight steps may take to finish, in seconds.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "STEPWISE_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -45,6 +48,24 @@ pub async fn run(args: WorkerArgs) -> Result<(), CliError> {
     let app = App::open(pool_size).await?;
     let worker = app.engine.worker(args.config());
     let shutdown = CancellationToken::new();
+    if let Err(e) = app
+        .engine
+        .store()
+        .ensure_history_partitions(app.engine.clock().now())
+        .await
+    {
+        tracing::warn!(error = %e, "could not create the history partitions ahead");
+    }
+    if let Some(addr) = args.metrics_addr {
+        if let Err(e) =
+            crate::metrics_server::spawn(addr, app.engine.clone(), shutdown.clone()).await
+        {
+            app.close().await;
+            return Err(CliError::usage(format!(
+                "cannot serve metrics on {addr}: {e}"
+            )));
+        }
+    }
     let signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -182,6 +182,9 @@ impl Driver {
                 );
                 return self.fail_forward(run, error, true).await;
             }
+            if state.attempts == 0 && run.steps.iter().all(|s| s.attempts == 0) {
+                metrics::saga_started(skill.name());
+            }
             let attempt = state.attempts + 1;
             let mut t = Transition::new();
             t.status = Some(SagaStatus::Running);
