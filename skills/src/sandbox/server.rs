@@ -1,0 +1,368 @@
+//! The HTTP front: routing by service prefix, faults, authentication, idempotency, the request
+//! ledger, and the `/_sandbox/*` control endpoints.
+
+use super::faults::{FaultConfig, Outcome};
+use super::state::{lock, RequestRecord, Service, SharedState, StoredResponse};
+use super::{salesforce, stripe, twilio};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::Router;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// The sandbox's routes over `state`.
+pub fn router(state: SharedState) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+/// A request as the service handlers see it.
+pub struct Req<'a> {
+    pub method: &'a Method,
+    /// The path below the service prefix, still percent-encoded (e.g. `/v1/customers`).
+    pub path: &'a str,
+    /// Decoded query parameters.
+    pub query: Vec<(String, String)>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+impl Req<'_> {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The form-encoded body's pairs.
+    pub fn form(&self) -> Vec<(String, String)> {
+        form_urlencoded::parse(self.body).into_owned().collect()
+    }
+
+    /// The percent-decoded path segments.
+    pub fn segments(&self) -> Vec<String> {
+        self.path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect()
+    }
+
+    /// The token of `Authorization: Bearer <token>`.
+    pub fn bearer(&self) -> Option<&str> {
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+
+    /// The user and password of `Authorization: Basic <base64>`.
+    pub fn basic(&self) -> Option<(String, String)> {
+        let value = self.header("authorization")?;
+        let (scheme, encoded) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (user, password) = text.split_once(':')?;
+        Some((user.to_string(), password.to_string()))
+    }
+}
+
+/// Decodes `%XX` escapes (invalid escapes are kept as written).
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response body and status, kept as bytes so an idempotent replay is byte-for-byte.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub replayed: bool,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &Value) -> Self {
+        Self {
+            status,
+            body: serde_json::to_vec(value).unwrap_or_default(),
+            replayed: false,
+        }
+    }
+
+    pub fn no_content() -> Self {
+        Self {
+            status: 204,
+            body: Vec::new(),
+            replayed: false,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = Response::new(Body::from(self.body.clone()));
+        *response.status_mut() = status;
+        if !self.body.is_empty() {
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        if self.replayed {
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+/// The header carrying a service's idempotency key, if the service has one.
+fn idempotency_header(service: Service) -> Option<&'static str> {
+    match service {
+        Service::Stripe => Some("idempotency-key"),
+        // A sandbox extension: Twilio has no request idempotency for Messages.
+        Service::Twilio => Some("i-twilio-idempotency-token"),
+        Service::Salesforce => None,
+    }
+}
+
+/// Which responses are kept for an idempotency key: like Stripe, results of requests that ran
+/// (successes and card declines), not validation or authentication failures, not server errors.
+fn keeps_result(status: u16) -> bool {
+    (200..300).contains(&status) || status == 402
+}
+
+/// Method, path and the request's sorted parameters.
+fn fingerprint(req: &Req<'_>) -> String {
+    let mut pairs = req.form();
+    pairs.sort();
+    let params: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{} {}?{}", req.method, req.path, params.join("&"))
+}
+
+fn fault_reply(service: Service, status: u16) -> Reply {
+    let body = match (service, status) {
+        (Service::Stripe, 500) => stripe::fault_body(),
+        (Service::Stripe, _) => json!({"error": {"type": "api_error",
+            "message": "The request timed out (sandbox fault)."}}),
+        (Service::Salesforce, 500) => {
+            json!([{"message": "An unexpected error occurred (sandbox fault).",
+            "errorCode": "SERVER_ERROR", "fields": []}])
+        }
+        (Service::Salesforce, _) => json!([{"message": "Request timed out (sandbox fault).",
+            "errorCode": "REQUEST_RUNNING_TOO_LONG", "fields": []}]),
+        (Service::Twilio, _) => twilio::error_body(
+            if status == 500 { 20500 } else { 20504 },
+            if status == 500 {
+                "Internal Server Error (sandbox fault)"
+            } else {
+                "Gateway timeout (sandbox fault)"
+            },
+            status,
+        ),
+    };
+    Reply::json(status, &body)
+}
+
+async fn dispatch(
+    State(shared): State<SharedState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let query: Vec<(String, String)> = uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    if path == "/_sandbox" || path.starts_with("/_sandbox/") {
+        return control(&shared, &method, &path, &body).into_response();
+    }
+    let Some((service, rest)) = Service::route(&path) else {
+        return Reply::json(
+            404,
+            &json!({"error": format!("no such sandbox service: {path} (try /stripe, /salesforce, /twilio, /_sandbox)")}),
+        )
+        .into_response();
+    };
+    let key = idempotency_header(service)
+        .and_then(|name| headers.get(name))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let record = |status: u16, replayed: bool| RequestRecord {
+        service,
+        method: method.to_string(),
+        path: path.clone(),
+        idempotency_key: key.clone(),
+        replayed,
+        status,
+    };
+
+    let decision = lock(&shared).faults.decide(service, &path);
+    if !decision.latency.is_zero() {
+        tokio::time::sleep(decision.latency).await;
+    }
+    match decision.outcome {
+        Outcome::Pass => {}
+        Outcome::Error => {
+            lock(&shared).record(record(500, false));
+            return fault_reply(service, 500).into_response();
+        }
+        Outcome::Timeout(hold) => {
+            // Recorded first: the client usually gives up before the answer.
+            lock(&shared).record(record(504, false));
+            tokio::time::sleep(hold).await;
+            return fault_reply(service, 504).into_response();
+        }
+    }
+
+    let req = Req {
+        method: &method,
+        path: rest,
+        query,
+        headers: &headers,
+        body: &body,
+    };
+    let mut state = lock(&shared);
+    let authenticated = match service {
+        Service::Stripe => stripe::authenticate(&req),
+        Service::Salesforce => salesforce::authenticate(&req),
+        Service::Twilio => twilio::authenticate(&req),
+    };
+    if let Err(reply) = authenticated {
+        state.record(record(reply.status, false));
+        return reply.into_response();
+    }
+    let idempotent = key
+        .clone()
+        .filter(|_| method == Method::POST && service != Service::Salesforce);
+    let print = fingerprint(&req);
+    if let Some(key) = &idempotent {
+        if let Some(stored) = state.idempotency.get(&(service, key.clone())) {
+            let reply = if stored.fingerprint == print {
+                Reply {
+                    status: stored.status,
+                    body: stored.body.clone(),
+                    replayed: true,
+                }
+            } else if service == Service::Stripe {
+                stripe::idempotency_conflict(key)
+            } else {
+                twilio::idempotency_conflict(key)
+            };
+            state.record(record(reply.status, reply.replayed));
+            return reply.into_response();
+        }
+    }
+    let reply = match service {
+        Service::Stripe => stripe::handle(&mut state, &req),
+        Service::Salesforce => salesforce::handle(&mut state, &req),
+        Service::Twilio => twilio::handle(&mut state, &req),
+    };
+    if let Some(key) = idempotent {
+        if keeps_result(reply.status) {
+            state.idempotency.insert(
+                (service, key),
+                StoredResponse {
+                    fingerprint: print,
+                    status: reply.status,
+                    body: reply.body.clone(),
+                },
+            );
+        }
+    }
+    state.record(record(reply.status, false));
+    drop(state);
+    reply.into_response()
+}
+
+/// `/_sandbox/health`, `/_sandbox/ledger`, `/_sandbox/faults`, `/_sandbox/reset`.
+fn control(shared: &SharedState, method: &Method, path: &str, body: &[u8]) -> Reply {
+    let path = path.trim_end_matches('/');
+    match (method, path) {
+        (&Method::GET, "/_sandbox/health") => Reply::json(200, &json!({"status": "ok"})),
+        (&Method::GET, "/_sandbox/ledger") => Reply::json(200, &lock(shared).ledger()),
+        (&Method::GET, "/_sandbox/faults") => {
+            let config = lock(shared).faults.config().clone();
+            Reply::json(200, &serde_json::to_value(config).unwrap_or(Value::Null))
+        }
+        (&Method::POST, "/_sandbox/faults") => {
+            let config: FaultConfig = if body.iter().all(u8::is_ascii_whitespace) {
+                FaultConfig::default()
+            } else {
+                match serde_json::from_slice(body) {
+                    Ok(config) => config,
+                    Err(e) => {
+                        return Reply::json(
+                            400,
+                            &json!({"error": format!("invalid fault settings: {e}")}),
+                        )
+                    }
+                }
+            };
+            let mut state = lock(shared);
+            match state.faults.set(config) {
+                Ok(()) => {
+                    let config = state.faults.config().clone();
+                    tracing::info!(?config, "sandbox faults set");
+                    Reply::json(200, &serde_json::to_value(config).unwrap_or(Value::Null))
+                }
+                Err(message) => Reply::json(400, &json!({"error": message})),
+            }
+        }
+        (&Method::POST, "/_sandbox/reset") => {
+            let mut state = lock(shared);
+            state.reset();
+            tracing::info!(seed = state.seed, "sandbox reset");
+            Reply::json(
+                200,
+                &json!({"status": "reset", "seed": state.seed, "today": state.today}),
+            )
+        }
+        _ => Reply::json(
+            404,
+            &json!({"error": format!("no such sandbox endpoint: {method} {path}")}),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_handles_escapes_and_leaves_junk() {
+        assert_eq!(percent_decode("emma%40example.com"), "emma@example.com");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("caf%C3%A9"), "café");
+    }
+}
