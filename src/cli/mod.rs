@@ -1,6 +1,7 @@
 //! The command line (CONTRACT.md section 3): argument parsing and dispatch.
 
 mod sagas;
+mod sandbox;
 mod skills;
 mod start;
 mod worker;
@@ -42,6 +43,9 @@ pub enum Command {
     Sagas(sagas::SagasCommand),
     /// Run the whole story end to end on the embedded default.
     Demo,
+    /// Serve the external-systems sandbox (Stripe, Salesforce and Twilio stand-ins) until
+    /// Ctrl-C or SIGTERM.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// Runs a parsed command.
@@ -58,6 +62,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Start(args) => start::run(args).await,
         Command::Sagas(command) => sagas::run(command).await,
         Command::Demo => crate::demo::run().await,
+        Command::Sandbox(args) => sandbox::run(args).await,
     }
 }
 
