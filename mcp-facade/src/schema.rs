@@ -190,6 +190,26 @@ pub fn check_arguments(
 
 /// The expected type, when `value` does not have the JSON type `property` declares.
 fn type_mismatch(property: &Value, value: &Value) -> Option<String> {
+    // Enumerations: `enum`, or `oneOf` of `const`s (schemars' form for documented variants).
+    let options: Option<Vec<Value>> = match (property.get("enum"), property.get("oneOf")) {
+        (Some(Value::Array(options)), _) => Some(options.clone()),
+        (_, Some(Value::Array(variants))) => variants
+            .iter()
+            .map(|v| v.get("const").cloned())
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    if let Some(options) = options {
+        let nullable = property
+            .get("type")
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().any(|t| t == "null"));
+        if !options.contains(value) && !(nullable && value.is_null()) {
+            let options: Vec<String> = options.iter().map(Value::to_string).collect();
+            return Some(format!("one of {}", options.join(", ")));
+        }
+        return None;
+    }
     let types: Vec<&str> = match property.get("type") {
         Some(Value::String(t)) => vec![t.as_str()],
         Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
@@ -208,12 +228,7 @@ fn type_mismatch(property: &Value, value: &Value) -> Option<String> {
     if ok {
         return None;
     }
-    let mut expected = types.join(" or ");
-    if let Some(Value::Array(options)) = property.get("enum") {
-        let options: Vec<String> = options.iter().map(Value::to_string).collect();
-        expected = format!("one of {}", options.join(", "));
-    }
-    Some(expected)
+    Some(types.join(" or "))
 }
 
 /// The field a serde error message names (`missing field `x``, `unknown field `x``), if any.

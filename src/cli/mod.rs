@@ -1,9 +1,12 @@
 //! The command line (CONTRACT.md section 3): argument parsing and dispatch.
 
+mod audit;
+mod mcp;
 mod sagas;
 mod sandbox;
 mod skills;
 mod start;
+mod tokens;
 mod worker;
 
 use crate::exit::CliError;
@@ -43,6 +46,14 @@ pub enum Command {
     Sagas(sagas::SagasCommand),
     /// Run the whole story end to end on the embedded default.
     Demo,
+    /// Serve the skills as MCP tools: stdio by default (acting as STEPWISE_PRINCIPAL), or
+    /// streamable HTTP with bearer tokens; runs a worker in-process unless --no-worker.
+    Mcp(mcp::McpArgs),
+    /// Bearer tokens for `stepwise mcp --http`.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
+    /// The audit of MCP tool calls, newest first.
+    Audit(audit::AuditArgs),
     /// Serve the external-systems sandbox (Stripe, Salesforce and Twilio stand-ins) until
     /// Ctrl-C or SIGTERM.
     Sandbox(sandbox::SandboxArgs),
@@ -62,6 +73,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Start(args) => start::run(args).await,
         Command::Sagas(command) => sagas::run(command).await,
         Command::Demo => crate::demo::run().await,
+        Command::Mcp(args) => mcp::run(args).await,
+        Command::Tokens(command) => tokens::run(command).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Sandbox(args) => sandbox::run(args).await,
     }
 }

@@ -1,0 +1,556 @@
+//! The MCP facade through an in-process rmcp client: tools per role, saga calls end to end,
+//! failures with what was undone, idempotency, guests confined to their own data, malformed
+//! arguments, tasks, progress, the saga:// resource, and the audit.
+#![allow(clippy::unwrap_used)]
+
+mod mcp_support;
+
+use mcp_support::*;
+use rmcp::model::{
+    CallToolResponse, GetTaskParams, ReadResourceRequestParams, ResourceContents, TaskStatus,
+};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn tool_names(client: &Client) -> BTreeSet<String> {
+    client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn tools_list_shows_each_role_only_its_tools(pool: PgPool) {
+    let h = harness(pool, WAIT);
+    let guest = connect(&h.facade, "guest:ana@example.com").await;
+    assert_eq!(
+        tool_names(&guest).await,
+        set(&[
+            "cancel_saga",
+            "find_notes",
+            "get_saga_status",
+            "guest_note",
+            "list_sagas"
+        ])
+    );
+    let staff = connect(&h.facade, "staff:frontdesk").await;
+    assert_eq!(
+        tool_names(&staff).await,
+        set(&["find_notes", "get_saga_status", "guest_note", "list_sagas"])
+    );
+    let manager = connect(&h.facade, "manager:mia").await;
+    assert_eq!(
+        tool_names(&manager).await,
+        set(&[
+            "cancel_saga",
+            "find_notes",
+            "get_saga_status",
+            "guest_note",
+            "list_sagas",
+            "risky_refund"
+        ])
+    );
+    let operator = connect(&h.facade, "operator:local").await;
+    let names = tool_names(&operator).await;
+    assert!(
+        names.contains("synthetic_chain") && names.contains("risky_refund"),
+        "{names:?}"
+    );
+
+    // Schemas and annotations as clients need them.
+    let tools = operator.list_all_tools().await.unwrap();
+    let chain = tools.iter().find(|t| t.name == "synthetic_chain").unwrap();
+    let schema = Value::Object(chain.input_schema.as_ref().clone());
+    assert_eq!(schema["type"], "object");
+    assert!(!schema.to_string().contains("$ref"), "{schema}");
+    assert_eq!(
+        schema["properties"]["fail_kind"]["enum"],
+        json!(["permanent", "transient"])
+    );
+    assert!(schema["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("idempotency_key")));
+    assert!(schema["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("steps")));
+    let output = Value::Object(chain.output_schema.as_ref().unwrap().as_ref().clone());
+    assert_eq!(output["type"], "object");
+    assert!(output["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("saga_id")));
+
+    let refund = tools.iter().find(|t| t.name == "risky_refund").unwrap();
+    let a = refund.annotations.as_ref().unwrap();
+    assert_eq!(
+        (
+            a.read_only_hint,
+            a.destructive_hint,
+            a.idempotent_hint,
+            a.open_world_hint
+        ),
+        (Some(false), Some(true), Some(true), Some(true))
+    );
+    let find = tools.iter().find(|t| t.name == "find_notes").unwrap();
+    let a = find.annotations.as_ref().unwrap();
+    assert_eq!(
+        (
+            a.read_only_hint,
+            a.destructive_hint,
+            a.idempotent_hint,
+            a.open_world_hint
+        ),
+        (Some(true), Some(false), Some(true), Some(false))
+    );
+    for tool in &tools {
+        let a = tool.annotations.as_ref().unwrap();
+        assert!(
+            a.read_only_hint.is_some()
+                && a.destructive_hint.is_some()
+                && a.idempotent_hint.is_some()
+                && a.open_world_hint.is_some(),
+            "{} lacks an annotation",
+            tool.name
+        );
+    }
+
+    // A guest's own-data field is filled in by the facade, so it is not required of the guest.
+    let guest_tools = guest.list_all_tools().await.unwrap();
+    let note = guest_tools.iter().find(|t| t.name == "guest_note").unwrap();
+    let required = Value::Object(note.input_schema.as_ref().clone())["required"].clone();
+    assert!(
+        !required.as_array().unwrap().contains(&json!("guest_email")),
+        "{required}"
+    );
+    let staff_tools = staff.list_all_tools().await.unwrap();
+    let note = staff_tools.iter().find(|t| t.name == "guest_note").unwrap();
+    let required = Value::Object(note.input_schema.as_ref().clone())["required"].clone();
+    assert!(
+        required.as_array().unwrap().contains(&json!("guest_email")),
+        "{required}"
+    );
+
+    // A tool the role does not have is refused as a tool error, and audited.
+    let refused = call(
+        &staff,
+        "risky_refund",
+        json!({"amount_cents": 1, "idempotency_key": "r"}),
+    )
+    .await;
+    assert!(is_error(&refused));
+    assert_eq!(structured(&refused)["error"]["code"], "forbidden");
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn a_saga_tool_runs_end_to_end_and_is_audited(pool: PgPool) {
+    let h = harness(pool.clone(), WAIT);
+    let operator = connect(&h.facade, "operator:local").await;
+    let result = call(
+        &operator,
+        "synthetic_chain",
+        json!({"steps": 3, "idempotency_key": "e2e-1"}),
+    )
+    .await;
+    assert!(!is_error(&result), "{}", text(&result));
+    let s = structured(&result);
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["skill"], "synthetic_chain");
+    assert_eq!(s["steps_done"], 3);
+    assert_eq!(s["steps_total"], 3);
+    assert!(s["output"].is_object(), "{s}");
+    assert!(s.get("error").is_none());
+    let id: Uuid = s["saga_id"].as_str().unwrap().parse().unwrap();
+    let detail = h.engine.detail(id).await.unwrap().unwrap();
+    assert_eq!(detail.started_by, "operator:local");
+    assert_eq!(detail.idempotency_key.as_deref(), Some("e2e-1"));
+    assert!(text(&result).contains("completed"));
+
+    let audit = audit_rows(&pool).await;
+    assert_eq!(
+        audit,
+        vec![(
+            "operator:local".to_string(),
+            "synthetic_chain".to_string(),
+            Some(id),
+            "ok".to_string(),
+            None
+        )]
+    );
+    // The audit is append-only.
+    let update = sqlx::query("UPDATE stepwise.mcp_audit SET outcome = 'error', error_code = 'x'")
+        .execute(&pool)
+        .await;
+    assert!(update.is_err());
+    let delete = sqlx::query("DELETE FROM stepwise.mcp_audit")
+        .execute(&pool)
+        .await;
+    assert!(delete.is_err());
+
+    // Status, list and resource agree.
+    let status = call(
+        &operator,
+        "get_saga_status",
+        json!({"saga_id": id.to_string()}),
+    )
+    .await;
+    assert_eq!(structured(&status)["status"], "completed");
+    assert_eq!(structured(&status)["started_by"], "operator:local");
+    let list = call(&operator, "list_sagas", json!({})).await;
+    assert_eq!(structured(&list)["sagas"][0]["id"], id.to_string());
+    let templates = operator.list_all_resource_templates().await.unwrap();
+    assert!(templates.iter().any(|t| t.uri_template == "saga://{id}"));
+    let read = operator
+        .read_resource(ReadResourceRequestParams::new(format!("saga://{id}")))
+        .await
+        .unwrap();
+    let ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+        panic!("text contents expected");
+    };
+    let value: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(value["status"], "completed");
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn a_failed_saga_is_a_tool_error_that_says_what_was_undone(pool: PgPool) {
+    let h = harness(pool, WAIT);
+    let operator = connect(&h.facade, "operator:local").await;
+    let result = call(
+        &operator,
+        "synthetic_chain",
+        json!({"steps": 3, "fail_at": 3, "idempotency_key": "fail-1"}),
+    )
+    .await;
+    assert!(is_error(&result), "{}", text(&result));
+    let s = structured(&result);
+    assert_eq!(s["status"], "compensated");
+    assert_eq!(s["error"]["step"], "step_3");
+    assert_eq!(s["error"]["undone"], json!(["step_2", "step_1"]));
+    let message = s["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Undone") && message.contains("`step_2`, `step_1`"),
+        "{message}"
+    );
+    assert!(s["error"]["action"].is_string());
+    assert!(text(&result).contains("step_2"));
+
+    // A business failure keeps the skill's code and its action hint.
+    let manager = connect(&h.facade, "manager:mia").await;
+    let declined = call(
+        &manager,
+        "risky_refund",
+        json!({"amount_cents": 1200, "decline": true, "idempotency_key": "refund-1"}),
+    )
+    .await;
+    assert!(is_error(&declined));
+    let e = &structured(&declined)["error"];
+    assert_eq!(e["code"], "card_declined");
+    assert_eq!(e["action"], "Ask the guest for another payment method.");
+    assert_eq!(e["undone"], json!(["reserve"]));
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn one_key_gives_one_saga_and_other_input_conflicts(pool: PgPool) {
+    let h = harness(pool.clone(), WAIT);
+    let operator = connect(&h.facade, "operator:local").await;
+    let args = json!({"steps": 2, "idempotency_key": "same"});
+    let first = call(&operator, "synthetic_chain", args.clone()).await;
+    let again = call(&operator, "synthetic_chain", args).await;
+    assert_eq!(structured(&first)["saga_id"], structured(&again)["saga_id"]);
+    assert_eq!(structured(&again)["status"], "completed");
+    assert_eq!(structured(&first)["output"], structured(&again)["output"]);
+    assert_eq!(saga_count(&pool).await, 1);
+
+    let conflict = call(
+        &operator,
+        "synthetic_chain",
+        json!({"steps": 3, "idempotency_key": "same"}),
+    )
+    .await;
+    assert!(is_error(&conflict));
+    let e = &structured(&conflict)["error"];
+    assert_eq!(e["code"], "idempotency_conflict");
+    assert_eq!(e["saga_id"], structured(&first)["saga_id"]);
+    assert_eq!(saga_count(&pool).await, 1);
+    let outcomes: Vec<String> = audit_rows(&pool).await.into_iter().map(|r| r.3).collect();
+    assert_eq!(outcomes, vec!["ok", "ok", "conflict"]);
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn a_guest_acts_only_on_its_own_data_and_sagas(pool: PgPool) {
+    let h = harness(pool.clone(), WAIT);
+    let ana = connect(&h.facade, "guest:ana@example.com").await;
+    let bob = connect(&h.facade, "guest:bob@example.com").await;
+
+    // Naming another guest is refused, and nothing is written.
+    let refused = call(
+        &ana,
+        "guest_note",
+        json!({"guest_email": "bob@example.com", "note": "hi", "idempotency_key": "n1"}),
+    )
+    .await;
+    assert!(is_error(&refused));
+    assert_eq!(structured(&refused)["error"]["code"], "forbidden");
+    assert_eq!(structured(&refused)["error"]["field"], "guest_email");
+    let refused = call(
+        &ana,
+        "find_notes",
+        json!({"guest_email": "bob@example.com"}),
+    )
+    .await;
+    assert_eq!(structured(&refused)["error"]["code"], "forbidden");
+    assert_eq!(saga_count(&pool).await, 0);
+
+    // Leaving it out acts on the guest's own data.
+    let own = call(
+        &ana,
+        "guest_note",
+        json!({"note": "late checkout", "idempotency_key": "n1"}),
+    )
+    .await;
+    assert!(!is_error(&own), "{}", text(&own));
+    let id: Uuid = structured(&own)["saga_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let detail = h.engine.detail(id).await.unwrap().unwrap();
+    assert_eq!(detail.input["guest_email"], "ana@example.com");
+    assert_eq!(detail.started_by, "guest:ana@example.com");
+    let notes = call(&ana, "find_notes", json!({})).await;
+    assert_eq!(structured(&notes)["guest_email"], "ana@example.com");
+
+    // Another guest cannot see, list, read or cancel it.
+    let status = call(&bob, "get_saga_status", json!({"saga_id": id.to_string()})).await;
+    assert!(is_error(&status));
+    assert_eq!(structured(&status)["error"]["code"], "not_found");
+    let cancel = call(&bob, "cancel_saga", json!({"saga_id": id.to_string()})).await;
+    assert_eq!(structured(&cancel)["error"]["code"], "not_found");
+    let list = call(&bob, "list_sagas", json!({})).await;
+    assert_eq!(structured(&list)["sagas"], json!([]));
+    let read = bob
+        .read_resource(ReadResourceRequestParams::new(format!("saga://{id}")))
+        .await;
+    assert!(read.is_err());
+    // Its owner can.
+    let status = call(&ana, "get_saga_status", json!({"saga_id": id.to_string()})).await;
+    assert_eq!(structured(&status)["status"], "completed");
+    let list = call(&ana, "list_sagas", json!({})).await;
+    assert_eq!(structured(&list)["sagas"][0]["id"], id.to_string());
+    // Staff see every saga.
+    let staff = connect(&h.facade, "staff:frontdesk").await;
+    let status = call(
+        &staff,
+        "get_saga_status",
+        json!({"saga_id": id.to_string()}),
+    )
+    .await;
+    assert_eq!(structured(&status)["status"], "completed");
+
+    let refusals: Vec<_> = audit_rows(&pool)
+        .await
+        .into_iter()
+        .filter(|r| r.0 == "guest:ana@example.com" && r.3 == "refused")
+        .collect();
+    assert_eq!(refusals.len(), 2);
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn malformed_arguments_name_the_field_and_write_nothing(pool: PgPool) {
+    let h = harness(pool.clone(), WAIT);
+    let operator = connect(&h.facade, "operator:local").await;
+    let cases = [
+        (json!({"steps": "three", "idempotency_key": "m"}), "steps"),
+        (json!({"steps": 0, "idempotency_key": "m"}), "steps"),
+        (
+            json!({"steps": 2, "fail_at": 5, "idempotency_key": "m"}),
+            "fail_at",
+        ),
+        (
+            json!({"steps": 2, "colour": "red", "idempotency_key": "m"}),
+            "colour",
+        ),
+        (json!({"idempotency_key": "m"}), "steps"),
+        (json!({"steps": 2}), "idempotency_key"),
+        (
+            json!({"steps": 2, "idempotency_key": ""}),
+            "idempotency_key",
+        ),
+        (
+            json!({"steps": 2, "fail_kind": "sometimes", "idempotency_key": "m"}),
+            "fail_kind",
+        ),
+    ];
+    for (args, field) in cases {
+        let result = call(&operator, "synthetic_chain", args.clone()).await;
+        assert!(is_error(&result), "{args} was accepted");
+        let e = &structured(&result)["error"];
+        assert_eq!(e["code"], "invalid_input", "{args}: {e}");
+        assert_eq!(e["field"], field, "{args}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(field),
+            "{args}: {e}"
+        );
+    }
+    let bad_id = call(&operator, "get_saga_status", json!({"saga_id": "nope"})).await;
+    assert_eq!(structured(&bad_id)["error"]["field"], "saga_id");
+    assert_eq!(saga_count(&pool).await, 0);
+    let audit = audit_rows(&pool).await;
+    assert_eq!(audit.len(), 9);
+    assert!(audit
+        .iter()
+        .all(|r| r.3 == "invalid" && r.4.as_deref() == Some("invalid_input")));
+
+    // An unknown tool is a protocol error.
+    assert!(operator
+        .call_tool(params("no_such_tool", json!({})))
+        .await
+        .is_err());
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn clients_declaring_tasks_get_the_saga_as_a_task_that_outlives_the_facade(pool: PgPool) {
+    let h = harness(pool.clone(), WAIT);
+    let client = connect_with(
+        &h.facade,
+        "operator:local",
+        TestClient {
+            tasks: true,
+            ..TestClient::default()
+        },
+    )
+    .await;
+    let response = client
+        .call_tool_once(params(
+            "synthetic_chain",
+            json!({"steps": 3, "step_sleep_ms": 50, "idempotency_key": "task-1"}),
+        ))
+        .await
+        .unwrap();
+    let CallToolResponse::Task(created) = response else {
+        panic!("a task was expected, got {response:?}");
+    };
+    let task_id = created.task.task_id.clone();
+    let saga: Uuid = task_id.parse().expect("the task id is the saga id");
+    assert!(h.engine.detail(saga).await.unwrap().is_some());
+
+    // A brand-new facade (as after a restart) answers for the task from PostgreSQL.
+    drop(client);
+    let restarted = stepwise_mcp::Facade::new(h.engine.clone(), WAIT);
+    let client = connect_with(
+        &restarted,
+        "operator:local",
+        TestClient {
+            tasks: true,
+            ..TestClient::default()
+        },
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let done = loop {
+        let got = client
+            .get_task(GetTaskParams::new(task_id.clone()))
+            .await
+            .unwrap();
+        if got.task.status() == TaskStatus::Completed {
+            break got;
+        }
+        assert!(std::time::Instant::now() < deadline, "task never completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let wire = serde_json::to_value(&done).unwrap();
+    assert_eq!(wire["taskId"], task_id);
+    assert_eq!(wire["result"]["structuredContent"]["status"], "completed");
+    assert_eq!(wire["result"]["structuredContent"]["saga_id"], task_id);
+    assert_eq!(wire["result"]["isError"], false);
+
+    // Another guest's view: no such task.
+    let guest = connect_with(
+        &restarted,
+        "guest:ana@example.com",
+        TestClient {
+            tasks: true,
+            ..TestClient::default()
+        },
+    )
+    .await;
+    assert!(guest
+        .get_task(GetTaskParams::new(task_id.clone()))
+        .await
+        .is_err());
+
+    // Clients that do not declare tasks get the plain result.
+    let plain = connect(&restarted, "operator:local").await;
+    let result = call(
+        &plain,
+        "synthetic_chain",
+        json!({"steps": 1, "idempotency_key": "plain"}),
+    )
+    .await;
+    assert_eq!(structured(&result)["status"], "completed");
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn progress_is_notified_while_waiting_and_a_slow_saga_reports_running(pool: PgPool) {
+    let h = harness(pool.clone(), Duration::from_millis(700));
+    let handler = TestClient::default();
+    let progress = handler.progress.clone();
+    let client = connect_with(&h.facade, "operator:local", handler).await;
+    let mut p = params(
+        "synthetic_chain",
+        json!({"steps": 4, "step_sleep_ms": 300, "idempotency_key": "slow"}),
+    );
+    let mut meta = rmcp::model::RequestMetaObject::new();
+    meta.set_progress_token(rmcp::model::ProgressToken(
+        rmcp::model::NumberOrString::Number(7),
+    ));
+    p.meta = Some(meta);
+    let result = client.call_tool(p).await.unwrap();
+    // The wait bound (700 ms) is shorter than the saga (~1.2 s): a running result, not an error.
+    assert!(!is_error(&result));
+    let s = structured(&result);
+    assert!(
+        matches!(s["status"].as_str(), Some("running") | Some("pending")),
+        "{s}"
+    );
+    assert!(text(&result).contains("get_saga_status"));
+    let seen = progress.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "no progress notification");
+    assert!(seen.iter().all(|n| n.total == Some(4.0)));
+    let id: Uuid = s["saga_id"].as_str().unwrap().parse().unwrap();
+    let audit = audit_rows(&pool).await;
+    assert_eq!(audit[0].3, "pending");
+
+    // Cancelling it undoes what was done.
+    let cancel = call(
+        &client,
+        "cancel_saga",
+        json!({"saga_id": id.to_string(), "reason": "test"}),
+    )
+    .await;
+    assert!(!is_error(&cancel), "{}", text(&cancel));
+    assert_eq!(structured(&cancel)["cancel_requested"], true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let detail = h.engine.detail(id).await.unwrap().unwrap();
+        if detail.status.is_terminal() {
+            assert_eq!(detail.status.as_str(), "compensated");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,255 @@
+//! Helpers of the MCP tests: a facade over the built-in skills plus test skills and queries
+//! with various exposures, a worker, and in-process rmcp clients acting as given principals.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProgressNotificationParam,
+};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stepwise_engine::{
+    Engine, Exposure, InputError, PgStore, Query, Registry, Skill, SkillInput, Step, StepError,
+    SystemClock, WorkerConfig,
+};
+use stepwise_mcp::{Facade, Principal, StepwiseServer};
+use tokio_util::sync::CancellationToken;
+
+/// Input of the test skill `guest_note`: staff and managers for anyone, guests for themselves.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoteInput {
+    /// The guest the note is about.
+    pub guest_email: String,
+    /// What to note.
+    pub note: String,
+}
+
+impl SkillInput for NoteInput {
+    fn validate(&self) -> Result<(), InputError> {
+        if !self.guest_email.contains('@') {
+            return Err(InputError::field("guest_email", "must be an email address"));
+        }
+        if self.note.trim().is_empty() {
+            return Err(InputError::field("note", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Input of the test skill `risky_refund` (managers only; destructive, open world).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundInput {
+    /// Amount in cents.
+    pub amount_cents: u32,
+    /// Makes the payment step decline.
+    #[serde(default)]
+    pub decline: bool,
+}
+
+impl SkillInput for RefundInput {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindNotesInput {
+    /// Whose notes.
+    pub guest_email: String,
+}
+
+impl SkillInput for FindNotesInput {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct FindNotesOutput {
+    pub guest_email: String,
+    pub notes: Vec<String>,
+}
+
+pub fn test_registry() -> Registry {
+    let mut registry = stepwise_skills::registry().unwrap();
+    let note = Skill::builder::<NoteInput>("guest_note", 1, "Records a note about a guest.")
+        .exposure(
+            Exposure::roles(&["staff", "manager"]).self_service(&["guest"], "guest_email"),
+        )
+        .step(
+            Step::new("record", |ctx| async move {
+                let input: NoteInput = ctx.input()?;
+                Ok(json!({"recorded": input.note}))
+            })
+            .compensate(|_ctx, _out| async move { Ok(json!({"erased": true})) }),
+        )
+        .finish(|input, outputs| json!({"guest_email": input["guest_email"], "record": outputs["record"]}))
+        .build()
+        .unwrap();
+    registry.register(note).unwrap();
+    let refund =
+        Skill::builder::<RefundInput>("risky_refund", 1, "Reserves then pays out a refund.")
+            .exposure(Exposure::roles(&["manager"]).destructive().open_world())
+            .step(
+                Step::new(
+                    "reserve",
+                    |_ctx| async move { Ok(json!({"reserved": true})) },
+                )
+                .compensate(|_ctx, _out| async move { Ok(json!({"released": true})) }),
+            )
+            .step(Step::new("pay_out", |ctx| async move {
+                let input: RefundInput = ctx.input()?;
+                if input.decline {
+                    return Err(
+                        StepError::permanent("card_declined", "the card was declined")
+                            .with_action("Ask the guest for another payment method."),
+                    );
+                }
+                Ok(json!({"paid": input.amount_cents}))
+            }))
+            .build()
+            .unwrap();
+    registry.register(refund).unwrap();
+    let find = Query::new::<FindNotesInput, FindNotesOutput, _, _>(
+        "find_notes",
+        "Notes about a guest.",
+        Exposure::roles(&["staff", "manager"]).self_service(&["guest"], "guest_email"),
+        |input: FindNotesInput| async move {
+            Ok(FindNotesOutput {
+                notes: vec![format!("note about {}", input.guest_email)],
+                guest_email: input.guest_email,
+            })
+        },
+    );
+    registry.register_query(find).unwrap();
+    registry
+}
+
+pub struct Harness {
+    pub engine: Engine,
+    pub facade: Arc<Facade>,
+    pub stop: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A facade (waiting up to `wait`) and a running worker over a per-test database.
+pub fn harness(pool: PgPool, wait: Duration) -> Harness {
+    let engine = Engine::new(
+        PgStore::new(pool),
+        Arc::new(test_registry()),
+        Arc::new(SystemClock),
+    );
+    let stop = CancellationToken::new();
+    let worker = engine.worker(WorkerConfig {
+        worker_id: "mcp-test-worker".into(),
+        concurrency: 8,
+        ..WorkerConfig::default()
+    });
+    let token = stop.clone();
+    tokio::spawn(async move { worker.run(token).await });
+    Harness {
+        facade: Facade::new(engine.clone(), wait),
+        engine,
+        stop,
+    }
+}
+
+/// Records progress notifications.
+#[derive(Clone, Default)]
+pub struct TestClient {
+    pub tasks: bool,
+    pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+}
+
+impl ClientHandler for TestClient {
+    fn get_info(&self) -> ClientConfig {
+        let capabilities = if self.tasks {
+            ClientCapabilities::builder().enable_tasks().build()
+        } else {
+            ClientCapabilities::default()
+        };
+        ClientConfig::new(capabilities, Implementation::new("stepwise-tests", "0"))
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().unwrap().push(params);
+    }
+}
+
+pub type Client = RunningService<RoleClient, TestClient>;
+
+/// An in-process client session acting as `principal` (e.g. `guest:ana@example.com`).
+pub async fn connect_with(facade: &Arc<Facade>, principal: &str, handler: TestClient) -> Client {
+    let principal: Principal = principal.parse().unwrap();
+    let (server_io, client_io) = tokio::io::duplex(1 << 20);
+    let server = StepwiseServer::with_principal(facade.clone(), principal);
+    tokio::spawn(async move {
+        if let Ok(running) = server.serve(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    handler.serve(client_io).await.unwrap()
+}
+
+pub async fn connect(facade: &Arc<Facade>, principal: &str) -> Client {
+    connect_with(facade, principal, TestClient::default()).await
+}
+
+pub fn params(tool: &str, args: Value) -> CallToolRequestParams {
+    let mut params = CallToolRequestParams::new(tool.to_string());
+    params.arguments = args.as_object().cloned();
+    params
+}
+
+pub async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
+    client.call_tool(params(tool, args)).await.unwrap()
+}
+
+pub fn structured(result: &CallToolResult) -> &Value {
+    result
+        .structured_content
+        .as_ref()
+        .expect("structured content")
+}
+
+pub fn is_error(result: &CallToolResult) -> bool {
+    result.is_error == Some(true)
+}
+
+pub fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub async fn saga_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The audit rows as (principal, tool, saga_id, outcome, error_code), oldest first.
+pub async fn audit_rows(
+    pool: &PgPool,
+) -> Vec<(String, String, Option<uuid::Uuid>, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT principal, tool, saga_id, outcome, error_code FROM stepwise.mcp_audit ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
