@@ -1,6 +1,8 @@
 //! Stepwise skills: the Dewy Resort skills, their connectors, the external-systems sandbox,
 //! and the synthetic diagnostic skill used by tests, benchmarks and chaos runs.
 
+pub mod connectors;
+pub mod hotel;
 pub mod sandbox;
 pub mod synthetic;
 
@@ -14,9 +16,17 @@ pub enum SetupError {
     Registry(#[from] RegistryError),
 }
 
-/// A registry with every built-in skill.
+/// A registry with the built-in diagnostic skill only (no external systems needed).
 pub fn registry() -> Result<Registry, SetupError> {
     let mut registry = Registry::new();
     registry.register(synthetic::skill()?)?;
+    Ok(registry)
+}
+
+/// A registry with every skill: the diagnostic one and the Dewy Resort skills and queries
+/// over `hotel`'s connectors and database.
+pub fn registry_with_hotel(hotel: &std::sync::Arc<hotel::Hotel>) -> Result<Registry, SetupError> {
+    let mut registry = registry()?;
+    hotel::register(&mut registry, hotel)?;
     Ok(registry)
 }

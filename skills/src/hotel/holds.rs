@@ -1,0 +1,158 @@
+//! Room holds in our own PostgreSQL (`hotel.room_holds`): the exclusion constraint on room and
+//! date range is what makes double booking impossible, whatever the CRM says and however many
+//! bookings race. A hold is taken under a step's idempotency key, so a re-run step finds its
+//! own hold instead of colliding with it.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::postgres::types::PgRange;
+use sqlx::PgPool;
+use std::ops::Bound;
+use stepwise_engine::StepError;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Holds {
+    pool: PgPool,
+}
+
+/// One hold to take.
+#[derive(Debug, Clone)]
+pub struct NewHold<'a> {
+    pub hold_key: &'a str,
+    pub booking_ref: &'a str,
+    pub room_number: &'a str,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub saga_id: Uuid,
+}
+
+const EXCLUSION_VIOLATION: &str = "23P01";
+
+impl Holds {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Holds the room for `[from, to)`; `room_unavailable` (permanent) when another live hold
+    /// overlaps.
+    pub async fn take(&self, hold: &NewHold<'_>) -> Result<(), StepError> {
+        let nights = PgRange {
+            start: Bound::Included(hold.from),
+            end: Bound::Excluded(hold.to),
+        };
+        let result = sqlx::query(
+            "INSERT INTO hotel.room_holds (hold_key, booking_ref, room_number, nights, saga_id)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (hold_key) DO UPDATE SET released_at = NULL
+             WHERE hotel.room_holds.released_at IS NOT NULL",
+        )
+        .bind(hold.hold_key)
+        .bind(hold.booking_ref)
+        .bind(hold.room_number)
+        .bind(nights)
+        .bind(hold.saga_id)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(EXCLUSION_VIOLATION) => {
+                Err(StepError::permanent(
+                    "room_unavailable",
+                    format!(
+                        "room {} is already booked for some of the nights {} to {}",
+                        hold.room_number, hold.from, hold.to
+                    ),
+                )
+                .with_action("Pick other dates or another room (search_rooms lists them)"))
+            }
+            Err(e) => Err(database_error(e)),
+        }
+    }
+
+    /// Releases the hold taken under `hold_key` (no-op when absent or already released).
+    pub async fn release(&self, hold_key: &str) -> Result<u64, StepError> {
+        sqlx::query(
+            "UPDATE hotel.room_holds SET released_at = now()
+             WHERE hold_key = $1 AND released_at IS NULL",
+        )
+        .bind(hold_key)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(database_error)
+    }
+
+    /// Releases every live hold of a booking, except those of room `keep_room`. Returns the
+    /// release time (the same for every hold released here), for [`Holds::restore_booking`].
+    pub async fn release_booking(
+        &self,
+        booking_ref: &str,
+        keep_room: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, StepError> {
+        let released: Vec<(DateTime<Utc>,)> = sqlx::query_as(
+            "UPDATE hotel.room_holds SET released_at = now()
+             WHERE booking_ref = $1 AND released_at IS NULL
+               AND ($2::text IS NULL OR room_number <> $2)
+             RETURNING released_at",
+        )
+        .bind(booking_ref)
+        .bind(keep_room)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database_error)?;
+        Ok(released.first().map(|(at,)| *at))
+    }
+
+    /// Re-takes the holds of a booking that [`Holds::release_booking`] released at `at` (a
+    /// compensation); `room_unavailable` if someone took the nights in between.
+    pub async fn restore_booking(
+        &self,
+        booking_ref: &str,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StepError> {
+        let result = sqlx::query(
+            "UPDATE hotel.room_holds SET released_at = NULL
+             WHERE booking_ref = $1 AND released_at = $2",
+        )
+        .bind(booking_ref)
+        .bind(at)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(r) => Ok(r.rows_affected()),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(EXCLUSION_VIOLATION) => {
+                Err(StepError::permanent(
+                    "room_unavailable",
+                    "the room was booked by someone else in the meantime",
+                ))
+            }
+            Err(e) => Err(database_error(e)),
+        }
+    }
+
+    /// Live holds of a room (for tests and diagnostics): `(booking_ref, from, to)`.
+    pub async fn live(
+        &self,
+        room_number: &str,
+    ) -> Result<Vec<(String, NaiveDate, NaiveDate)>, StepError> {
+        let rows: Vec<(String, PgRange<NaiveDate>)> = sqlx::query_as(
+            "SELECT booking_ref, nights FROM hotel.room_holds
+             WHERE room_number = $1 AND released_at IS NULL ORDER BY nights",
+        )
+        .bind(room_number)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database_error)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(booking, range)| match (range.start, range.end) {
+                (Bound::Included(from), Bound::Excluded(to)) => Some((booking, from, to)),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+fn database_error(error: sqlx::Error) -> StepError {
+    StepError::retryable("database_unavailable", format!("room holds: {error}"))
+}

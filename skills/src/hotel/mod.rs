@@ -1,0 +1,183 @@
+//! The Dewy Resort skills: each business intent of the hotel as one saga (or one read-only
+//! query) over the CRM/PMS, payments and SMS connectors.
+//!
+//! Every mutating skill takes an `idempotency_key` (a repeated call returns the same saga) and
+//! every external effect carries the step's own key, so re-running a step after a crash has no
+//! second effect. Failures are classified where they happen; a permanent one undoes the steps
+//! done so far, in reverse order, automatically: no agent ever calls an undo tool by hand.
+//!
+//! | skill | what it does | what it undoes on failure |
+//! |---|---|---|
+//! | `upsert_contact` | finds a contact by email or creates it | nothing to undo |
+//! | `create_booking` | holds the room, finds/creates the guest, opportunity, booking, optional deposit | deposit refunded, booking cancelled, opportunity lost, hold released |
+//! | `manage_booking` | changes guests, requests or dates of a reservation | fields and holds restored |
+//! | `extend_stay` | moves the check-out date later if the room is free | hold released, date restored |
+//! | `upgrade_room` | moves the booking to a better room and charges the difference | room moved back, charge refunded |
+//! | `cancel_booking` | cancels a reservation and refunds the deposit per policy | booking restored |
+//! | `check_in_guest` | checks in today's reservation into a vacant room | booking and room restored |
+//! | `process_guest_checkout` | charges the stay, checks out, room to Cleaning, housekeeping case, receipt | charge refunded, booking and room restored, case closed |
+//! | `compensate_checkout` | reverses a completed checkout: refund and restore | booking and room restored if the refund fails |
+//! | `submit_guest_service_request` | opens a case for a staying guest | case closed |
+//! | `submit_maintenance_request` | opens a case; urgent: room to Maintenance and vendor texted | room status restored, case closed |
+//! | `update_room_status` | legal room transitions only (e.g. Cleaning -> Vacant) | status restored |
+//!
+//! Read-only queries (not sagas): `search_rooms`, `search_cases`, `get_booking`.
+
+pub mod booking;
+pub mod changes;
+pub mod contact;
+pub mod holds;
+pub mod input;
+pub mod queries;
+pub mod records;
+pub mod requests;
+pub mod stay;
+
+use crate::connectors::Connectors;
+use holds::Holds;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use stepwise_engine::{
+    Exposure, Registry, RegistryError, RetryPolicy, Step, StepContext, StepError,
+};
+
+/// What the hotel skills work with: the connectors and our own database (room holds).
+#[derive(Debug, Clone)]
+pub struct Hotel {
+    pub connectors: Connectors,
+    pub holds: Holds,
+}
+
+impl Hotel {
+    pub fn new(connectors: Connectors, pool: PgPool) -> Arc<Self> {
+        Arc::new(Self {
+            connectors,
+            holds: Holds::new(pool),
+        })
+    }
+}
+
+/// Registers every hotel skill and query.
+pub fn register(registry: &mut Registry, hotel: &Arc<Hotel>) -> Result<(), crate::SetupError> {
+    for skill in [
+        contact::upsert_contact(hotel)?,
+        booking::create_booking(hotel)?,
+        booking::manage_booking(hotel)?,
+        changes::extend_stay(hotel)?,
+        changes::upgrade_room(hotel)?,
+        changes::cancel_booking(hotel)?,
+        stay::check_in_guest(hotel)?,
+        stay::process_guest_checkout(hotel)?,
+        stay::compensate_checkout(hotel)?,
+        requests::submit_guest_service_request(hotel)?,
+        requests::submit_maintenance_request(hotel)?,
+        requests::update_room_status(hotel)?,
+    ] {
+        registry.register(skill)?;
+    }
+    for query in queries::all(hotel) {
+        registry
+            .register_query(query)
+            .map_err(|e: RegistryError| crate::SetupError::Registry(e))?;
+    }
+    Ok(())
+}
+
+/// Who may call what (CONTRACT.md section 5): operators may call everything.
+pub(crate) mod exposure {
+    use super::Exposure;
+
+    /// Guests on their own data (`guest_email`), staff, managers, operators.
+    pub fn guest_self_staff_manager() -> Exposure {
+        Exposure::roles(&["staff", "manager", "operator"])
+            .self_service(&["guest"], "guest_email")
+            .open_world()
+    }
+
+    pub fn staff_manager() -> Exposure {
+        Exposure::roles(&["staff", "manager", "operator"]).open_world()
+    }
+
+    pub fn manager() -> Exposure {
+        Exposure::roles(&["manager", "operator"]).open_world()
+    }
+}
+
+/// Retry policies of the hotel's steps: external calls get a few quick retries; compensations
+/// get many more over a longer span, because giving up on an undo needs an operator.
+pub(crate) mod policy {
+    use super::{Duration, RetryPolicy};
+    use stepwise_engine::Jitter;
+
+    pub fn action() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_delay: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(5),
+            jitter: Jitter::Full,
+        }
+    }
+
+    pub fn compensation() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 12,
+            initial_delay: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(10),
+            jitter: Jitter::Full,
+        }
+    }
+}
+
+/// A step whose action gets the hotel, with the hotel's retry policies and a timeout that
+/// leaves room for a few connector calls.
+pub(crate) fn step<F, Fut, O>(hotel: &Arc<Hotel>, name: &'static str, action: F) -> Step
+where
+    F: Fn(Arc<Hotel>, StepContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+    O: Serialize + 'static,
+{
+    let hotel = hotel.clone();
+    Step::new(name, move |ctx| action(hotel.clone(), ctx))
+        .retry(policy::action())
+        .compensation_retry(policy::compensation())
+        .timeout(Duration::from_secs(20))
+}
+
+/// Adds a compensation that gets the hotel and the step's recorded output.
+pub(crate) fn undo<F, Fut, O>(step: Step, hotel: &Arc<Hotel>, compensation: F) -> Step
+where
+    F: Fn(Arc<Hotel>, StepContext, Value) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+    O: Serialize + 'static,
+{
+    let hotel = hotel.clone();
+    step.compensate(move |ctx, output| compensation(hotel.clone(), ctx, output))
+}
+
+/// Reads a step's recorded output in a compensation.
+pub(crate) fn recorded<T: serde::de::DeserializeOwned>(output: Value) -> Result<T, StepError> {
+    serde_json::from_value(output)
+        .map_err(|e| StepError::permanent("invalid_step_output", e.to_string()))
+}
+
+/// The external id under which a step creates its CRM record.
+pub(crate) fn record_key(ctx: &StepContext) -> String {
+    crate::connectors::external_id(&ctx.idempotency_key)
+}
+
+/// Today's date (UTC). Steps that default to "today" record the date they used in their
+/// output, so a re-run later steps see the same date.
+pub(crate) fn today() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+/// Turns a connector failure into a step failure.
+pub(crate) fn ext(error: crate::connectors::ConnectorError) -> StepError {
+    error.into()
+}

@@ -1,0 +1,369 @@
+//! The CRM/PMS records the skills read and write (Salesforce-style sObjects), and the lookups
+//! they share. Every query is built from SOQL literals ([`soql`]), never from raw input.
+
+use crate::connectors::crm::soql;
+use crate::connectors::CrmClient;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use stepwise_engine::StepError;
+
+pub const CONTACT: &str = "Contact";
+pub const ROOM: &str = "Hotel_Room__c";
+pub const BOOKING: &str = "Booking__c";
+pub const OPPORTUNITY: &str = "Opportunity";
+pub const CASE: &str = "Case";
+pub const PAYMENT_TRANSACTION: &str = "Payment_Transaction__c";
+pub const SMS_NOTIFICATION: &str = "SMS_Notification__c";
+
+/// Room statuses (the `Status__c` picklist of `Hotel_Room__c`).
+pub mod room_status {
+    pub const VACANT: &str = "Vacant";
+    pub const OCCUPIED: &str = "Occupied";
+    pub const CLEANING: &str = "Cleaning";
+    pub const MAINTENANCE: &str = "Maintenance";
+    pub const OUT_OF_SERVICE: &str = "Out of Service";
+}
+
+/// Booking statuses (the `Status__c` picklist of `Booking__c`).
+pub mod booking_status {
+    pub const RESERVED: &str = "Reserved";
+    pub const CHECKED_IN: &str = "Checked In";
+    pub const CHECKED_OUT: &str = "Checked Out";
+    pub const CANCELLED: &str = "Cancelled";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "FirstName", default)]
+    pub first_name: Option<String>,
+    #[serde(rename = "LastName", default)]
+    pub last_name: Option<String>,
+    #[serde(rename = "Email", default)]
+    pub email: Option<String>,
+    #[serde(rename = "Phone", default)]
+    pub phone: Option<String>,
+    #[serde(rename = "Contact_Type__c", default)]
+    pub contact_type: Option<String>,
+}
+
+impl Contact {
+    pub fn full_name(&self) -> String {
+        [self.first_name.as_deref(), self.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Room {
+    #[serde(rename = "Id")]
+    pub id: String,
+    /// The room number.
+    #[serde(rename = "Name")]
+    pub number: String,
+    #[serde(rename = "Floor__c", default)]
+    pub floor: Option<f64>,
+    #[serde(rename = "Room_Type__c", default)]
+    pub room_type: Option<String>,
+    #[serde(rename = "Status__c")]
+    pub status: String,
+    /// Dollars, as the CRM stores currency.
+    #[serde(rename = "Nightly_Rate__c", default)]
+    pub nightly_rate: Option<f64>,
+    #[serde(rename = "Current_Guest__c", default)]
+    pub current_guest: Option<String>,
+}
+
+impl Room {
+    pub const FIELDS: &'static str =
+        "Id, Name, Floor__c, Room_Type__c, Status__c, Nightly_Rate__c, Current_Guest__c";
+
+    /// The nightly rate in integer cents.
+    pub fn rate_cents(&self) -> i64 {
+        dollars_to_cents(self.nightly_rate.unwrap_or(0.0))
+    }
+
+    pub fn floor(&self) -> i64 {
+        self.floor.map_or(0, |f| f.round() as i64)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Booking {
+    #[serde(rename = "Id")]
+    pub id: String,
+    /// The booking number.
+    #[serde(rename = "Name")]
+    pub number: String,
+    #[serde(rename = "Guest__c")]
+    pub guest: String,
+    #[serde(rename = "Hotel_Room__c")]
+    pub room: String,
+    #[serde(rename = "Check_In_Date__c")]
+    pub check_in: NaiveDate,
+    #[serde(rename = "Check_Out_Date__c")]
+    pub check_out: NaiveDate,
+    #[serde(rename = "Status__c")]
+    pub status: String,
+    #[serde(rename = "Opportunity__c", default)]
+    pub opportunity: Option<String>,
+    #[serde(rename = "External_ID__c", default)]
+    pub external_id: Option<String>,
+    #[serde(rename = "Number_of_Guests__c", default)]
+    pub number_of_guests: Option<f64>,
+    #[serde(rename = "Special_Requests__c", default)]
+    pub special_requests: Option<String>,
+}
+
+impl Booking {
+    pub const FIELDS: &'static str = "Id, Name, Guest__c, Hotel_Room__c, Check_In_Date__c, \
+        Check_Out_Date__c, Status__c, Opportunity__c, External_ID__c, Number_of_Guests__c, \
+        Special_Requests__c";
+
+    pub fn nights(&self) -> i64 {
+        (self.check_out - self.check_in).num_days()
+    }
+
+    /// The key under which room holds of this booking are kept in our own database.
+    pub fn hold_ref(&self) -> String {
+        self.external_id
+            .clone()
+            .unwrap_or_else(|| format!("crm:{}", self.id))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "CaseNumber", default)]
+    pub number: Option<String>,
+    #[serde(rename = "Subject", default)]
+    pub subject: Option<String>,
+    #[serde(rename = "Type", default)]
+    pub case_type: Option<String>,
+    #[serde(rename = "Priority", default)]
+    pub priority: Option<String>,
+    #[serde(rename = "Status", default)]
+    pub status: Option<String>,
+    #[serde(rename = "Room__c", default)]
+    pub room: Option<String>,
+    #[serde(rename = "ContactId", default)]
+    pub contact: Option<String>,
+}
+
+impl Case {
+    pub const FIELDS: &'static str =
+        "Id, CaseNumber, Subject, Type, Priority, Status, Room__c, ContactId";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentTransaction {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Stripe_Transaction_ID__c", default)]
+    pub stripe_id: Option<String>,
+    #[serde(rename = "Amount__c", default)]
+    pub amount: Option<f64>,
+    #[serde(rename = "Type__c", default)]
+    pub kind: Option<String>,
+    #[serde(rename = "Status__c", default)]
+    pub status: Option<String>,
+}
+
+impl PaymentTransaction {
+    pub const FIELDS: &'static str = "Id, Stripe_Transaction_ID__c, Amount__c, Type__c, Status__c";
+}
+
+pub fn dollars_to_cents(dollars: f64) -> i64 {
+    (dollars * 100.0).round() as i64
+}
+
+pub fn cents_to_dollars(cents: i64) -> f64 {
+    cents as f64 / 100.0
+}
+
+/// Formats cents as `$1,234.56`-style text for messages.
+pub fn money(cents: i64) -> String {
+    format!("${}.{:02}", cents / 100, (cents % 100).abs())
+}
+
+fn crm_error(error: crate::connectors::ConnectorError) -> StepError {
+    error.into()
+}
+
+pub async fn contact_by_email(crm: &CrmClient, email: &str) -> Result<Option<Contact>, StepError> {
+    let soql = format!(
+        "SELECT Id, FirstName, LastName, Email, Phone, Contact_Type__c FROM Contact \
+         WHERE Email = {} ORDER BY CreatedDate LIMIT 1",
+        soql::string(&email.to_lowercase())
+    );
+    Ok(crm
+        .query(&soql)
+        .await
+        .map_err(crm_error)?
+        .into_iter()
+        .next())
+}
+
+/// The guest contact for `email`, or a permanent `guest_not_found`.
+pub async fn guest(crm: &CrmClient, email: &str) -> Result<Contact, StepError> {
+    contact_by_email(crm, email).await?.ok_or_else(|| {
+        StepError::permanent("guest_not_found", format!("no guest with email {email}"))
+            .with_action("Check the email address, or create the guest with upsert_contact")
+    })
+}
+
+pub async fn room_by_number(crm: &CrmClient, number: &str) -> Result<Option<Room>, StepError> {
+    let soql = format!(
+        "SELECT {} FROM Hotel_Room__c WHERE Name = {} LIMIT 1",
+        Room::FIELDS,
+        soql::string(number)
+    );
+    Ok(crm
+        .query(&soql)
+        .await
+        .map_err(crm_error)?
+        .into_iter()
+        .next())
+}
+
+/// The room, or a permanent `room_not_found`.
+pub async fn room(crm: &CrmClient, number: &str) -> Result<Room, StepError> {
+    room_by_number(crm, number).await?.ok_or_else(|| {
+        StepError::permanent("room_not_found", format!("there is no room {number}"))
+            .with_action("Use search_rooms to see the hotel's rooms")
+    })
+}
+
+pub async fn room_by_id(crm: &CrmClient, id: &str) -> Result<Room, StepError> {
+    let soql = format!(
+        "SELECT {} FROM Hotel_Room__c WHERE Id = {} LIMIT 1",
+        Room::FIELDS,
+        soql::id_literal(id).map_err(crm_error)?
+    );
+    crm.query(&soql)
+        .await
+        .map_err(crm_error)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| StepError::permanent("room_not_found", format!("room record {id} is gone")))
+}
+
+/// The booking with this number that belongs to the guest `email`; another guest's booking is
+/// reported as not found, so its existence does not leak.
+pub async fn guest_booking(
+    crm: &CrmClient,
+    email: &str,
+    number: &str,
+) -> Result<(Contact, Booking), StepError> {
+    let not_found = || {
+        StepError::permanent(
+            "booking_not_found",
+            format!("no booking {number} for {email}"),
+        )
+        .with_action("Check the booking number and the guest's email")
+    };
+    let contact = contact_by_email(crm, email).await?.ok_or_else(not_found)?;
+    let soql = format!(
+        "SELECT {} FROM Booking__c WHERE Name = {} AND Guest__c = {} LIMIT 1",
+        Booking::FIELDS,
+        soql::string(number),
+        soql::id_literal(&contact.id).map_err(crm_error)?
+    );
+    let booking = crm
+        .query::<Booking>(&soql)
+        .await
+        .map_err(crm_error)?
+        .into_iter()
+        .next()
+        .ok_or_else(not_found)?;
+    Ok((contact, booking))
+}
+
+/// Bookings of a guest in one status, oldest check-in first.
+pub async fn guest_bookings_in_status(
+    crm: &CrmClient,
+    contact_id: &str,
+    status: &str,
+) -> Result<Vec<Booking>, StepError> {
+    let soql = format!(
+        "SELECT {} FROM Booking__c WHERE Guest__c = {} AND Status__c = {} \
+         ORDER BY Check_In_Date__c LIMIT 20",
+        Booking::FIELDS,
+        soql::id_literal(contact_id).map_err(crm_error)?,
+        soql::string(status)
+    );
+    crm.query(&soql).await.map_err(crm_error)
+}
+
+/// Live bookings (Reserved or Checked In) of a room overlapping `[from, to)`, other than
+/// `except` (a booking id).
+pub async fn overlapping_bookings(
+    crm: &CrmClient,
+    room_id: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    except: Option<&str>,
+) -> Result<Vec<Booking>, StepError> {
+    let soql = format!(
+        "SELECT {} FROM Booking__c WHERE Hotel_Room__c = {} \
+         AND Status__c IN ('Reserved', 'Checked In') \
+         AND Check_In_Date__c < {} AND Check_Out_Date__c > {} LIMIT 10",
+        Booking::FIELDS,
+        soql::id_literal(room_id).map_err(crm_error)?,
+        soql::date(to),
+        soql::date(from)
+    );
+    let bookings: Vec<Booking> = crm.query(&soql).await.map_err(crm_error)?;
+    Ok(bookings
+        .into_iter()
+        .filter(|b| Some(b.id.as_str()) != except)
+        .collect())
+}
+
+/// Completed payments recorded for a booking.
+pub async fn completed_payments(
+    crm: &CrmClient,
+    booking_id: &str,
+) -> Result<Vec<PaymentTransaction>, StepError> {
+    let soql = format!(
+        "SELECT {} FROM Payment_Transaction__c WHERE Booking__c = {} \
+         AND Type__c = 'Payment' AND Status__c = 'Completed' ORDER BY CreatedDate",
+        PaymentTransaction::FIELDS,
+        soql::id_literal(booking_id).map_err(crm_error)?
+    );
+    crm.query(&soql).await.map_err(crm_error)
+}
+
+/// Pending extra charges (room service, minibar, ...) recorded against a booking, in cents.
+pub async fn pending_charges(crm: &CrmClient, booking_id: &str) -> Result<i64, StepError> {
+    let soql = format!(
+        "SELECT {} FROM Payment_Transaction__c WHERE Booking__c = {} \
+         AND Type__c = 'Charge' AND Status__c = 'Pending'",
+        PaymentTransaction::FIELDS,
+        soql::id_literal(booking_id).map_err(crm_error)?
+    );
+    let charges: Vec<PaymentTransaction> = crm.query(&soql).await.map_err(crm_error)?;
+    Ok(charges
+        .iter()
+        .map(|c| dollars_to_cents(c.amount.unwrap_or(0.0)))
+        .sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_is_formatted_from_cents() {
+        assert_eq!(money(12_345), "$123.45");
+        assert_eq!(money(5), "$0.05");
+        assert_eq!(dollars_to_cents(189.0), 18_900);
+        assert_eq!(dollars_to_cents(0.29), 29);
+    }
+}
