@@ -1,0 +1,198 @@
+//! `stepwise worker --metrics-addr` serves Prometheus metrics that count what it ran.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::database_url;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn stepwise(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Parses the text exposition into `name{labels}` -> value (labels as printed).
+fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse::<f64>().unwrap())
+        })
+        .collect()
+}
+
+async fn scrape(addr: &str) -> (String, HashMap<String, f64>) {
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = response.text().await.unwrap();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let parsed = parse_exposition(&text);
+    (text, parsed)
+}
+
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn worker_metrics_endpoint_counts_the_sagas_it_ran(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let worker = Worker(
+        Command::new(env!("CARGO_BIN_EXE_stepwise"))
+            .args(["worker", "--metrics-addr", &addr, "--concurrency", "4"])
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait for the endpoint.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "metrics endpoint never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let inputs = [
+        (r#"{"steps":3}"#, 0),
+        (r#"{"steps":3}"#, 0),
+        (r#"{"steps":2,"fail_at":2}"#, 1),
+        (
+            r#"{"steps":2,"fail_at":2,"fail_kind":"transient","transient_failures":1}"#,
+            0,
+        ),
+    ];
+    for (input, code) in inputs {
+        let out = stepwise(
+            &url,
+            &[
+                "start",
+                "synthetic_chain",
+                "--input",
+                input,
+                "--wait",
+                "30",
+                "--json",
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{input}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let (text, m) = scrape(&addr).await;
+    let skill = r#"skill="synthetic_chain""#;
+    let get = |series: &str| -> f64 {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    };
+    assert_eq!(
+        get(&format!("stepwise_sagas_started_total{{{skill}}}")),
+        4.0
+    );
+    assert_eq!(
+        get(&format!("stepwise_sagas_completed_total{{{skill}}}")),
+        3.0
+    );
+    assert_eq!(
+        get(&format!("stepwise_sagas_compensated_total{{{skill}}}")),
+        1.0
+    );
+    assert!(!m.contains_key(&format!("stepwise_sagas_failed_total{{{skill}}}")));
+    // step_1 ran once in each of the four sagas.
+    assert_eq!(
+        get(&format!(
+            r#"stepwise_step_duration_seconds_count{{{skill},step="step_1",kind="action",outcome="succeeded"}}"#
+        )),
+        4.0
+    );
+    // step_2 failed once for good and once transiently (then succeeded once there, and twice
+    // in the plain sagas).
+    assert_eq!(
+        get(&format!(
+            r#"stepwise_step_duration_seconds_count{{{skill},step="step_2",kind="action",outcome="failed"}}"#
+        )),
+        2.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"stepwise_step_duration_seconds_count{{{skill},step="step_2",kind="action",outcome="succeeded"}}"#
+        )),
+        3.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"stepwise_step_retries_total{{{skill},step="step_2",kind="action"}}"#
+        )),
+        1.0
+    );
+    // The compensated saga undid step_1.
+    assert_eq!(
+        get(&format!(
+            r#"stepwise_step_duration_seconds_count{{{skill},step="step_1",kind="compensation",outcome="succeeded"}}"#
+        )),
+        1.0
+    );
+    // Everything finished: nothing is due, nothing waits, nothing is held.
+    for state in ["due", "scheduled", "leased"] {
+        assert_eq!(
+            get(&format!(r#"stepwise_queue_depth{{state="{state}"}}"#)),
+            0.0
+        );
+    }
+    assert_eq!(get("stepwise_queue_lag_seconds"), 0.0);
+    assert!(get("stepwise_queue_sampled_at_seconds") > 1.7e9);
+
+    // A saga waiting for a later time shows up as scheduled on the next scrape.
+    sqlx::query(
+        "INSERT INTO stepwise.sagas (id, skill, skill_version, status, input, started_by,
+                                     step_count, wake_at, created_at, updated_at)
+         VALUES ($1, 'synthetic_chain', 1, 'pending', '{\"steps\":1}', 'test', 1,
+                 now() + interval '1 hour', now(), now())",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (_, m) = scrape(&addr).await;
+    assert_eq!(m[r#"stepwise_queue_depth{state="scheduled"}"#], 1.0);
+    drop(worker);
+}
