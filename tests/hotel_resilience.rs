@@ -1,0 +1,276 @@
+//! The hotel skills under stress: flaky payments, a crash between the payment call and the
+//! commit of its result, racing bookings of one room, and bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod hotel_support;
+
+use hotel_support::*;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::Duration;
+use stepwise_engine::{JitterSource, SagaStatus, StartError, WorkerConfig};
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn checkouts_under_flaky_payments_charge_once_and_refund_every_compensated_one(pool: PgPool) {
+    let w = World::new(pool).await;
+    let stays = checked_in_stays(&w.ledger().await);
+    assert!(
+        stays.len() >= 8,
+        "the seed has checked-in guests: {stays:?}"
+    );
+    w.faults(json!({"error_rate": 0.3, "services": ["stripe"], "seed": 11}))
+        .await;
+    let mut ids = Vec::new();
+    for (i, (email, _, _)) in stays.iter().enumerate() {
+        let id = w
+            .start(
+                "process_guest_checkout",
+                json!({"idempotency_key": format!("flaky-{i}"), "guest_email": email,
+                       "payment_method_id": "pm_card_visa"}),
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let details = w.settle(&ids).await;
+    w.clear_faults().await;
+    let ledger = w.ledger().await;
+
+    let mut charges_by_saga: HashMap<String, Vec<Value>> = HashMap::new();
+    for intent in objects(&ledger, "payment_intent") {
+        let saga = intent["metadata"]["saga_id"].as_str().unwrap().to_string();
+        charges_by_saga.entry(saga).or_default().push(intent);
+    }
+    let refunds = objects(&ledger, "refund");
+    let mut completed = 0;
+    for detail in &details {
+        assert!(
+            matches!(
+                status(detail),
+                SagaStatus::Completed | SagaStatus::Compensated
+            ),
+            "saga {} ended {:?}: {:?}",
+            detail.id,
+            status(detail),
+            detail.error
+        );
+        let charges = charges_by_saga
+            .remove(&detail.id.to_string())
+            .unwrap_or_default();
+        assert!(
+            charges.len() <= 1,
+            "never a second charge for one saga: {charges:?}"
+        );
+        let refunded = charges
+            .iter()
+            .any(|c| refunds.iter().any(|r| r["payment_intent"] == c["id"]));
+        match status(detail) {
+            SagaStatus::Completed => {
+                completed += 1;
+                assert_eq!(charges.len(), 1);
+                assert!(!refunded, "a completed checkout keeps its charge");
+            }
+            _ => {
+                if let Some(charge) = charges.iter().find(|c| c["status"] == "succeeded") {
+                    assert!(
+                        refunded,
+                        "compensated saga {} left charge {} unrefunded",
+                        detail.id, charge["id"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        completed > 0,
+        "with 30% errors and retries most checkouts complete"
+    );
+    let faulted = ledger["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == 500)
+        .count();
+    assert!(faulted > 0, "the sandbox did inject errors");
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn a_charge_re_run_after_a_lost_commit_is_replayed_not_repeated(pool: PgPool) {
+    let w = World::new(pool).await;
+    let (email, number, _) = checked_in_stays(&w.ledger().await)[0].clone();
+    // Payment calls take a while, so the first worker is still inside the call when its lease
+    // is taken over.
+    w.faults(json!({"latency_ms": 1500, "services": ["stripe"], "path_prefix": "/stripe/v1/payment_intents"}))
+        .await;
+    let id = w
+        .start("process_guest_checkout",
+               json!({"idempotency_key": "crash-1", "guest_email": email, "payment_method_id": "pm_card_visa"}))
+        .await
+        .unwrap();
+    let first = w.engine.worker(WorkerConfig {
+        worker_id: "doomed".into(),
+        lease: Duration::from_secs(30),
+        jitter: JitterSource::Fixed(1.0),
+        ..WorkerConfig::default()
+    });
+    let doomed = tokio::spawn(async move { first.run_until_idle().await });
+    // Wait until the first worker is inside the payment call (the sandbox records a request
+    // when it answers), then let its lease expire.
+    for _ in 0..200 {
+        let detail = w.engine.detail(id).await.unwrap().unwrap();
+        let charging = detail
+            .steps
+            .iter()
+            .any(|s| s.name == "charge_payment" && s.status.to_string() == "running");
+        if charging {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.clock.advance(Duration::from_secs(31));
+    let detail = w.settle(&[id]).await.remove(0);
+    let _ = doomed.await;
+    assert_eq!(status(&detail), SagaStatus::Completed, "{:?}", detail.error);
+    assert!(detail
+        .events
+        .iter()
+        .any(|e| e.kind.to_string() == "lease_expired"));
+
+    let ledger = w.ledger().await;
+    let charges: Vec<Value> = objects(&ledger, "payment_intent")
+        .into_iter()
+        .filter(|p| p["metadata"]["booking_number"] == number.as_str())
+        .collect();
+    assert_eq!(charges.len(), 1, "one charge, not two: {charges:?}");
+    let posts = requests(&ledger, "POST", "/stripe/v1/payment_intents");
+    assert_eq!(posts.len(), 2, "the step ran twice: {posts:?}");
+    assert_eq!(posts[0]["idempotency_key"], posts[1]["idempotency_key"]);
+    assert!(
+        posts.iter().any(|p| p["replayed"] == true),
+        "the second call was an idempotent replay"
+    );
+    let charge_step = detail
+        .steps
+        .iter()
+        .find(|s| s.name == "charge_payment")
+        .unwrap();
+    assert_eq!(charge_step.attempts, 2);
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn twenty_racing_bookings_of_one_room_leave_exactly_one(pool: PgPool) {
+    let w = World::new(pool).await;
+    let before = w.ledger().await;
+    let room_number = free_vacant_rooms(&before, 60, 64)[0].clone();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        // Overlapping, not identical, stays.
+        let input = booking_input(
+            &format!("race-{i}"),
+            &format!("racer{i}@example.com"),
+            &room_number,
+            60 + i % 3,
+            63 + i % 2,
+        );
+        ids.push(w.start("create_booking", input).await.unwrap());
+    }
+    let other = w.engine.worker(WorkerConfig {
+        worker_id: "second".into(),
+        concurrency: 32,
+        jitter: JitterSource::Fixed(1.0),
+        ..WorkerConfig::default()
+    });
+    let (a, b) = tokio::join!(w.worker.run_until_idle(), other.run_until_idle());
+    a.unwrap();
+    b.unwrap();
+    let details = w.settle(&ids).await;
+    let winners: Vec<_> = details
+        .iter()
+        .filter(|d| status(d) == SagaStatus::Completed)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one booking wins");
+    for loser in details
+        .iter()
+        .filter(|d| status(d) != SagaStatus::Completed)
+    {
+        assert_eq!(status(loser), SagaStatus::Compensated);
+        assert_eq!(error_code(loser), "room_unavailable", "{:?}", loser.error);
+    }
+    let after = w.ledger().await;
+    let new_bookings = objects(&after, "Booking__c").len() - objects(&before, "Booking__c").len();
+    let new_opportunities =
+        objects(&after, "Opportunity").len() - objects(&before, "Opportunity").len();
+    let new_contacts = objects(&after, "Contact").len() - objects(&before, "Contact").len();
+    assert_eq!(
+        (new_bookings, new_opportunities, new_contacts),
+        (1, 1, 1),
+        "losers leave nothing behind"
+    );
+    assert_eq!(w.hotel.holds.live(&room_number).await.unwrap().len(), 1);
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgPool) {
+    let w = World::new(pool.clone()).await;
+    let room_number = free_vacant_rooms(&w.ledger().await, 70, 72)[0].clone();
+    let cases = [
+        ("guest_email", {
+            let mut i = booking_input("bad-1", "not-an-email", &room_number, 70, 72);
+            i["guest_email"] = json!("x' OR Email != '");
+            i
+        }),
+        (
+            "check_out_date",
+            booking_input("bad-2", "neg@example.com", &room_number, 72, 70),
+        ),
+        ("guest_first_name", {
+            let mut i = booking_input("bad-3", "quote@example.com", &room_number, 70, 72);
+            i["guest_first_name"] = json!("Ro\"bert");
+            i
+        }),
+        ("payment_method_id", {
+            let mut i = booking_input("bad-4", "card@example.com", &room_number, 70, 72);
+            i["payment_method_id"] = json!("4242424242424242");
+            i
+        }),
+    ];
+    for (field, input) in cases {
+        match w.start("create_booking", input).await {
+            Err(StartError::InvalidInput { message, .. }) => {
+                assert!(message.contains(field), "`{message}` names {field}")
+            }
+            other => panic!("expected invalid input for {field}, got {other:?}"),
+        }
+    }
+    let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sagas, 0, "nothing written");
+
+    // An unknown room is a business error found by the first step: no external writes.
+    let before = w.ledger().await;
+    let unknown = w
+        .run(
+            "create_booking",
+            booking_input("bad-5", "room@example.com", "999", 70, 72),
+        )
+        .await;
+    assert_eq!(error_code(&unknown), "room_not_found");
+    let after = w.ledger().await;
+    let writes = |l: &Value| {
+        l["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["method"] != "GET")
+            .count()
+    };
+    assert_eq!(
+        writes(&after),
+        writes(&before),
+        "no write reached the external systems"
+    );
+}
