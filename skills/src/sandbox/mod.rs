@@ -1,4 +1,133 @@
-//! The external-systems sandbox (CONTRACT.md section 6). Documentation is being written.
+//! The external-systems sandbox (CONTRACT.md section 6): one HTTP server standing in for the
+//! hotel's payment provider (Stripe), CRM/property system (Salesforce) and SMS gateway (Twilio),
+//! so every test and the demo cross a real network boundary. It follows each API's own
+//! conventions closely enough that the connectors would work against the real services given a
+//! base URL and credentials. Everything lives in memory behind one mutex; each request runs
+//! atomically. Start it with `stepwise sandbox [--addr 127.0.0.1:8787] [--seed N]`, or in
+//! process with [`Sandbox::start`] (port 0 picks a free port):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), stepwise_skills::sandbox::SandboxError> {
+//! use stepwise_skills::sandbox::Sandbox;
+//! let sandbox = Sandbox::start("127.0.0.1:0".parse().expect("addr"), 7).await?;
+//! let base = sandbox.base_url(); // e.g. http://127.0.0.1:41234, no trailing slash
+//! sandbox.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Stripe: `/stripe/v1`
+//! Auth `Authorization: Bearer sk_test_...` (any `sk_test_` key; also Basic with the key as
+//! user); otherwise 401. Bodies are form-encoded (`metadata[key]=value`); unknown parameters are
+//! refused (`parameter_unknown`). Errors: `{"error":{"type","code","message","param"}}`.
+//! - `POST /customers` (email, name, phone, description, metadata), `GET /customers/{id}`,
+//!   `POST /customers/{id}` (update), `GET /customers?email=X&limit=N` (a list object),
+//!   `GET /customers/search?query=email:'X'` (also `name`, `phone`, `metadata['k']`, joined by
+//!   `AND` or `OR`; `\'` escapes; case-insensitive exact match).
+//! - `POST /payment_intents` (amount >= 50 cents, currency, customer, payment_method,
+//!   confirm, description, metadata, automatic_payment_methods[...]),
+//!   `POST /payment_intents/{id}/confirm` (optional payment_method),
+//!   `POST /payment_intents/{id}/cancel`, `GET /payment_intents/{id}`. Intents also carry
+//!   `amount_refunded`.
+//! - `POST /refunds` (payment_intent or charge, optional amount <= what is left, reason,
+//!   metadata) -> a refund `{"id":"re_...","status":"succeeded",...}`; more than what is left
+//!   -> 400 `amount_too_large`, nothing left -> 400 `charge_already_refunded`; `GET /refunds/{id}`.
+//! - Test payment methods: `pm_card_visa` / `pm_card_mastercard` / `pm_card_amex` succeed
+//!   (`succeeded`, `latest_charge` `ch_...`); `pm_card_chargeDeclined` -> 402 `card_error`
+//!   `card_declined`/`generic_decline` with the intent (now `requires_payment_method`) in
+//!   `error.payment_intent`; `pm_card_chargeDeclinedInsufficientFunds`,
+//!   `pm_card_chargeDeclinedExpiredCard` decline likewise; `pm_card_authenticationRequired`
+//!   -> 200 with status `requires_action` and `next_action.type` `use_stripe_sdk`. Any other
+//!   `pm_...` -> 400 `resource_missing`.
+//! - `Idempotency-Key` on any POST: the same key with the same method, path and parameters
+//!   replays the first response byte for byte with `Idempotent-Replayed: true` and no new
+//!   effect; with other parameters -> 400 `idempotency_error`. Like Stripe, only results of
+//!   requests that ran are kept (2xx and 402 declines), not validation errors or 5xx.
+//!
+//! # Salesforce: `/salesforce/services/data/v60.0`
+//! Auth `Authorization: Bearer <anything non-empty>`, else 401
+//! `[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]`. Errors are
+//! arrays `[{"message","errorCode","fields"}]`.
+//! - `POST /sobjects/{Type}` (JSON) -> 201 `{"id","success":true,"errors":[]}`;
+//!   `GET /sobjects/{Type}/{Id}` (optional `?fields=A,B`) -> the record with
+//!   `attributes {type,url}` and every field (null when unset), 404 `NOT_FOUND`;
+//!   `PATCH /sobjects/{Type}/{Id}` -> 204; `DELETE` -> 204;
+//!   `PATCH /sobjects/{Type}/{ExternalIdField}/{value}` upserts: 201 `{"created":true}` or 200
+//!   `{"created":false}` after updating; `GET` on the same path retrieves by external id;
+//!   `GET /sobjects/{Type}/describe`; `GET /query?q=SOQL` -> `{"totalSize","done":true,"records"}`.
+//! - Objects ([`salesforce::schema`]): `Contact` (003), `Hotel_Room__c` (a02, `Name` = room
+//!   number), `Booking__c` (a01, `Name` auto-numbered `BK-000001`, `Total_Nights__c` computed),
+//!   `Opportunity` (006), `Case` (500, `CaseNumber` auto `00001001`), `Payment_Transaction__c`
+//!   (a03), `SMS_Notification__c` (a04). Ids are 18 characters with Salesforce's checksum
+//!   suffix (15-character forms are accepted). Every record has `CreatedDate` and
+//!   `LastModifiedDate`.
+//! - Validation: unknown field -> `INVALID_FIELD`; read-only field written ->
+//!   `INVALID_FIELD_FOR_INSERT_UPDATE`; restricted picklist -> `INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST`;
+//!   missing required -> `REQUIRED_FIELD_MISSING`; a second record with a unique external id
+//!   (`Unique_Email__c`, `External_ID__c`; compared exactly) -> `DUPLICATE_VALUE`; bad email ->
+//!   `INVALID_EMAIL_ADDRESS`; lookups must name an existing record of the right object
+//!   (`MALFORMED_ID`, `FIELD_INTEGRITY_EXCEPTION`, `INVALID_CROSS_REFERENCE_KEY`); a booking's
+//!   check-out must follow its check-in (`FIELD_CUSTOM_VALIDATION_EXCEPTION`). Picklist
+//!   defaults are applied on create. Deletes do not cascade.
+//! - SOQL ([`soql`], a real tokenizer and parser): `SELECT f, ... | COUNT() FROM Obj
+//!   [WHERE ...] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...] [LIMIT n] [OFFSET n]`;
+//!   conditions `= != <> < <= > >= LIKE IN NOT IN`, `AND`/`OR` (mixing needs parentheses, as in
+//!   SOQL), `NOT`, parentheses; literals `'strings'` with `\'` `\\` escapes, numbers, unquoted
+//!   dates `YYYY-MM-DD`, datetimes, `TODAY`/`YESTERDAY`/`TOMORROW`, `null`, `true`/`false`.
+//!   Fields are checked against the object (`INVALID_FIELD`; no relationship paths), literal
+//!   types against field types (`INVALID_QUERY_FILTER_OPERATOR`, e.g. a quoted date), unknown
+//!   objects give `INVALID_TYPE`, anything else `MALFORMED_QUERY`. Text compares
+//!   case-insensitively like Salesforce. Values are literals, never spliced: a quote inside a
+//!   properly escaped value cannot widen a query.
+//!
+//! # Twilio: `/twilio/2010-04-01/Accounts/{AccountSid}/Messages.json`
+//! Basic auth `AccountSid:AuthToken` (SID starting `AC` and equal to the path's; any non-empty
+//! token), else 401 `{"code":20003,...}`. `POST` form `To`, `From` (or `MessagingServiceSid`
+//! `MG...`), `Body` -> 201 `{"sid":"SM...","status":"queued",...}`; an invalid (non-E.164) `To`
+//! -> 400 `{"code":21211,...}`, and Twilio's magic test numbers `+1500555000x` fail as Twilio's
+//! test credentials do. `GET .../Messages/{sid}.json` shows the message `delivered`.
+//! Sandbox extension: the header `I-Twilio-Idempotency-Token` has Stripe's `Idempotency-Key`
+//! semantics (replay with `Idempotent-Replayed: true`, 400 on other parameters).
+//!
+//! # Test endpoints: `/_sandbox`
+//! - `GET /_sandbox/health` -> 200.
+//! - `GET /_sandbox/ledger` -> `{"objects":{TYPE:[...]}, "requests":[...]}`: TYPE is each
+//!   sObject name (records as `GET` returns them) and `customer`, `payment_intent`, `refund`,
+//!   `message`; requests are every service request in order, with `service`, `method`, `path`,
+//!   `idempotency_key`, `replayed` and `status` (faulted ones included).
+//! - `POST /_sandbox/faults` ([`faults::FaultConfig`]) `{"error_rate":0.1,"timeout_rate":0.02,
+//!   "latency_ms":20,"services":["stripe"],"path_prefix":"/stripe/v1/refunds","seed":N,
+//!   "timeout_ms":10000}`: a matching request (service listed, or all when `services` is empty;
+//!   path starting with `path_prefix` if given) is delayed by `latency_ms`, then with
+//!   probability `error_rate` answered 500 in the service's error shape, or with probability
+//!   `timeout_rate` held `timeout_ms` (default 10 s) and answered 504, in both cases WITHOUT any
+//!   effect and without storing an idempotent result. Draws are seeded (`seed`, default the
+//!   sandbox seed), so a run repeats. `{}` clears the faults; `GET` shows the current settings.
+//! - `POST /_sandbox/reset` restores the seed (re-dated to today), clears the ledger, the
+//!   idempotency keys and the faults.
+//!
+//! # Seed ([`seed`])
+//! Like the Dewy Resort sample, dated relative to today's UTC date: 22 rooms on floors 1-4
+//! (101-106, 201-206, 301-305, 401-405), Occupied 9, Vacant 8, Cleaning 2 (106, 302),
+//! Maintenance 2 (205, 404), Out of Service 1 (305); Standard 129.00, Deluxe 189.00,
+//! Suite 289.00, Penthouse 489.00. 12 guests, the manager `manager@dewy.example` and the front
+//! desk `frontdesk@dewy.example` (both `Contact_Type__c` Manager), 11 vendors with
+//! `Vendor_Specialty__c`; 18 bookings each with an Opportunity; 4 cases. Guests
+//! ([`seed::SEEDED_GUESTS`], [`seed::BOOKINGS`]):
+//!
+//! | guest | state | room |
+//! |---|---|---|
+//! | emma.johnson@example.com | checked in 3 nights ago, checks out **today** (checkout demo, 387.00) | 104 Standard |
+//! | liam.smith@example.com | checked in, out in 2 days; room free after (extend_stay fits) | 105 Deluxe |
+//! | isabella.thomas@example.com | checked in, out tomorrow; room reserved from tomorrow (extension conflicts) | 101 Standard |
+//! | olivia.brown, noah.garcia, ava.martinez, ethan.davis, sophia.wilson, mason.anderson | checked in | 203, 206, 301, 303, 401, 403 |
+//! | james.taylor@example.com | Reserved **today** -> +2, room Vacant (check-in demo) | 102 Standard |
+//! | mia.moore@example.com | Reserved **today** -> +3, room still Cleaning (check-in refused until Vacant) | 302 Deluxe |
+//! | lucas.jackson@example.com | Reserved tomorrow -> +4 (room 101) and +7 -> +10 (room 402) | — |
+//!
+//! History: Checked Out stays for lucas, emma and noah, a Cancelled one for mia and a No Show
+//! for ava. Every checked-in booking's room is Occupied with `Current_Guest__c` set. The seed
+//! number changes only loyalty numbers, how far back the history lies (0-4 days) and the
+//! random part of Stripe/Twilio ids; the same seed gives the same ids.
 
 pub mod faults;
 pub mod salesforce;
