@@ -1292,3 +1292,57 @@ async fn the_sandbox_command_serves_until_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_customer_can_complete_or_fail_3d_secure_through_the_sandbox_extension() {
+    let env = sandbox().await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (_, intent) = json_of(
+            env.stripe(Method::POST, "/payment_intents")
+                .form(&intent_form("28900", "pm_card_authenticationRequired"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(intent["status"], "requires_action");
+        ids.push(intent["id"].as_str().unwrap().to_string());
+    }
+    let authenticate = |id: &str, outcome: &str| {
+        env.http
+            .post(env.url(&format!(
+                "/_sandbox/stripe/payment_intents/{id}/authenticate"
+            )))
+            .json(&json!({ "outcome": outcome }))
+            .send()
+    };
+    let (status, done) = json_of(authenticate(&ids[0], "succeed").await.unwrap()).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["amount_received"], 28900);
+    assert!(done["latest_charge"].as_str().unwrap().starts_with("ch_"));
+    let (status, _) = json_of(authenticate(&ids[0], "succeed").await.unwrap()).await;
+    assert_eq!(status, 400, "only an intent requiring action");
+
+    let (status, failed) = json_of(authenticate(&ids[1], "fail").await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(failed["status"], "requires_payment_method");
+    assert_eq!(
+        failed["last_payment_error"]["code"],
+        "payment_intent_authentication_failure"
+    );
+    let (_, got) = json_of(
+        env.stripe(Method::GET, &format!("/payment_intents/{}", ids[1]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got["status"], "requires_payment_method");
+    let requests = env.ledger().await["requests"].as_array().unwrap().len();
+    assert_eq!(
+        requests, 3,
+        "two creates and one retrieve; the extension is not a request"
+    );
+}

@@ -102,6 +102,11 @@
 //!   `timeout_rate` held `timeout_ms` (default 10 s) and answered 504, in both cases WITHOUT any
 //!   effect and without storing an idempotent result. Draws are seeded (`seed`, default the
 //!   sandbox seed), so a run repeats. `{}` clears the faults; `GET` shows the current settings.
+//! - `POST /_sandbox/stripe/payment_intents/{id}/authenticate` `{"outcome":"succeed"|"fail"}`
+//!   plays the customer completing (or failing) the 3-D Secure challenge of an intent in
+//!   `requires_action`: it becomes `succeeded`, or `requires_payment_method` with
+//!   `last_payment_error.code` `payment_intent_authentication_failure`. Not a service request,
+//!   so not in the ledger's `requests`.
 //! - `POST /_sandbox/reset` restores the seed (re-dated to today), clears the ledger, the
 //!   idempotency keys and the faults.
 //!

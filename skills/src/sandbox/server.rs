@@ -304,7 +304,8 @@ async fn dispatch(
     reply.into_response()
 }
 
-/// `/_sandbox/health`, `/_sandbox/ledger`, `/_sandbox/faults`, `/_sandbox/reset`.
+/// `/_sandbox/health`, `/_sandbox/ledger`, `/_sandbox/faults`, `/_sandbox/reset`, and
+/// `/_sandbox/stripe/payment_intents/{id}/authenticate`.
 fn control(shared: &SharedState, method: &Method, path: &str, body: &[u8]) -> Reply {
     let path = path.trim_end_matches('/');
     match (method, path) {
@@ -346,6 +347,33 @@ fn control(shared: &SharedState, method: &Method, path: &str, body: &[u8]) -> Re
                 200,
                 &json!({"status": "reset", "seed": state.seed, "today": state.today}),
             )
+        }
+        (&Method::POST, p) if p.starts_with("/_sandbox/stripe/payment_intents/") => {
+            let id = p
+                .trim_start_matches("/_sandbox/stripe/payment_intents/")
+                .strip_suffix("/authenticate");
+            let Some(id) = id.filter(|id| !id.is_empty() && !id.contains('/')) else {
+                return Reply::json(
+                    404,
+                    &json!({"error": format!("no such sandbox endpoint: {method} {path}")}),
+                );
+            };
+            let outcome: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let succeed = match outcome.get("outcome").and_then(Value::as_str) {
+                None | Some("succeed") => true,
+                Some("fail") => false,
+                Some(other) => {
+                    return Reply::json(
+                        400,
+                        &json!({"error": format!("outcome must be succeed or fail, not {other}")}),
+                    )
+                }
+            };
+            let mut state = lock(shared);
+            match stripe::complete_authentication(&mut state.stripe, id, succeed) {
+                Ok(intent) => Reply::json(200, &intent),
+                Err((status, message)) => Reply::json(status, &json!({"error": message})),
+            }
         }
         _ => Reply::json(
             404,

@@ -828,6 +828,48 @@ fn attempt(stripe: &mut StripeState, id: &str, pm: &str) -> Result<Reply, Stripe
     }
 }
 
+/// Sandbox extension: the customer completes (or fails) the 3-D Secure challenge of an intent
+/// in `requires_action`, as the browser would with Stripe.js.
+pub fn complete_authentication(
+    stripe: &mut StripeState,
+    id: &str,
+    succeed: bool,
+) -> Result<Value, (u16, String)> {
+    let charge = succeed.then(|| stripe.charge_ids.stripe("ch_", 24));
+    let intent = stripe
+        .payment_intents
+        .get_mut(id)
+        .ok_or_else(|| (404, format!("No such payment_intent: '{id}'")))?;
+    if intent.status != "requires_action" {
+        return Err((
+            400,
+            format!(
+                "payment_intent {id} has status {}, not requires_action",
+                intent.status
+            ),
+        ));
+    }
+    intent.next_action = None;
+    if succeed {
+        intent.status = "succeeded";
+        intent.amount_received = intent.amount;
+        intent.latest_charge = charge;
+        intent.last_payment_error = None;
+    } else {
+        intent.status = "requires_payment_method";
+        intent.last_payment_error = Some(json!({
+            "type": "invalid_request_error",
+            "code": "payment_intent_authentication_failure",
+            "message": "The provided PaymentMethod has failed authentication. You can provide \
+                        payment_method_data or a new PaymentMethod to attempt to fulfill this \
+                        PaymentIntent again.",
+            "payment_method": {"id": intent.payment_method, "object": "payment_method", "type": "card"},
+        }));
+        intent.payment_method = None;
+    }
+    Ok(to_json(intent))
+}
+
 fn confirm_intent(stripe: &mut StripeState, req: &Req<'_>, id: &str) -> Result<Reply, StripeError> {
     let params = Params::parse(
         req.form(),
