@@ -68,6 +68,9 @@ async fn tools_list_shows_each_role_only_its_tools(pool: PgPool) {
         names.contains("synthetic_chain") && names.contains("risky_refund"),
         "{names:?}"
     );
+    for replay in ["retry_saga", "restart_saga", "fork_saga", "cancel_saga"] {
+        assert!(names.contains(replay), "{names:?}");
+    }
 
     // Schemas and annotations as clients need them.
     let tools = operator.list_all_tools().await.unwrap();
@@ -553,4 +556,95 @@ async fn progress_is_notified_while_waiting_and_a_slow_saga_reports_running(pool
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn operators_retry_restart_and_fork_through_tools(pool: PgPool) {
+    let h = harness(pool.clone(), WAIT);
+    let operator = connect(&h.facade, "operator:ops").await;
+    // The undo of step_1 fails twice in total; with two attempts per round the saga ends
+    // `failed`, waiting for an operator.
+    let failed = call(
+        &operator,
+        "synthetic_chain",
+        json!({"steps": 2, "fail_at": 2, "compensation_failures": 2, "max_attempts": 2, "idempotency_key": "ops-1"}),
+    )
+    .await;
+    assert!(is_error(&failed));
+    let s = structured(&failed);
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_eq!(s["error"]["not_undone"], json!(["step_1"]));
+    assert!(s["error"]["action"]
+        .as_str()
+        .unwrap()
+        .contains("stepwise sagas retry"));
+    let id = s["saga_id"].as_str().unwrap().to_string();
+
+    let retried = call(
+        &operator,
+        "retry_saga",
+        json!({"saga_id": id, "reason": "api back"}),
+    )
+    .await;
+    let s = structured(&retried);
+    assert_eq!(s["saga_id"], id);
+    assert_eq!(s["status"], "compensated", "{s}");
+    assert_eq!(s["error"]["undone"], json!(["step_1"]));
+    let detail = h.engine.detail(id.parse().unwrap()).await.unwrap().unwrap();
+    assert!(detail
+        .events
+        .iter()
+        .any(|e| e.kind.as_str() == "operator_retry" && e.actor == "operator:ops"));
+
+    // Retrying a compensated saga is refused; restart makes a new, linked saga.
+    let refused = call(&operator, "retry_saga", json!({"saga_id": id})).await;
+    assert_eq!(structured(&refused)["error"]["code"], "replay_refused");
+    let ok = call(
+        &operator,
+        "synthetic_chain",
+        json!({"steps": 3, "idempotency_key": "ops-2"}),
+    )
+    .await;
+    let done_id = structured(&ok)["saga_id"].as_str().unwrap().to_string();
+    let restarted = call(&operator, "restart_saga", json!({"saga_id": id})).await;
+    let new_id = structured(&restarted)["saga_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", text(&restarted)))
+        .to_string();
+    assert_ne!(new_id, id);
+    // The same input fails the same way in the new saga.
+    assert_eq!(structured(&restarted)["status"], "failed");
+    let detail = h
+        .engine
+        .detail(new_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.replay_of.map(|r| r.to_string()), Some(id.clone()));
+    let refused = call(&operator, "restart_saga", json!({"saga_id": done_id})).await;
+    assert_eq!(structured(&refused)["error"]["code"], "replay_refused");
+    let forked = call(
+        &operator,
+        "fork_saga",
+        json!({"saga_id": done_id, "from_step": "step_3"}),
+    )
+    .await;
+    assert_eq!(
+        structured(&forked)["status"],
+        "completed",
+        "{}",
+        text(&forked)
+    );
+    let unknown = call(
+        &operator,
+        "fork_saga",
+        json!({"saga_id": done_id, "from_step": "step_9"}),
+    )
+    .await;
+    assert_eq!(structured(&unknown)["error"]["field"], "from_step");
+
+    // Nobody else has these tools.
+    let manager = connect(&h.facade, "manager:mia").await;
+    let refused = call(&manager, "restart_saga", json!({"saga_id": done_id})).await;
+    assert_eq!(structured(&refused)["error"]["code"], "forbidden");
 }

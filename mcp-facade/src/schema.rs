@@ -204,7 +204,7 @@ fn type_mismatch(property: &Value, value: &Value) -> Option<String> {
             .get("type")
             .and_then(Value::as_array)
             .is_some_and(|t| t.iter().any(|t| t == "null"));
-        if !options.contains(value) && !(nullable && value.is_null()) {
+        if !(options.contains(value) || nullable && value.is_null()) {
             let options: Vec<String> = options.iter().map(Value::to_string).collect();
             return Some(format!("one of {}", options.join(", ")));
         }

@@ -21,7 +21,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stepwise_engine::{
-    Engine, Query, SagaDetail, SagaFilter, SagaStatus, Skill, StartError, StartRequest, StoreError,
+    Engine, OperatorError, OperatorRequest, Query, SagaDetail, SagaFilter, SagaStatus, Skill,
+    StartError, StartRequest, StoreError,
 };
 use uuid::Uuid;
 
@@ -583,6 +584,77 @@ impl StepwiseServer {
                     Err(e) => Ok(Answer::refused(unavailable(e), Some(id))),
                 }
             }
+            Control::RetrySaga | Control::RestartSaga | Control::ForkSaga => {
+                self.replay(control, caller, &args, ctx).await
+            }
+        }
+    }
+
+    /// retry_saga, restart_saga, fork_saga: the engine's operator actions, recorded with the
+    /// caller as the actor; then the resulting saga is waited for and reported.
+    async fn replay(
+        &self,
+        control: Control,
+        caller: &Caller,
+        args: &JsonObject,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Call {
+        let id = match saga_id_arg(args) {
+            Ok(id) => id,
+            Err(e) => return Ok(Answer::refused(e, None)),
+        };
+        let mut request = OperatorRequest::new(caller.principal.to_string());
+        if let Some(reason) = args.get("reason").and_then(Value::as_str) {
+            request = request.reason(reason);
+        }
+        if let Some(version) = args.get("to_version").and_then(Value::as_u64) {
+            request = request.to_version(version.min(u32::MAX as u64) as u32);
+        }
+        let engine = &self.facade.engine;
+        let done = match control {
+            Control::RetrySaga => engine.retry(id, &request).await,
+            Control::RestartSaga => engine.restart(id, &request).await,
+            _ => {
+                let Some(step) = args.get("from_step").and_then(Value::as_str) else {
+                    return Ok(Answer::refused(
+                        ToolError::invalid(Some("from_step".into()), "is required"),
+                        Some(id),
+                    ));
+                };
+                engine.fork(id, step, &request).await
+            }
+        };
+        let summary = match done {
+            Ok(summary) => summary,
+            Err(e) => {
+                let error = match &e {
+                    OperatorError::NotFound(_) => no_such_saga(id),
+                    OperatorError::UnknownStep { .. } => ToolError {
+                        field: Some("from_step".into()),
+                        ..ToolError::not_found(e.to_string())
+                    },
+                    OperatorError::UnknownVersion { .. } => ToolError {
+                        field: Some("to_version".into()),
+                        ..ToolError::not_found(e.to_string())
+                    },
+                    OperatorError::Refused(_) | OperatorError::VersionMismatch(_) => {
+                        ToolError::new("replay_refused", e.to_string())
+                    }
+                    OperatorError::Store(store) => unavailable(store),
+                };
+                let mut answer = Answer::refused(error, Some(id));
+                if e.is_conflict() {
+                    answer.outcome = Outcome::Conflict;
+                }
+                return Ok(answer);
+            }
+        };
+        match self.wait_for(summary.id, ctx).await {
+            Ok(detail) => {
+                let result = saga_report(&detail).into_result();
+                Ok(Answer::saga(&detail, result))
+            }
+            Err(e) => Ok(Answer::refused(unavailable(e), Some(summary.id))),
         }
     }
 

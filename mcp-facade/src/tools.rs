@@ -23,13 +23,19 @@ pub enum Control {
     GetSagaStatus,
     ListSagas,
     CancelSaga,
+    RetrySaga,
+    RestartSaga,
+    ForkSaga,
 }
 
 impl Control {
-    pub const ALL: [Control; 3] = [
+    pub const ALL: [Control; 6] = [
         Control::GetSagaStatus,
         Control::ListSagas,
         Control::CancelSaga,
+        Control::RetrySaga,
+        Control::RestartSaga,
+        Control::ForkSaga,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,15 +43,20 @@ impl Control {
             Control::GetSagaStatus => "get_saga_status",
             Control::ListSagas => "list_sagas",
             Control::CancelSaga => "cancel_saga",
+            Control::RetrySaga => "retry_saga",
+            Control::RestartSaga => "restart_saga",
+            Control::ForkSaga => "fork_saga",
         }
     }
 
     /// Who may call it (CONTRACT.md section 5): status and lists for everyone (guests see only
-    /// their own sagas); cancel for guests (their own), managers and operators.
+    /// their own sagas); cancel for guests (their own), managers and operators; replays for
+    /// operators.
     pub fn allows(self, role: Role) -> bool {
         match self {
             Control::GetSagaStatus | Control::ListSagas => true,
             Control::CancelSaga => matches!(role, Role::Guest | Role::Manager | Role::Operator),
+            Control::RetrySaga | Control::RestartSaga | Control::ForkSaga => role == Role::Operator,
         }
     }
 
@@ -114,11 +125,66 @@ impl Control {
                     .idempotent(true)
                     .open_world(false),
             ),
+            Control::RetrySaga => (
+                "Operators: resumes the undo of a `failed` saga (a compensation that ran out of \
+                 attempts, e.g. while a payment API was down) where it stopped, then waits a \
+                 bounded time and reports. A `compensated` saga cannot be retried in place: \
+                 restart it.",
+                replay_input(false),
+                Value::Object(saga_output_schema(None)),
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(true)
+                    .idempotent(false)
+                    .open_world(true),
+            ),
+            Control::RestartSaga => (
+                "Operators: starts a new saga with the same input as this one (linked by \
+                 replay_of), e.g. a checkout compensated during an outage, then waits a bounded \
+                 time and reports the new saga.",
+                replay_input(false),
+                Value::Object(saga_output_schema(None)),
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(false)
+                    .idempotent(false)
+                    .open_world(true),
+            ),
+            Control::ForkSaga => (
+                "Operators: starts a new saga that reuses the outputs of this saga's steps before \
+                 `from_step` and runs from there (only where those steps succeeded and were not \
+                 undone), then waits a bounded time and reports the new saga.",
+                replay_input(true),
+                Value::Object(saga_output_schema(None)),
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(false)
+                    .idempotent(false)
+                    .open_world(true),
+            ),
         };
         Tool::new(self.name(), description, object(input))
             .with_raw_output_schema(Arc::new(object(output)))
             .with_annotations(annotations.with_title_of(self.name()))
     }
+}
+
+fn replay_input(from_step: bool) -> Value {
+    let mut schema = json!({
+        "type": "object",
+        "properties": {
+            "saga_id": {"type": "string", "format": "uuid", "description": "The saga to replay."},
+            "reason": {"type": "string", "maxLength": 500, "description": "Why, for the history."},
+            "to_version": {"type": "integer", "minimum": 1, "description": "Run on this registered version of the skill instead of the saga's own (when its steps changed)."}
+        },
+        "required": ["saga_id"],
+        "additionalProperties": false
+    });
+    if from_step {
+        schema["properties"]["from_step"] = json!({"type": "string", "description": "The first step to run again; the outputs of the steps before it are reused."});
+        schema["required"] = json!(["saga_id", "from_step"]);
+    }
+    schema
 }
 
 trait WithTitle {
