@@ -1,42 +1,105 @@
 //! Composition root: resolves the database (embedded default included), migrates, and builds
-//! the engine over the built-in skills.
+//! the engine over every skill: the diagnostic one and the Dewy Resort skills, whose
+//! connectors point at `STEPWISE_SANDBOX_URL` or the real services (see
+//! `stepwise_skills::connectors::ConnectorConfig::from_env`).
 
 use crate::embedded_pg::{self, DatabaseTarget};
 use crate::exit::CliError;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use stepwise_engine::{Engine, PgStore, SystemClock};
-use tracing::warn;
+use stepwise_skills::connectors::{ConnectorConfig, Connectors};
+use stepwise_skills::hotel::Hotel;
+use stepwise_skills::sandbox::{Sandbox, SandboxHandle};
+use tracing::{info, warn};
+
+/// Where `stepwise sandbox` listens by default, and where connectors look when nothing is
+/// configured and no sandbox is started in-process.
+pub const DEFAULT_SANDBOX_URL: &str = "http://127.0.0.1:8787";
+
+/// Whether an unconfigured process starts its own sandbox (`demo`, `mcp`) or expects one at
+/// [`DEFAULT_SANDBOX_URL`] (workers and one-shot commands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    StartIfUnset,
+    ExpectRunning,
+}
 
 /// A connected engine. Keep it alive while the engine is used: it may own the embedded server.
 pub struct App {
     pub engine: Engine,
     pub database_url: String,
+    /// The hotel skills' connectors and room holds.
+    pub hotel: Arc<Hotel>,
+    /// The in-process sandbox's base URL, when this process started one.
+    pub sandbox_url: Option<String>,
     target: DatabaseTarget,
+    sandbox: Option<SandboxHandle>,
 }
 
 impl App {
     /// Connects (starting the embedded PostgreSQL if needed), applies migrations and registers
-    /// the built-in skills.
+    /// every skill. Unconfigured connectors point at [`DEFAULT_SANDBOX_URL`].
     pub async fn open(pool_size: u32) -> Result<Self, CliError> {
+        Self::open_with(pool_size, SandboxMode::ExpectRunning).await
+    }
+
+    /// Like [`App::open`], but starts an in-process sandbox when no external system is
+    /// configured, so one command runs the whole story.
+    pub async fn open_with_sandbox(pool_size: u32) -> Result<Self, CliError> {
+        Self::open_with(pool_size, SandboxMode::StartIfUnset).await
+    }
+
+    async fn open_with(pool_size: u32, mode: SandboxMode) -> Result<Self, CliError> {
         let target = embedded_pg::resolve_database().await?;
         let store = PgStore::connect(&target.url, pool_size).await?;
         store.migrate().await?;
-        let registry = stepwise_skills::registry()
+        let (config, sandbox) = connector_config(mode).await?;
+        let connectors = Connectors::new(&config)
+            .map_err(|e| CliError::failed(format!("cannot set up the connectors: {e}")))?;
+        let hotel = Hotel::new(connectors, store.pool().clone());
+        let registry = stepwise_skills::registry_with_hotel(&hotel)
             .map_err(|e| CliError::failed(format!("built-in skills are inconsistent: {e}")))?;
         Ok(Self {
             engine: Engine::new(store, Arc::new(registry), Arc::new(SystemClock)),
             database_url: target.url.clone(),
+            sandbox_url: sandbox.as_ref().map(SandboxHandle::base_url),
+            hotel,
             target,
+            sandbox,
         })
     }
 
     /// Closes the pool and stops the embedded server if this process started it.
     pub async fn close(self) {
         self.engine.store().pool().close().await;
+        if let Some(sandbox) = self.sandbox {
+            sandbox.shutdown().await;
+        }
         if let Some(embedded) = self.target.embedded {
             if let Err(e) = embedded.shutdown().await {
                 warn!(error = %e, "could not stop the embedded PostgreSQL cleanly");
             }
+        }
+    }
+}
+
+/// The connector configuration from the environment, or a sandbox: started here
+/// ([`SandboxMode::StartIfUnset`]) or expected at [`DEFAULT_SANDBOX_URL`].
+async fn connector_config(
+    mode: SandboxMode,
+) -> Result<(ConnectorConfig, Option<SandboxHandle>), CliError> {
+    if let Some(config) = ConnectorConfig::from_env().map_err(|e| CliError::usage(e.to_string()))? {
+        return Ok((config, None));
+    }
+    match mode {
+        SandboxMode::ExpectRunning => Ok((ConnectorConfig::sandbox(DEFAULT_SANDBOX_URL), None)),
+        SandboxMode::StartIfUnset => {
+            let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), 1)
+                .await
+                .map_err(|e| CliError::failed(format!("cannot start the sandbox: {e}")))?;
+            info!(url = %sandbox.base_url(), "started an in-process sandbox for the external systems");
+            Ok((ConnectorConfig::sandbox(&sandbox.base_url()), Some(sandbox)))
         }
     }
 }

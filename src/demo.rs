@@ -1,6 +1,8 @@
-//! `stepwise demo`: the story end to end on the embedded default. It migrates, runs workers,
-//! and shows sagas that complete, retry, compensate, and survive a worker killed with SIGKILL,
-//! then prints their timelines.
+//! `stepwise demo`: the story end to end on the embedded default. It migrates, starts an
+//! in-process sandbox for the hotel's external systems and a worker, and runs the Dewy Resort
+//! story (book, check in, a service request, a checkout whose card is declined, a checkout that
+//! succeeds, an urgent maintenance request), then the durability story (retries at persisted
+//! times, a worker killed with SIGKILL), printing every saga's timeline.
 
 use crate::app::App;
 use crate::exit::CliError;
@@ -14,7 +16,7 @@ use uuid::Uuid;
 const SYN: &str = stepwise_skills::synthetic::NAME;
 
 pub async fn run() -> Result<(), CliError> {
-    let app = App::open(12).await?;
+    let app = App::open_with_sandbox(12).await?;
     let result = story(&app).await;
     app.close().await;
     result
@@ -52,12 +54,25 @@ impl Background {
 }
 
 async fn start(engine: &Engine, input: Value, label: &str) -> Result<Uuid, CliError> {
+    start_skill(engine, SYN, input, label).await
+}
+
+async fn start_skill(
+    engine: &Engine,
+    skill: &str,
+    mut input: Value,
+    label: &str,
+) -> Result<Uuid, CliError> {
+    let key = format!("demo-{label}-{}", Uuid::new_v4().simple());
+    if skill != SYN {
+        input["idempotency_key"] = json!(key);
+    }
     let outcome = engine
         .start(StartRequest {
-            skill: SYN.into(),
+            skill: skill.into(),
             input,
-            idempotency_key: Some(format!("demo-{label}-{}", Uuid::new_v4().simple())),
-            started_by: "demo:stepwise".into(),
+            idempotency_key: Some(key),
+            started_by: "staff:frontdesk@dewy.example".into(),
         })
         .await?;
     Ok(outcome.saga.id)
@@ -90,48 +105,160 @@ async fn story(app: &App) -> Result<(), CliError> {
         "Stepwise demo — database {}",
         crate::cli::redact(&app.database_url)
     );
+    if let Some(url) = &app.sandbox_url {
+        println!("External systems (payments, CRM/PMS, SMS): sandbox at {url}");
+    }
     println!("Skills: sagas of persisted steps; each step's result is committed before the next.");
 
     let lease = Duration::from_secs(2);
     let worker = Background::start(engine, "demo-worker-1", lease);
-    let ok = start(engine, json!({"steps": 4}), "ok").await?;
-    let retried = start(
-        engine,
-        json!({"steps": 3, "fail_at": 2, "fail_kind": "transient", "transient_failures": 2}),
-        "retry",
-    )
-    .await?;
-    let compensated = start(engine, json!({"steps": 5, "fail_at": 4}), "compensate").await?;
-    for id in [ok, retried, compensated] {
-        finish(engine, id, Duration::from_secs(30)).await?;
-    }
+    let hotel = hotel_story(app).await;
+    let retried = match hotel {
+        Ok(()) => start(
+            engine,
+            json!({"steps": 3, "fail_at": 2, "fail_kind": "transient", "transient_failures": 2}),
+            "retry",
+        )
+        .await,
+        Err(e) => Err(e),
+    };
+    let retried = match retried {
+        Ok(id) => finish(engine, id, Duration::from_secs(30))
+            .await
+            .map(|_| id),
+        Err(e) => Err(e),
+    };
     worker.stop().await;
+    let retried = retried?;
 
+    println!("\n━━━━ Durability ━━━━");
     let survived = survive_killed_worker(app, lease).await?;
-
-    show(engine, ok, "1. A saga that completes").await?;
     show(
         engine,
         retried,
-        "2. A step that fails twice with a retryable error, retried at persisted times",
-    )
-    .await?;
-    show(
-        engine,
-        compensated,
-        "3. A permanent failure at step_4: steps 3, 2, 1 undone in reverse order",
+        "A step that fails twice with a retryable error, retried at persisted times",
     )
     .await?;
     show(
         engine,
         survived,
-        "4. A saga whose worker was killed with SIGKILL mid-run, resumed by another worker",
+        "A saga whose worker was killed with SIGKILL mid-run, resumed by another worker",
     )
     .await?;
 
     throughput(engine).await?;
     println!("\nInspect any saga with `stepwise sagas show ID` (add --json for the full record).");
     Ok(())
+}
+
+const GUEST: &str = "grace.hopper@example.com";
+
+/// The Dewy Resort: a guest books, checks in, asks for towels, has a card declined at
+/// checkout (compensated, nothing charged), pays with another card, and the room then needs
+/// urgent maintenance.
+async fn hotel_story(app: &App) -> Result<(), CliError> {
+    let engine = &app.engine;
+    println!("\n━━━━ The Dewy Resort ━━━━");
+    let room = free_room_for_tonight(app).await?;
+    let chapters: [(&str, &str, Value); 6] = [
+        (
+            "1. Book a room for two nights, with a deposit",
+            "create_booking",
+            json!({"guest_email": GUEST, "guest_first_name": "Grace", "guest_last_name": "Hopper",
+                   "guest_phone": "+15550142424", "room_number": room,
+                   "check_in_date": today(0), "check_out_date": today(2),
+                   "number_of_guests": 1, "payment_method_id": "pm_card_visa"}),
+        ),
+        (
+            "2. Check in",
+            "check_in_guest",
+            json!({"guest_email": GUEST}),
+        ),
+        (
+            "3. A service request from the room",
+            "submit_guest_service_request",
+            json!({"guest_email": GUEST, "room_number": room, "type": "Housekeeping",
+                   "priority": "Medium", "description": "Two extra towels, please"}),
+        ),
+        (
+            "4. Checkout with a card that is declined: nothing is charged, the stay is untouched",
+            "process_guest_checkout",
+            json!({"guest_email": GUEST, "payment_method_id": "pm_card_chargeDeclined"}),
+        ),
+        (
+            "5. Checkout with another card: charged from the stay, room to Cleaning, receipt texted",
+            "process_guest_checkout",
+            json!({"guest_email": GUEST, "payment_method_id": "pm_card_visa"}),
+        ),
+        (
+            "6. An urgent maintenance request: room to Maintenance, a plumber texted",
+            "submit_maintenance_request",
+            json!({"room_number": room, "type": "Plumbing", "priority": "Urgent",
+                   "description": "Water leaking under the sink",
+                   "reported_by": "manager@dewy.example"}),
+        ),
+    ];
+    for (i, (title, skill, input)) in chapters.into_iter().enumerate() {
+        let id = start_skill(engine, skill, input, &format!("hotel-{i}")).await?;
+        let status = finish(engine, id, Duration::from_secs(60)).await?;
+        show(engine, id, title).await?;
+        let expected = if skill == "process_guest_checkout" && i == 3 {
+            SagaStatus::Compensated
+        } else {
+            SagaStatus::Completed
+        };
+        if status != expected {
+            return Err(CliError::failed(format!(
+                "demo saga {id} ({skill}) ended {status}, expected {expected}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn today(offset: i64) -> String {
+    (chrono::Utc::now().date_naive() + chrono::Duration::days(offset)).to_string()
+}
+
+/// A vacant room with no booking tonight or tomorrow night.
+async fn free_room_for_tonight(app: &App) -> Result<String, CliError> {
+    use stepwise_skills::hotel::records;
+    let crm = &app.hotel.connectors.crm;
+    let rooms = app
+        .engine
+        .registry()
+        .query("search_rooms")
+        .ok_or_else(|| CliError::failed("search_rooms is not registered"))?
+        .call(json!({"status": "Vacant", "limit": 100}))
+        .await
+        .map_err(|e| CliError::failed(format!("cannot list rooms: {e}")))?;
+    let from = chrono::Utc::now().date_naive();
+    let numbers: Vec<String> = rooms["rooms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["room_number"].as_str().map(str::to_string))
+        .collect();
+    for number in numbers {
+        let room = records::room(crm, &number)
+            .await
+            .map_err(|e| CliError::failed(format!("cannot read room {number}: {e}")))?;
+        let taken = records::overlapping_bookings(
+            crm,
+            &room.id,
+            from,
+            from + chrono::Duration::days(2),
+            None,
+        )
+        .await
+        .map_err(|e| CliError::failed(format!("cannot read bookings: {e}")))?;
+        if taken.is_empty() {
+            return Ok(number);
+        }
+    }
+    Err(CliError::failed(
+        "no vacant room is free for the next two nights",
+    ))
 }
 
 /// Runs a saga on a child `stepwise worker` process, kills it with SIGKILL after two steps,
@@ -151,6 +278,11 @@ async fn survive_killed_worker(app: &App, lease: Duration) -> Result<Uuid, CliEr
         .arg("--lease-ms")
         .arg(lease.as_millis().to_string())
         .env("DATABASE_URL", &app.database_url)
+        .envs(
+            app.sandbox_url
+                .iter()
+                .map(|url| ("STEPWISE_SANDBOX_URL", url)),
+        )
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()

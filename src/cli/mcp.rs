@@ -40,7 +40,7 @@ pub async fn run(args: McpArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::usage(format!("STEPWISE_PRINCIPAL: {e}")))?,
         _ => Principal::local_operator(),
     };
-    let app = App::open((args.concurrency as u32 / 2).clamp(2, 16) + 4).await?;
+    let app = App::open_with_sandbox((args.concurrency as u32 / 2).clamp(2, 16) + 4).await?;
     let facade = Facade::new(app.engine.clone(), Facade::wait_from_env());
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -235,8 +235,7 @@ async fn hold_room(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Held, StepErro
     let input: CreateBookingInput = ctx.input()?;
     let booking_ref = booking_ref(&ctx);
     hotel
-        .holds
-        .take(&NewHold {
+        .take_hold(&NewHold {
             hold_key: &ctx.idempotency_key,
             booking_ref: &booking_ref,
             room_number: &input.room_number,
@@ -621,8 +620,7 @@ async fn hold_new_dates(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Option<He
     // back if the new nights cannot be held.
     let released_at = hotel.holds.release_booking(&booking_ref, None).await?;
     let taken = hotel
-        .holds
-        .take(&NewHold {
+        .take_hold(&NewHold {
             hold_key: &ctx.idempotency_key,
             booking_ref: &booking_ref,
             room_number: &loaded.room.number,

@@ -158,8 +158,7 @@ async fn hold_extra_nights(hotel: Arc<Hotel>, ctx: StepContext) -> Result<HoldTa
     let input: ExtendStayInput = ctx.input()?;
     let current: Current = ctx.output("check_extension")?;
     hotel
-        .holds
-        .take(&NewHold {
+        .take_hold(&NewHold {
             hold_key: &ctx.idempotency_key,
             booking_ref: &current.booking.hold_ref(),
             room_number: &current.room.number,
@@ -358,8 +357,7 @@ async fn plan_upgrade(hotel: Arc<Hotel>, ctx: StepContext) -> Result<UpgradePlan
 async fn hold_new_room(hotel: Arc<Hotel>, ctx: StepContext) -> Result<HoldTaken, StepError> {
     let plan: UpgradePlan = ctx.output("plan_upgrade")?;
     hotel
-        .holds
-        .take(&NewHold {
+        .take_hold(&NewHold {
             hold_key: &ctx.idempotency_key,
             booking_ref: &plan.current.booking.hold_ref(),
             room_number: &plan.new_room.number,

@@ -130,6 +130,41 @@ impl Holds {
         }
     }
 
+    /// Live holds overlapping `hold` whose saga has ended (completed): candidates for
+    /// reconciliation with the CRM. Holds of sagas still running are never candidates.
+    pub async fn settled_conflicts(
+        &self,
+        hold: &NewHold<'_>,
+    ) -> Result<Vec<(i64, String)>, StepError> {
+        let nights = PgRange {
+            start: Bound::Included(hold.from),
+            end: Bound::Excluded(hold.to),
+        };
+        sqlx::query_as(
+            "SELECT h.id, h.booking_ref FROM hotel.room_holds h
+             JOIN stepwise.sagas s ON s.id = h.saga_id
+             WHERE h.room_number = $1 AND h.nights && $2 AND h.released_at IS NULL
+               AND s.status = 'completed'",
+        )
+        .bind(hold.room_number)
+        .bind(nights)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database_error)
+    }
+
+    /// Releases one hold by id (reconciliation of a hold whose booking is gone).
+    pub async fn release_id(&self, id: i64) -> Result<(), StepError> {
+        sqlx::query(
+            "UPDATE hotel.room_holds SET released_at = now() WHERE id = $1 AND released_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(database_error)
+    }
+
     /// Live holds of a room (for tests and diagnostics): `(booking_ref, from, to)`.
     pub async fn live(
         &self,

@@ -61,6 +61,38 @@ impl Hotel {
     }
 }
 
+impl Hotel {
+    /// Takes a room hold. When another hold is in the way, holds of finished sagas whose
+    /// booking is no longer live in the CRM (cancelled there, or the CRM was restored or
+    /// reset) are stale: they are released and the hold is tried once more. Holds of sagas
+    /// still running always win, so racing bookings stay exclusive.
+    pub async fn take_hold(&self, hold: &holds::NewHold<'_>) -> Result<(), StepError> {
+        let first = self.holds.take(hold).await;
+        let Err(error) = first else { return Ok(()) };
+        if error.code != "room_unavailable" {
+            return Err(error);
+        }
+        let mut released = 0;
+        for (id, booking_ref) in self.holds.settled_conflicts(hold).await? {
+            if !records::booking_is_live(&self.connectors.crm, &booking_ref, hold.from, hold.to)
+                .await?
+            {
+                tracing::warn!(
+                    booking_ref,
+                    room = hold.room_number,
+                    "releasing a stale room hold: its booking is not live in the CRM"
+                );
+                self.holds.release_id(id).await?;
+                released += 1;
+            }
+        }
+        if released == 0 {
+            return Err(error);
+        }
+        self.holds.take(hold).await
+    }
+}
+
 /// Registers every hotel skill and query.
 pub fn register(registry: &mut Registry, hotel: &Arc<Hotel>) -> Result<(), crate::SetupError> {
     for skill in [

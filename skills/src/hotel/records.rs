@@ -326,6 +326,28 @@ pub async fn overlapping_bookings(
         .collect())
 }
 
+/// Whether the booking with this external id (a hold's `booking_ref`, or `crm:{Id}`) is
+/// live (Reserved or Checked In) for some of the nights `[from, to)`.
+pub async fn booking_is_live(
+    crm: &CrmClient,
+    booking_ref: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<bool, StepError> {
+    let key = match booking_ref.strip_prefix("crm:") {
+        Some(id) => format!("Id = {}", soql::id_literal(id).map_err(crm_error)?),
+        None => format!("External_ID__c = {}", soql::string(booking_ref)),
+    };
+    let soql = format!(
+        "SELECT Id FROM Booking__c WHERE {key} AND Status__c IN ('Reserved', 'Checked In') \
+         AND Check_In_Date__c < {} AND Check_Out_Date__c > {} LIMIT 1",
+        soql::date(to),
+        soql::date(from)
+    );
+    let found: Vec<serde_json::Value> = crm.query(&soql).await.map_err(crm_error)?;
+    Ok(!found.is_empty())
+}
+
 /// Completed payments recorded for a booking.
 pub async fn completed_payments(
     crm: &CrmClient,
