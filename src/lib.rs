@@ -9,3 +9,4 @@ pub mod embedded_pg;
 pub mod exit;
 pub mod metrics_server;
 pub mod render;
+pub mod telemetry;

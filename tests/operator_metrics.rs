@@ -196,3 +196,88 @@ async fn worker_metrics_endpoint_counts_the_sagas_it_ran(pool: PgPool) {
     assert_eq!(m[r#"stepwise_queue_depth{state="scheduled"}"#], 1.0);
     drop(worker);
 }
+
+/// Collects the bodies POSTed to `/v1/traces`, like an OTLP/HTTP collector.
+async fn fake_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use axum::routing::post;
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let sink = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), bodies)
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn worker_exports_saga_and_step_spans_over_otlp_when_configured(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let (endpoint, bodies) = fake_collector().await;
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["worker"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_SERVICE_NAME", "stepwise-test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = stepwise(
+        &url,
+        &[
+            "start",
+            "synthetic_chain",
+            "--input",
+            r#"{"steps":2}"#,
+            "--wait",
+            "30",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saga_id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A graceful stop flushes the batch exporter.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+
+    let all: Vec<u8> = bodies.lock().unwrap().concat();
+    let contains = |needle: &str| all.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(!all.is_empty(), "nothing was exported");
+    for needle in [
+        "stepwise-test",
+        "saga_id",
+        &saga_id,
+        "synthetic_chain",
+        "step_1",
+        "step_2",
+        "attempt",
+    ] {
+        assert!(contains(needle), "the export lacks {needle}");
+    }
+}
