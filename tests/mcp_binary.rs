@@ -1,0 +1,271 @@
+//! The real `stepwise mcp` binary: driven over stdio by an rmcp client as a child process, and
+//! over streamable HTTP with a token made by `stepwise tokens create`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::database_url;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::TokioChildProcess;
+use rmcp::ServiceExt;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn call_params(tool: &str, args: Value) -> CallToolRequestParams {
+    let mut params = CallToolRequestParams::new(tool.to_string());
+    params.arguments = args.as_object().cloned();
+    params
+}
+
+fn stdio_server(url: &str, principal: Option<&str>) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepwise"));
+    command
+        .arg("mcp")
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .env("STEPWISE_MCP_WAIT_MS", "10000")
+        .kill_on_drop(true);
+    match principal {
+        Some(p) => command.env("STEPWISE_PRINCIPAL", p),
+        None => command.env_remove("STEPWISE_PRINCIPAL"),
+    };
+    command
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn stdio_serves_a_desktop_client_with_an_in_process_worker(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let transport = TokioChildProcess::new(stdio_server(&url, None)).unwrap();
+    let client = ().serve(transport).await.unwrap();
+    let info = client.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().unwrap().name, "stepwise");
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+    assert!(names.contains(&"synthetic_chain".to_string()), "{names:?}");
+    assert!(names.contains(&"retry_saga".to_string()), "{names:?}");
+
+    let result = client
+        .call_tool(call_params(
+            "synthetic_chain",
+            json!({"steps": 2, "idempotency_key": "stdio-1"}),
+        ))
+        .await
+        .unwrap();
+    let s = result.structured_content.clone().unwrap();
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["steps_done"], 2);
+    client.cancel().await.unwrap();
+
+    let started_by: String = sqlx::query_scalar("SELECT started_by FROM stepwise.sagas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(started_by, "operator:local");
+    let audited: (String, String) =
+        sqlx::query_as("SELECT transport, outcome FROM stepwise.mcp_audit")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(audited, ("stdio".to_string(), "ok".to_string()));
+
+    // STEPWISE_PRINCIPAL picks the role: a guest has no diagnostic tool.
+    let transport =
+        TokioChildProcess::new(stdio_server(&url, Some("guest:ana@example.com"))).unwrap();
+    let client = ().serve(transport).await.unwrap();
+    let names: Vec<_> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(!names.contains(&"synthetic_chain".to_string()), "{names:?}");
+    assert!(names.contains(&"get_saga_status".to_string()), "{names:?}");
+    client.cancel().await.unwrap();
+}
+
+/// A running `stepwise mcp --http 127.0.0.1:0` and its base URL.
+struct HttpServer {
+    child: tokio::process::Child,
+    base: String,
+}
+
+async fn http_server(url: &str) -> HttpServer {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["mcp", "--http", "127.0.0.1:0"])
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .env("STEPWISE_MCP_WAIT_MS", "10000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("stepwise mcp: listening on http://") {
+                let authority = rest.split('/').next().unwrap();
+                return format!("http://{authority}");
+            }
+        }
+        panic!("stepwise mcp exited before listening");
+    })
+    .await
+    .expect("stepwise mcp --http listens");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    HttpServer { child, base }
+}
+
+/// The JSON-RPC message of a streamable HTTP response: plain JSON, or the first `data:` event
+/// that carries a result or error.
+async fn rpc_body(response: reqwest::Response) -> Value {
+    let text = response.text().await.unwrap();
+    if let Ok(value) = serde_json::from_str::<Value>(&text) {
+        return value;
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("result").is_some() || v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC response in {text}"))
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn http_requires_a_bearer_token_and_serves_calls_with_one(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let created = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args([
+            "tokens",
+            "create",
+            "--role",
+            "operator",
+            "--subject",
+            "ci",
+            "--json",
+        ])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let created: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let token = created["token"].as_str().unwrap().to_string();
+    assert_eq!(created["principal"], "operator:ci");
+    // Only a hash is stored.
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT token_sha256 FROM stepwise.mcp_tokens")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 32);
+    assert!(!String::from_utf8_lossy(&stored).contains(&token));
+
+    let mut server = http_server(&url).await;
+    let mcp = format!("{}/mcp", server.base);
+    let http = reqwest::Client::new();
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "stepwise-tests", "version": "0"}}
+    });
+    let post = |body: &Value| {
+        http.post(&mcp)
+            .header("Accept", "application/json, text/event-stream")
+            .header("Content-Type", "application/json")
+            .json(body)
+    };
+
+    // Without a token, or with a wrong one: 401 and a Bearer challenge.
+    for request in [
+        post(&initialize),
+        post(&initialize).bearer_auth("swt_not-a-token"),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(challenge.starts_with("Bearer"), "{challenge}");
+    }
+
+    // With the token: initialize, then a tool call.
+    let response = post(&initialize).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let init = rpc_body(response).await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "stepwise", "{init}");
+    let with_session = |request: reqwest::RequestBuilder| {
+        let request = request
+            .bearer_auth(&token)
+            .header("MCP-Protocol-Version", "2025-06-18");
+        match &session {
+            Some(id) => request.header("Mcp-Session-Id", id),
+            None => request,
+        }
+    };
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let response = with_session(post(&initialized)).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+
+    let call = json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "synthetic_chain", "arguments": {"steps": 2, "idempotency_key": "http-1"}}
+    });
+    let response = with_session(post(&call)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = rpc_body(response).await;
+    let s = &body["result"]["structuredContent"];
+    assert_eq!(s["status"], "completed", "{body}");
+    assert_eq!(body["result"]["isError"], false);
+
+    let (principal, transport): (String, String) =
+        sqlx::query_as("SELECT principal, transport FROM stepwise.mcp_audit")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (principal.as_str(), transport.as_str()),
+        ("operator:ci", "http")
+    );
+
+    // A revoked token no longer works.
+    let id = created["id"].as_str().unwrap();
+    let revoked = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["tokens", "revoke", id])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(revoked.status.success());
+    let response = with_session(post(&call)).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+
+    // Metrics beside /mcp.
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("stepwise_"), "{text}");
+
+    server.child.start_kill().unwrap();
+    let _ = server.child.wait().await;
+}
