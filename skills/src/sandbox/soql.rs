@@ -394,12 +394,12 @@ impl Parser {
     }
 
     fn integer(&mut self) -> Result<usize, SoqlError> {
-        match self.next() {
-            Tok::Num(n) if n >= 0.0 && n.fract() == 0.0 && n <= 1e9 => Ok(n as usize),
-            _ => {
-                self.pos -= 1;
-                Err(self.unexpected())
+        match *self.peek() {
+            Tok::Num(n) if n >= 0.0 && n.fract() == 0.0 && n <= 1e9 => {
+                self.next();
+                Ok(n as usize)
             }
+            _ => Err(self.unexpected()),
         }
     }
 
@@ -520,26 +520,22 @@ impl Parser {
         }
         let field = self.identifier()?;
         if self.eat_keyword("LIKE") {
-            return match self.next() {
-                Tok::Str(chars) => Ok(Cond::Like {
-                    field,
-                    pattern: chars
-                        .into_iter()
-                        .map(|(c, escaped)| match (c, escaped) {
-                            ('%', false) => LikeTok::Any,
-                            ('_', false) => LikeTok::One,
-                            (c, _) => LikeTok::Char(c),
-                        })
-                        .collect(),
-                }),
-                _ => {
-                    self.pos -= 1;
-                    Err(malformed(format!(
-                        "LIKE needs a string pattern at column {}",
-                        self.column()
-                    )))
-                }
+            let Tok::Str(chars) = self.peek().clone() else {
+                return Err(malformed(format!(
+                    "LIKE needs a string pattern at column {}",
+                    self.column()
+                )));
             };
+            self.next();
+            let pattern = chars
+                .into_iter()
+                .map(|(c, escaped)| match (c, escaped) {
+                    ('%', false) => LikeTok::Any,
+                    ('_', false) => LikeTok::One,
+                    (c, _) => LikeTok::Char(c),
+                })
+                .collect();
+            return Ok(Cond::Like { field, pattern });
         }
         let negated = self.eat_keyword("NOT");
         if negated || self.is_keyword("IN") {
@@ -557,19 +553,17 @@ impl Parser {
                 values,
             });
         }
-        let op = match self.next() {
+        let op = match *self.peek() {
             Tok::Op(op) => op,
-            _ => {
-                self.pos -= 1;
-                return Err(self.unexpected());
-            }
+            _ => return Err(self.unexpected()),
         };
+        self.next();
         let value = self.value()?;
         Ok(Cond::Cmp { field, op, value })
     }
 
     fn value(&mut self) -> Result<Literal, SoqlError> {
-        let literal = match self.next() {
+        let literal = match self.peek().clone() {
             Tok::Str(chars) => Literal::Str(chars.into_iter().map(|(c, _)| c).collect()),
             Tok::Num(n) => Literal::Num(n),
             Tok::Date(d) => Literal::Date(d),
@@ -581,16 +575,11 @@ impl Parser {
                 "TODAY" => Literal::Date(self.today),
                 "YESTERDAY" => Literal::Date(self.today - Duration::days(1)),
                 "TOMORROW" => Literal::Date(self.today + Duration::days(1)),
-                _ => {
-                    self.pos -= 1;
-                    return Err(self.unexpected());
-                }
+                _ => return Err(self.unexpected()),
             },
-            _ => {
-                self.pos -= 1;
-                return Err(self.unexpected());
-            }
+            _ => return Err(self.unexpected()),
         };
+        self.next();
         Ok(literal)
     }
 }
@@ -1019,5 +1008,98 @@ mod tests {
         assert!(like(&pattern("a_c"), &chars("abc")));
         assert!(!like(&pattern(r"a\_c"), &chars("abc")));
         assert!(like(&pattern(r"100\%"), &chars("100%")));
+    }
+
+    #[test]
+    fn arbitrary_token_soup_never_panics_and_errors_are_typed() {
+        use crate::sandbox::state::{SandboxState, SplitMix};
+        let state = SandboxState::at(1, today());
+        let pieces = [
+            "SELECT",
+            "select",
+            "Id",
+            "Name",
+            "Email",
+            "COUNT",
+            "(",
+            ")",
+            ",",
+            "FROM",
+            "Contact",
+            "Booking__c",
+            "WHERE",
+            "AND",
+            "OR",
+            "NOT",
+            "IN",
+            "LIKE",
+            "=",
+            "!=",
+            "<",
+            ">=",
+            "<>",
+            "'",
+            "'a'",
+            "'\\'",
+            "\\",
+            "'%x_'",
+            "2026-11-25",
+            "2026-13-45",
+            "-",
+            "1",
+            "1.5",
+            "-3",
+            "null",
+            "TODAY",
+            "true",
+            "ORDER",
+            "BY",
+            "DESC",
+            "NULLS",
+            "LAST",
+            "LIMIT",
+            "OFFSET",
+            "Check_In_Date__c",
+            "Floor__c",
+            "Status__c",
+            ";",
+            "@",
+            "a.b",
+            " ",
+            "\n",
+            "é",
+            "Email = 'x'",
+            "Name LIKE 'a%'",
+            "Floor__c IN (1, 2)",
+            "CreatedDate < 2030-01-01T00:00:00Z",
+        ];
+        let mut rng = SplitMix::new(42);
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let len = 1 + (rng.next_u64() % 14) as usize;
+            let mut text = String::new();
+            if rng.next_u64() % 2 == 0 {
+                text.push_str("SELECT Id FROM Contact WHERE ");
+            }
+            for _ in 0..len {
+                text.push_str(pieces[(rng.next_u64() % pieces.len() as u64) as usize]);
+                if rng.next_u64() % 3 != 0 {
+                    text.push(' ');
+                }
+            }
+            match parse(&text, today()) {
+                Ok(mut query) => {
+                    parsed += 1;
+                    let schema = crate::sandbox::salesforce::schema::object(&query.object);
+                    if let Some(schema) = schema {
+                        if validate(&mut query, schema).is_ok() {
+                            run(&query, schema, state.salesforce.all(schema));
+                        }
+                    }
+                }
+                Err(e) => assert_eq!(e.code, "MALFORMED_QUERY", "{text}: {e:?}"),
+            }
+        }
+        assert!(parsed > 50, "only {parsed} of the random queries parsed");
     }
 }

@@ -765,7 +765,14 @@ fn create_intent(stripe: &mut StripeState, req: &Req<'_>, now: i64) -> Result<Re
     stripe.payment_intents.insert(id.clone(), intent);
     match (confirm, payment_method) {
         (true, Some(pm)) => attempt(stripe, &id, &pm),
-        _ => Ok(Reply::json(200, &to_json(&stripe.payment_intents[&id]))),
+        _ => Ok(Reply::json(
+            200,
+            &stripe
+                .payment_intents
+                .get(&id)
+                .map(to_json)
+                .unwrap_or(Value::Null),
+        )),
     }
 }
 
