@@ -449,6 +449,9 @@ impl SkillInput for CheckoutInput {
     }
 }
 
+/// The smallest amount the payments API charges, in cents.
+const MINIMUM_CHARGE: i64 = 50;
+
 /// The stay being checked out and what it costs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stay {
@@ -463,7 +466,8 @@ struct Stay {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Charged {
-    payment_intent_id: String,
+    /// None when nothing was owed (the deposit covered the stay).
+    payment_intent_id: Option<String>,
     amount: i64,
 }
 
@@ -471,8 +475,9 @@ struct Charged {
 pub struct CheckoutOutput {
     pub booking_number: String,
     pub room_number: String,
-    pub payment_intent_id: String,
-    /// Cents charged: nights x nightly rate + pending extra charges.
+    /// The payment, or null when the deposit already covered the stay.
+    pub payment_intent_id: Option<String>,
+    /// Cents charged: booked nights x nightly rate + pending extra charges - deposits paid.
     pub amount: i64,
     pub currency: String,
     pub nights: i64,
@@ -574,7 +579,8 @@ async fn find_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Stay, StepErro
         .iter()
         .map(|p| records::dollars_to_cents(p.amount.unwrap_or(0.0)))
         .sum();
-    let amount = (room_charges + extra_charges - already_paid).max(50);
+    // What is still owed; amounts under the payments API's minimum (50 cents) are waived.
+    let amount = (room_charges + extra_charges - already_paid).max(0);
     Ok(Stay {
         guest,
         booking,
@@ -589,6 +595,12 @@ async fn find_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Stay, StepErro
 async fn charge_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Charged, StepError> {
     let input: CheckoutInput = ctx.input()?;
     let stay: Stay = ctx.output("find_stay")?;
+    if stay.amount < MINIMUM_CHARGE {
+        return Ok(Charged {
+            payment_intent_id: None,
+            amount: 0,
+        });
+    }
     let intent = charge(
         &hotel,
         &ctx,
@@ -604,7 +616,7 @@ async fn charge_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Charged, Ste
     )
     .await?;
     Ok(Charged {
-        payment_intent_id: intent.id,
+        payment_intent_id: Some(intent.id),
         amount: intent.amount,
     })
 }
@@ -615,11 +627,14 @@ async fn refund_stay(
     output: Value,
 ) -> Result<Value, StepError> {
     let charged: Charged = recorded(output)?;
+    let Some(payment_intent_id) = charged.payment_intent_id else {
+        return Ok(json!({"refunded": false, "reason": "nothing was charged"}));
+    };
     let refund = hotel
         .connectors
         .payments
         .refund(
-            &charged.payment_intent_id,
+            &payment_intent_id,
             None,
             "requested_by_customer",
             &ctx.idempotency_key,
@@ -633,18 +648,21 @@ async fn refund_stay(
         ));
     }
     Ok(
-        json!({"refund_id": refund.id, "amount": refund.amount, "payment_intent_id": charged.payment_intent_id}),
+        json!({"refund_id": refund.id, "amount": refund.amount, "payment_intent_id": payment_intent_id}),
     )
 }
 
 async fn record_stay_payment(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
     let stay: Stay = ctx.output("find_stay")?;
     let charged: Charged = ctx.output("charge_payment")?;
+    let Some(payment_intent_id) = charged.payment_intent_id else {
+        return Ok(json!({"payment_transaction_id": null, "reason": "nothing was charged"}));
+    };
     let id = record_payment(
         &hotel,
         &ctx,
         &stay.booking.id,
-        &charged.payment_intent_id,
+        &payment_intent_id,
         charged.amount,
         "Payment",
     )
@@ -657,10 +675,9 @@ async fn mark_payment_refunded(
     _ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
-    let id = output
-        .get("payment_transaction_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| StepError::permanent("invalid_step_output", "no payment_transaction_id"))?;
+    let Some(id) = output.get("payment_transaction_id").and_then(Value::as_str) else {
+        return Ok(json!({"payment_transaction_id": null, "reason": "nothing was recorded"}));
+    };
     hotel
         .connectors
         .crm
@@ -769,12 +786,16 @@ async fn text_receipt(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, Step
         return Ok(json!({"sent": false, "reason": "no phone number on file"}));
     };
     let body = format!(
-        "Dewy Resort receipt: {} charged for booking {} ({} nights, room {}). Payment {}. Thank you for staying with us!",
-        records::money(charged.amount),
+        "Dewy Resort receipt: {} for booking {} ({} nights, room {}). Payment {}. Thank you for staying with us!",
+        if charged.amount > 0 {
+            format!("{} charged", records::money(charged.amount))
+        } else {
+            "nothing further due".to_string()
+        },
         stay.booking.number,
         stay.nights,
         stay.room.number,
-        charged.payment_intent_id
+        charged.payment_intent_id.as_deref().unwrap_or("covered by the deposit")
     );
     text_guest(&hotel, &ctx, phone, &body, Some(&stay.booking.id)).await
 }
