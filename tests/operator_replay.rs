@@ -405,7 +405,7 @@ async fn cancel_stops_a_running_saga_after_its_step_and_compensates_it(pool: PgP
     let id = start(
         &engine,
         SYN,
-        json!({"steps": 4, "step_sleep_ms": 300}),
+        json!({"steps": 4, "step_sleep_ms": 500}),
         None,
     )
     .await;
@@ -713,6 +713,8 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
         assert_eq!(retry.actor, "operator:carol");
         assert_eq!(retry.detail.as_ref().unwrap()["reason"], "fixed");
     }
+    // The CLI stamped them due at its (real) time: bring the test clock up to it.
+    clock.set(chrono::Utc::now().max(clock.now()));
     run_to_rest(&clock, &engine).await;
     for id in &failed {
         assert_eq!(detail(&engine, *id).await.status, SagaStatus::Compensated);
