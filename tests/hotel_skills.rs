@@ -664,3 +664,90 @@ async fn search_rooms_filters_by_status_and_floor(pool: PgPool) {
         .iter()
         .all(|r| r["floor"] == 2));
 }
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn a_checkout_reversal_whose_refund_fails_leaves_the_stay_checked_out(pool: PgPool) {
+    let w = World::new(pool).await;
+    let (email, number, room_number) = checked_in_stays(&w.ledger().await)[0].clone();
+    let checkout = w
+        .run(
+            "process_guest_checkout",
+            json!({"idempotency_key": "co-r", "guest_email": email, "payment_method_id": "pm_card_visa"}),
+        )
+        .await;
+    assert_eq!(
+        status(&checkout),
+        SagaStatus::Completed,
+        "{:?}",
+        checkout.error
+    );
+    w.faults(
+        json!({"error_rate": 1.0, "services": ["stripe"], "path_prefix": "/stripe/v1/refunds"}),
+    )
+    .await;
+    let reversal = w
+        .run(
+            "compensate_checkout",
+            json!({"idempotency_key": "cc-r", "guest_email": email, "booking_number": number,
+                   "reason": "disputed minibar"}),
+        )
+        .await;
+    assert_eq!(status(&reversal), SagaStatus::Compensated);
+    assert_eq!(
+        compensated_steps(&reversal),
+        ["reoccupy_room", "reopen_booking"]
+    );
+    let ledger = w.ledger().await;
+    assert_eq!(booking(&ledger, &number)["Status__c"], "Checked Out");
+    assert_eq!(room(&ledger, &room_number)["Status__c"], "Cleaning");
+    assert!(objects(&ledger, "refund").is_empty());
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn service_requests_are_only_for_the_guests_own_room(pool: PgPool) {
+    let w = World::new(pool).await;
+    let ledger = w.ledger().await;
+    let stays = checked_in_stays(&ledger);
+    let (email, _, _) = stays[0].clone();
+    let (_, _, someone_elses_room) = stays[1].clone();
+    let cases_before = objects(&ledger, "Case").len();
+    let saga = w
+        .run(
+            "submit_guest_service_request",
+            json!({"idempotency_key": "sr-x", "guest_email": email, "room_number": someone_elses_room,
+                   "type": "Room Service", "priority": "Low", "description": "Breakfast for two"}),
+        )
+        .await;
+    assert_eq!(status(&saga), SagaStatus::Compensated);
+    assert_eq!(error_code(&saga), "not_staying_in_room");
+    assert_eq!(
+        objects(&w.ledger().await, "Case").len(),
+        cases_before,
+        "no case opened"
+    );
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn a_contact_upsert_during_a_crm_outage_retries_then_reports_the_outage(pool: PgPool) {
+    let w = World::new(pool).await;
+    w.faults(json!({"error_rate": 1.0, "services": ["salesforce"]}))
+        .await;
+    let saga = w
+        .run(
+            "upsert_contact",
+            json!({"idempotency_key": "uc-down", "email": "down@example.com", "first_name": "Dee",
+                   "last_name": "Down"}),
+        )
+        .await;
+    assert_eq!(status(&saga), SagaStatus::Compensated);
+    assert_eq!(error_code(&saga), "crm_unavailable");
+    assert_eq!(
+        saga.steps[0].attempts, 5,
+        "retried with backoff before giving up"
+    );
+    w.clear_faults().await;
+    let ledger = w.ledger().await;
+    assert!(objects(&ledger, "Contact")
+        .iter()
+        .all(|c| c["Email"] != "down@example.com"));
+}
