@@ -426,7 +426,8 @@ async fn malformed_arguments_name_the_field_and_write_nothing(pool: PgPool) {
 
 #[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
 async fn clients_declaring_tasks_get_the_saga_as_a_task_that_outlives_the_facade(pool: PgPool) {
-    let h = harness(pool.clone(), WAIT);
+    // A short wait bound: the saga below outlasts it, so the call answers with a task.
+    let h = harness(pool.clone(), Duration::from_millis(200));
     let client = connect_with(
         &h.facade,
         "operator:local",
@@ -439,13 +440,14 @@ async fn clients_declaring_tasks_get_the_saga_as_a_task_that_outlives_the_facade
     let response = client
         .call_tool_once(params(
             "synthetic_chain",
-            json!({"steps": 3, "step_sleep_ms": 50, "idempotency_key": "task-1"}),
+            json!({"steps": 3, "step_sleep_ms": 150, "idempotency_key": "task-1"}),
         ))
         .await
         .unwrap();
     let CallToolResponse::Task(created) = response else {
         panic!("a task was expected, got {response:?}");
     };
+    assert_eq!(created.task.status, TaskStatus::Working);
     let task_id = created.task.task_id.clone();
     let saga: Uuid = task_id.parse().expect("the task id is the saga id");
     assert!(h.engine.detail(saga).await.unwrap().is_some());
@@ -494,6 +496,19 @@ async fn clients_declaring_tasks_get_the_saga_as_a_task_that_outlives_the_facade
         .get_task(GetTaskParams::new(task_id.clone()))
         .await
         .is_err());
+
+    // A saga that ends within the wait bound is answered directly, task or not.
+    let quick = client
+        .call_tool_once(params(
+            "synthetic_chain",
+            json!({"steps": 1, "idempotency_key": "quick"}),
+        ))
+        .await
+        .unwrap();
+    let CallToolResponse::Complete(quick) = quick else {
+        panic!("a plain result was expected, got {quick:?}");
+    };
+    assert_eq!(structured(&quick)["status"], "completed");
 
     // Clients that do not declare tasks get the plain result.
     let plain = connect(&restarted, "operator:local").await;

@@ -353,27 +353,15 @@ impl StepwiseServer {
             }
         }
 
-        if client_wants_tasks(ctx) {
-            let detail = match self.facade.engine.detail(id).await {
-                Ok(Some(detail)) => detail,
-                Ok(None) => return Ok(Answer::refused(unavailable("saga vanished"), Some(id))),
-                Err(e) => return Ok(Answer::refused(unavailable(e), Some(id))),
-            };
-            let task = tasks::task_of(&detail);
-            let outcome = if detail.status.is_terminal() {
-                Outcome::Ok
-            } else {
-                Outcome::Pending
-            };
-            return Ok(Answer {
-                response: CreateTaskResult::new(task).into(),
-                outcome,
+        match self.wait_for(id, ctx).await {
+            // Still running after the wait bound, and the client declared the tasks extension:
+            // hand it a task whose id is the saga id (answered from PostgreSQL by tasks/get).
+            Ok(detail) if !detail.status.is_terminal() && client_wants_tasks(ctx) => Ok(Answer {
+                response: CreateTaskResult::new(tasks::task_of(&detail)).into(),
+                outcome: Outcome::Pending,
                 error_code: None,
                 saga_id: Some(id),
-            });
-        }
-
-        match self.wait_for(id, ctx).await {
+            }),
             Ok(detail) => {
                 let result = saga_report(&detail).into_result();
                 Ok(Answer::saga(&detail, result))
