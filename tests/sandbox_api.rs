@@ -1346,3 +1346,107 @@ async fn a_customer_can_complete_or_fail_3d_secure_through_the_sandbox_extension
         "two creates and one retrieve; the extension is not a request"
     );
 }
+
+#[tokio::test]
+async fn twenty_concurrent_requests_with_one_key_charge_once() {
+    let env = sandbox().await;
+    let form = intent_form("12900", "pm_card_visa");
+    let requests = (0..20).map(|_| {
+        env.stripe(Method::POST, "/payment_intents")
+            .header("Idempotency-Key", "race-1")
+            .form(&form)
+            .send()
+    });
+    let responses = futures::future::join_all(requests).await;
+    let mut bodies = Vec::new();
+    let mut replayed = 0;
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        if response.headers().get("idempotent-replayed").is_some() {
+            replayed += 1;
+        }
+        bodies.push(response.bytes().await.unwrap());
+    }
+    assert_eq!(replayed, 19);
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "every caller sees the same intent"
+    );
+    assert_eq!(env.objects("payment_intent").await.len(), 1);
+
+    let long_key = "k".repeat(256);
+    let (status, body) = json_of(
+        env.stripe(Method::POST, "/payment_intents")
+            .header("Idempotency-Key", long_key)
+            .form(&form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(env.objects("payment_intent").await.len(), 1);
+}
+
+#[tokio::test]
+async fn ids_repeat_for_a_seed_and_differ_between_seeds() {
+    async fn ids(seed: u64) -> Vec<String> {
+        let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap(), seed)
+            .await
+            .unwrap();
+        let http = Client::new();
+        let mut ids = Vec::new();
+        let requests: [(&str, &[(&str, &str)]); 2] = [
+            ("/stripe/v1/customers", &[("email", "a@example.com")]),
+            (
+                "/stripe/v1/payment_intents",
+                &[("amount", "5000"), ("currency", "usd")],
+            ),
+        ];
+        for (path, form) in requests {
+            let body: Value = http
+                .post(format!("{}{path}", sandbox.base_url()))
+                .bearer_auth("sk_test_x")
+                .form(form)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ids.push(body["id"].as_str().unwrap().to_string());
+        }
+        let message: Value = http
+            .post(format!(
+                "{}/twilio/2010-04-01/Accounts/{TWILIO_SID}/Messages.json",
+                sandbox.base_url()
+            ))
+            .basic_auth(TWILIO_SID, Some("t"))
+            .form(&[
+                ("To", "+14155550101"),
+                ("From", "+15550100000"),
+                ("Body", "hi"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(message["sid"].as_str().unwrap().to_string());
+        sandbox.shutdown().await;
+        ids
+    }
+    let first = ids(5).await;
+    assert!(
+        first[0].starts_with("cus_") && first[1].starts_with("pi_") && first[2].starts_with("SM")
+    );
+    assert_eq!(first, ids(5).await);
+    let other = ids(6).await;
+    assert!(
+        first.iter().zip(&other).all(|(a, b)| a != b),
+        "{first:?} vs {other:?}"
+    );
+}

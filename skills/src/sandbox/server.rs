@@ -264,6 +264,23 @@ async fn dispatch(
     let idempotent = key
         .clone()
         .filter(|_| method == Method::POST && service != Service::Salesforce);
+    if let Some(key) = &idempotent {
+        if key.is_empty() || key.chars().count() > 255 {
+            let reply = match service {
+                Service::Stripe => stripe::invalid_idempotency_key(key),
+                _ => Reply::json(
+                    400,
+                    &twilio::error_body(
+                        20001,
+                        "Idempotency tokens must be 1 to 255 characters",
+                        400,
+                    ),
+                ),
+            };
+            state.record(record(reply.status, false));
+            return reply.into_response();
+        }
+    }
     let print = fingerprint(&req);
     if let Some(key) = &idempotent {
         if let Some(stored) = state.idempotency.get(&(service, key.clone())) {

@@ -220,6 +220,21 @@ pub fn idempotency_conflict(key: &str) -> Reply {
     .into_reply()
 }
 
+/// The 400 for an empty or over-long idempotency key (Stripe allows up to 255 characters).
+pub fn invalid_idempotency_key(key: &str) -> Reply {
+    StripeError::new(
+        400,
+        "invalid_request_error",
+        None,
+        format!(
+            "Invalid idempotency key: keys must be between 1 and 255 characters, got {}.",
+            key.chars().count()
+        ),
+        None,
+    )
+    .into_reply()
+}
+
 /// The body of a 500 injected by faults.
 pub fn fault_body() -> Value {
     json!({"error": {"type": "api_error",
