@@ -7,7 +7,7 @@ use serde_json::json;
 
 pub async fn run(json: bool) -> Result<(), CliError> {
     // Listing needs no database: the registry is compiled in.
-    let registry = stepwise_skills::registry()
+    let registry = stepwise_skills::catalog()
         .map_err(|e| CliError::failed(format!("built-in skills are inconsistent: {e}")))?;
     let skills = registry.all();
     if json {
