@@ -42,6 +42,8 @@
 //!   replays the first response byte for byte with `Idempotent-Replayed: true` and no new
 //!   effect; with other parameters -> 400 `idempotency_error`. Like Stripe, only results of
 //!   requests that ran are kept (2xx and 402 declines), not validation errors or 5xx.
+//!   Keys are 1 to 255 characters (400 otherwise). Concurrent requests with one key are
+//!   serialized: exactly one runs, the others replay it.
 //!
 //! # Salesforce: `/salesforce/services/data/v60.0`
 //! Auth `Authorization: Bearer <anything non-empty>`, else 401
