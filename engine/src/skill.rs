@@ -238,6 +238,9 @@ pub struct Exposure {
     pub destructive: bool,
     /// Reaches systems outside Stepwise (payments, CRM, SMS).
     pub open_world: bool,
+    /// An input field a facade fills with the caller's subject (e.g. `reported_by`), so who
+    /// acted is recorded from the caller's identity, never from what a model typed.
+    pub caller_field: Option<String>,
 }
 
 impl Exposure {
@@ -262,6 +265,12 @@ impl Exposure {
 
     pub fn open_world(mut self) -> Self {
         self.open_world = true;
+        self
+    }
+
+    /// A facade sets input field `field` to the caller's subject.
+    pub fn caller_field(mut self, field: &str) -> Self {
+        self.caller_field = Some(field.to_string());
         self
     }
 

@@ -217,7 +217,7 @@ pub struct MaintenanceRequestInput {
     /// Urgent requests take the room out of use and text a vendor at once.
     pub priority: Priority,
     pub description: String,
-    /// Email of the reporting staff member or manager (filled in by the MCP facade).
+    /// Who reports it (the MCP facade fills it with the caller's identity).
     #[serde(default)]
     pub reported_by: Option<String>,
     pub idempotency_key: String,
@@ -244,7 +244,7 @@ pub fn submit_maintenance_request(hotel: &Arc<Hotel>) -> Result<Skill, SkillErro
          texts a vendor of the right trade; on failure the room status is restored and the case \
          closed.",
     )
-    .exposure(exposure::staff_manager())
+    .exposure(exposure::staff_manager().caller_field("reported_by"))
     .step(step(hotel, "find_room", find_room))
     .step(undo(
         step(hotel, "open_case", open_maintenance_case),
