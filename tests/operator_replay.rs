@@ -752,6 +752,13 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
     assert_eq!(missing.status.code(), Some(3));
     let unknown = stepwise(&url, &["sagas", "restart", &Uuid::now_v7().to_string()]);
     assert_eq!(unknown.status.code(), Some(3));
+    let no_version = stepwise(&url, &["sagas", "restart", &c, "--to-version", "9"]);
+    assert_eq!(no_version.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&no_version.stderr).contains("v1"));
+    // Its steps were undone: a fork from step_2 is refused (exit 4) and says why.
+    let undone = stepwise(&url, &["sagas", "fork", &c, "--from-step", "step_2"]);
+    assert_eq!(undone.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&undone.stderr).contains("step_1"));
 
     // Bulk restart of the compensated ones: the dry run lists four, the real run makes four.
     let dry = json_of(&stepwise(

@@ -39,6 +39,11 @@ pub enum SagasCommand {
         from_step: String,
         #[command(flatten)]
         who: Who,
+        /// Continue on this registered version of the skill (steps are matched by name) when
+        /// the saga's own definition changed.
+        #[arg(long)]
+        to_version: Option<u32>,
+        /// Print the new saga's summary as one JSON document.
         #[arg(long)]
         json: bool,
     },
@@ -103,6 +108,7 @@ pub struct ReplayArgs {
     /// Bulk: list what would be touched and whether it would be accepted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the saga summary (bulk: a report) as one JSON document.
     #[arg(long)]
     pub json: bool,
 }
@@ -204,10 +210,14 @@ async fn dispatch(app: &App, command: SagasCommand) -> Result<(), CliError> {
             id,
             from_step,
             who,
+            to_version,
             json,
         } => {
             let id = parse_saga_id(&id)?;
-            let forked = app.engine.fork(id, &from_step, &who.request(None)).await?;
+            let forked = app
+                .engine
+                .fork(id, &from_step, &who.request(to_version))
+                .await?;
             print_outcome(
                 json,
                 &forked,
