@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stepwise_engine::{
-    Engine, OperatorError, OperatorRequest, Query, SagaDetail, SagaFilter, SagaStatus, Skill,
-    StartError, StartRequest, StoreError,
+    Engine, Exposure, OperatorError, OperatorRequest, Query, SagaDetail, SagaFilter, SagaStatus,
+    Skill, StartError, StartRequest, StoreError,
 };
 use uuid::Uuid;
 
@@ -278,6 +278,7 @@ impl StepwiseServer {
         if let Err(e) = enforce_subject(&caller.principal, &access, &mut args) {
             return Ok(Answer::refused(e, None));
         }
+        fill_caller_field(&caller.principal, skill.exposure(), &mut args);
         let input = Value::Object(args);
         if let Err(e) = check_input(skill.input_schema(), &input, |v| skill.validate(v)) {
             return Ok(Answer::refused(e, None));
@@ -430,6 +431,7 @@ impl StepwiseServer {
         if let Err(e) = enforce_subject(&caller.principal, &access, &mut args) {
             return Ok(Answer::refused(e, None));
         }
+        fill_caller_field(&caller.principal, query.exposure(), &mut args);
         let input = Value::Object(args);
         if let Err(e) = check_input(query.input_schema(), &input, |v| query.validate(v)) {
             return Ok(Answer::refused(e, None));
@@ -734,6 +736,14 @@ fn enforce_subject(
                 principal.role, principal.subject
             ))
         }),
+    }
+}
+
+/// Who acted is recorded from the caller's identity, never from what a model typed: the
+/// exposure's `caller_field` is always set to the caller's subject.
+fn fill_caller_field(principal: &Principal, exposure: &Exposure, args: &mut JsonObject) {
+    if let Some(field) = &exposure.caller_field {
+        args.insert(field.clone(), Value::String(principal.subject.clone()));
     }
 }
 

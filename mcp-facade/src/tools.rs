@@ -332,9 +332,16 @@ fn self_service_note(field: &str) -> String {
     )
 }
 
-fn apply_access(input: &mut Map<String, Value>, access: &Access) {
+fn apply_access(input: &mut Map<String, Value>, access: &Access, exposure: &Exposure) {
     if let Access::SelfService { field: Some(field) } = access {
         schema::make_optional(input, field, &self_service_note(field));
+    }
+    if let Some(field) = &exposure.caller_field {
+        schema::make_optional(
+            input,
+            field,
+            "Filled in by Stepwise with your identity; whatever is given is replaced.",
+        );
     }
 }
 
@@ -363,7 +370,7 @@ fn skill_tool(skill: &Skill, access: &Access) -> Tool {
             .unwrap_or_else(|| json!({"type": "string"}));
         schema::add_property(&mut input, IDEMPOTENCY_KEY, declared, true);
     }
-    apply_access(&mut input, access);
+    apply_access(&mut input, access, skill.exposure());
     let skill_output = skill.output_schema().map(schema::normalize);
     let output = saga_output_schema(skill_output.as_ref());
     let exposure = skill.exposure();
@@ -392,7 +399,7 @@ pub fn query_output_is_object(query: &Query) -> bool {
 
 fn query_tool(query: &Query, access: &Access) -> Tool {
     let mut input = schema::normalize(query.input_schema());
-    apply_access(&mut input, access);
+    apply_access(&mut input, access, query.exposure());
     let output = if query_output_is_object(query) {
         schema::normalize(query.output_schema())
     } else {
