@@ -118,7 +118,7 @@
 //! Maintenance 2 (205, 404), Out of Service 1 (305); Standard 129.00, Deluxe 189.00,
 //! Suite 289.00, Penthouse 489.00. 12 guests, the manager `manager@dewy.example` and the front
 //! desk `frontdesk@dewy.example` (both `Contact_Type__c` Manager), 11 vendors with
-//! `Vendor_Specialty__c`; 18 bookings each with an Opportunity; 4 cases. Guests
+//! `Vendor_Specialty__c`; 20 bookings each with an Opportunity; 4 cases. Guests
 //! ([`seed::SEEDED_GUESTS`], [`seed::BOOKINGS`]):
 //!
 //! | guest | state | room |
@@ -127,6 +127,7 @@
 //! | liam.smith@example.com | checked in, out in 2 days; room free after (extend_stay fits) | 105 Deluxe |
 //! | isabella.thomas@example.com | checked in, out tomorrow; room reserved from tomorrow (extension conflicts) | 101 Standard |
 //! | olivia.brown, noah.garcia, ava.martinez, ethan.davis, sophia.wilson, mason.anderson | checked in | 203, 206, 301, 303, 401, 403 |
+//! | ethan.davis, noah.garcia (also) | Reserved +14 -> +17 and +21 -> +23, rooms Vacant today | 304 Suite, 405 Penthouse |
 //! | james.taylor@example.com | Reserved **today** -> +2, room Vacant (check-in demo) | 102 Standard |
 //! | mia.moore@example.com | Reserved **today** -> +3, room still Cleaning (check-in refused until Vacant) | 302 Deluxe |
 //! | lucas.jackson@example.com | Reserved tomorrow -> +4 (room 101) and +7 -> +10 (room 402) | — |

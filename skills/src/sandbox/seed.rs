@@ -426,6 +426,22 @@ pub const BOOKINGS: &[SeededBooking] = &[
         -14,
         "No Show",
     ),
+    booking(
+        "seed-bk-19",
+        "ethan.davis@example.com",
+        "304",
+        14,
+        17,
+        "Reserved",
+    ),
+    booking(
+        "seed-bk-20",
+        "noah.garcia@example.com",
+        "405",
+        21,
+        23,
+        "Reserved",
+    ),
 ];
 
 /// Staff contacts: (first, last, email, phone).
