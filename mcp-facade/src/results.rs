@@ -217,6 +217,7 @@ fn failure(detail: &SagaDetail) -> Value {
     let undone = undone_steps(detail);
     let not_undone = not_undone_steps(detail);
 
+    let cause_message = cause_message.trim_end_matches('.');
     let mut message = match step {
         Some(step) => format!("{cause_message} (at step `{step}`)."),
         None => format!("{cause_message}."),
