@@ -244,6 +244,37 @@ async fn http_requires_a_bearer_token_and_serves_calls_with_one(pool: PgPool) {
         ("operator:ci", "http")
     );
 
+    // Operators query the audit from the command line.
+    let audit = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["audit", "--tool", "synthetic_chain", "--json"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let audit: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let calls = audit["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{audit}");
+    assert_eq!(calls[0]["principal"], "operator:ci");
+    assert_eq!(calls[0]["outcome"], "ok");
+    assert_eq!(calls[0]["saga_id"], s["saga_id"]);
+    let listed = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["tokens", "list", "--json"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["tokens"][0]["subject"], "ci");
+    assert!(
+        !listed.to_string().contains(&token),
+        "tokens list never shows a token"
+    );
+
     // A revoked token no longer works.
     let id = created["id"].as_str().unwrap();
     let revoked = Command::new(env!("CARGO_BIN_EXE_stepwise"))
