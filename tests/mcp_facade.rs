@@ -545,7 +545,15 @@ async fn progress_is_notified_while_waiting_and_a_slow_saga_reports_running(pool
         "{s}"
     );
     assert!(text(&result).contains("get_saga_status"));
-    let seen = progress.lock().unwrap().clone();
+    // Notifications precede the response on the wire; give the client a moment to handle them.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = progress.lock().unwrap().clone();
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!seen.is_empty(), "no progress notification");
     assert!(seen.iter().all(|n| n.total == Some(4.0)));
     let id: Uuid = s["saga_id"].as_str().unwrap().parse().unwrap();
