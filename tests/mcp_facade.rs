@@ -671,3 +671,66 @@ async fn operators_retry_restart_and_fork_through_tools(pool: PgPool) {
     let refused = call(&manager, "restart_saga", json!({"saga_id": done_id})).await;
     assert_eq!(structured(&refused)["error"]["code"], "forbidden");
 }
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn tasks_cancel_compensates_the_saga_and_the_task_ends_cancelled(pool: PgPool) {
+    let h = harness(pool.clone(), Duration::from_millis(200));
+    let tasks_client = TestClient {
+        tasks: true,
+        ..TestClient::default()
+    };
+    let client = connect_with(&h.facade, "operator:local", tasks_client.clone()).await;
+    let response = client
+        .call_tool_once(params(
+            "synthetic_chain",
+            json!({"steps": 5, "step_sleep_ms": 200, "idempotency_key": "to-cancel"}),
+        ))
+        .await
+        .unwrap();
+    let CallToolResponse::Task(created) = response else {
+        panic!("a task was expected, got {response:?}");
+    };
+    let task_id = created.task.task_id.clone();
+
+    // Staff may not cancel sagas; an operator may.
+    let staff = connect_with(&h.facade, "staff:frontdesk", tasks_client).await;
+    assert!(staff
+        .cancel_task(rmcp::model::CancelTaskParams::new(task_id.clone()))
+        .await
+        .is_err());
+    client
+        .cancel_task(rmcp::model::CancelTaskParams::new(task_id.clone()))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = client
+            .get_task(GetTaskParams::new(task_id.clone()))
+            .await
+            .unwrap();
+        if got.task.status() == TaskStatus::Cancelled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task never cancelled: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let detail = h
+        .engine
+        .detail(task_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.status.as_str(), "compensated");
+    assert!(detail
+        .events
+        .iter()
+        .any(|e| e.kind.as_str() == "cancel_requested" && e.actor == "operator:local"));
+    let tools: Vec<String> = audit_rows(&pool).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(
+        tools,
+        vec!["synthetic_chain", "tasks/cancel", "tasks/cancel"]
+    );
+}
