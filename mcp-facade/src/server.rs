@@ -647,10 +647,6 @@ impl StepwiseServer {
             Err(e) => Ok(Answer::refused(unavailable(e), Some(summary.id))),
         }
     }
-
-    fn principal_or_error(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, McpError> {
-        self.caller(ctx)
-    }
 }
 
 fn not_for_role(tool: &str, role: Role) -> ToolError {
@@ -804,7 +800,7 @@ impl ServerHandler for StepwiseServer {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let caller = self.principal_or_error(&ctx)?;
+        let caller = self.caller(&ctx)?;
         Ok(ListToolsResult::with_all_items(
             self.facade.catalog.tools_for(&caller.principal),
         ))
