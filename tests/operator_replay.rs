@@ -725,6 +725,16 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
     let refused = stepwise(&url, &["sagas", "retry", &c, "--json"]);
     assert_eq!(refused.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("restart"));
+    let would = stepwise(&url, &["sagas", "retry", &c, "--dry-run"]);
+    assert_eq!(would.status.code(), Some(4));
+    let would = stepwise(&url, &["sagas", "restart", &c, "--dry-run", "--json"]);
+    assert_eq!(would.status.code(), Some(0));
+    assert_eq!(json_of(&would)["id"], json!(c));
+    let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sagas, 4, "a dry run creates nothing");
     let restarted = stepwise(
         &url,
         &["sagas", "restart", &c, "--actor", "operator:dan", "--json"],

@@ -105,7 +105,7 @@ pub struct ReplayArgs {
     /// Bulk: only sagas created at or after this time (RFC 3339, or an age such as 2h, 7d).
     #[arg(long, value_parser = parse_since)]
     pub since: Option<DateTime<Utc>>,
-    /// Bulk: list what would be touched and whether it would be accepted; change nothing.
+    /// Say what would be touched and whether it would be accepted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Print the saga summary (bulk: a report) as one JSON document.
@@ -349,15 +349,28 @@ async fn replay(app: &App, kind: Kind, args: ReplayArgs) -> Result<(), CliError>
                 "a bulk replay needs both --status and --skill",
             ))
         }
-        (Some(_), false) if args.dry_run => {
-            return Err(CliError::usage(
-                "--dry-run applies to bulk replays (--status/--skill)",
-            ))
-        }
         _ => {}
     }
     if let Some(id) = &args.id {
         let id = parse_saga_id(id)?;
+        if args.dry_run {
+            // Check only: exit 0 and the saga's summary if it would be accepted, else the
+            // refusal (exit 3 or 4) with its reason.
+            let saga = app
+                .engine
+                .detail(id)
+                .await?
+                .ok_or_else(|| CliError::not_found(format!("saga {id} not found")))?;
+            match kind {
+                Kind::Retry => app.engine.check_retry(&saga, &request).map(|_| ())?,
+                Kind::Restart => app.engine.check_restart(&saga, &request).map(|_| ())?,
+            }
+            return print_outcome(
+                args.json,
+                &saga.summary(),
+                &format!("dry run: {} would be accepted", kind.verb()),
+            );
+        }
         return match kind {
             Kind::Retry => {
                 let summary = app.engine.retry(id, &request).await?;
