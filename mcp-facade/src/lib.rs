@@ -14,7 +14,7 @@
 //! | [`auth`] | principals (`role:subject`), roles, bearer tokens (stored as SHA-256) |
 //! | [`tools`] | the tool catalog per role, annotations, control tools |
 //! | [`schema`] | JSON Schemas for clients (inlined `$ref`s, object roots), argument checks |
-//! | [`server`] | the rmcp `ServerHandler`: tools, resources (`saga://{id}`), tasks |
+//! | [`server`] | the rmcp `ServerHandler`: dispatch, skill and query calls, control tools, resources (`saga://{id}`), tasks |
 //! | [`results`] | the saga result and tool errors (what was undone, what to do) |
 //! | [`tasks`] | the MCP tasks extension mapped onto sagas (read from PostgreSQL) |
 //! | [`audit`] | the append-only audit of every call |
