@@ -3,6 +3,7 @@
 //! and the MCP facade.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod embedded_pg;

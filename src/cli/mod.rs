@@ -1,6 +1,7 @@
 //! The command line (CONTRACT.md section 3): argument parsing and dispatch.
 
 mod audit;
+mod bench;
 mod mcp;
 mod sagas;
 mod sandbox;
@@ -46,6 +47,8 @@ pub enum Command {
     Sagas(sagas::SagasCommand),
     /// Run the whole story end to end on the embedded default.
     Demo,
+    /// Benchmark the executor against PostgreSQL's own ceiling (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// Serve the skills as MCP tools: stdio by default (acting as STEPWISE_PRINCIPAL), or
     /// streamable HTTP with bearer tokens; runs a worker in-process unless --no-worker.
     Mcp(mcp::McpArgs),
@@ -73,6 +76,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Start(args) => start::run(args).await,
         Command::Sagas(command) => sagas::run(command).await,
         Command::Demo => crate::demo::run().await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Mcp(args) => mcp::run(args).await,
         Command::Tokens(command) => tokens::run(command).await,
         Command::Audit(args) => audit::run(args).await,

@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Where full-jitter retry delays draw their randomness.
     pub jitter: JitterSource,
+    /// Most sagas' step commits grouped into one transaction (1: every saga commits alone).
+    /// A saga still never starts step k+1 before the commit holding step k is durable.
+    pub commit_batch: usize,
 }
 
 /// The random number behind full-jitter delays.
@@ -67,6 +70,7 @@ impl Default for WorkerConfig {
             claim_batch: 16,
             shutdown_grace: Duration::from_secs(10),
             jitter: JitterSource::Random,
+            commit_batch: 1,
         }
     }
 }
@@ -124,8 +128,18 @@ impl Worker {
     }
 
     fn driver(&self, shutdown: CancellationToken) -> Driver {
+        let store = if self.config.commit_batch > 1 {
+            // Leave a connection for claims and heartbeats.
+            let connections = self.store.pool().options().get_max_connections() as usize;
+            self.store.with_group_commit(
+                self.config.commit_batch,
+                connections.saturating_sub(1).max(1),
+            )
+        } else {
+            self.store.clone()
+        };
         Driver {
-            store: self.store.clone(),
+            store,
             registry: self.registry.clone(),
             clock: self.clock.clone(),
             lease_duration: self.config.lease,

@@ -4,6 +4,7 @@
 //! transaction on the saga's fencing token: a worker that lost its lease gets
 //! [`StoreError::LostLease`] and changes nothing.
 
+mod group_commit;
 mod operator;
 mod queries;
 mod rows;
@@ -30,11 +31,27 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Set on a worker's copy when its step commits are grouped across sagas.
+    group: Option<std::sync::Arc<group_commit::GroupCommit>>,
 }
 
 impl PgStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, group: None }
+    }
+
+    /// A copy of this store whose hot-path commits (step results, step and compensation
+    /// starts) are grouped across sagas: up to `max_batch` sagas' transitions in one statement
+    /// and one commit, by `committers` concurrent tasks. Each caller still waits for its own
+    /// commit. Needs a Tokio runtime; the tasks end when every copy is dropped.
+    pub fn with_group_commit(&self, max_batch: usize, committers: usize) -> Self {
+        let direct = Self::new(self.pool.clone());
+        Self {
+            pool: self.pool.clone(),
+            group: Some(group_commit::GroupCommit::start(
+                direct, max_batch, committers,
+            )),
+        }
     }
 
     /// Connects with a pool of at most `max_connections`.
@@ -45,7 +62,7 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::new(pool))
     }
 
     pub fn pool(&self) -> &PgPool {

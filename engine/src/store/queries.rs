@@ -337,20 +337,24 @@ impl PgStore {
         }
         let mut tx = self.pool.begin().await?;
         let rows: Vec<ClaimRow> = sqlx::query_as(
+            // The update finds its rows by primary key (`= ANY(ARRAY(...))`): joining `due`
+            // instead lets the generic plan of this prepared statement, which cannot know the
+            // LIMIT, hash-join a sequential scan of every saga ever run into each claim.
             "WITH due AS (
                  SELECT id, lease_owner AS previous_owner FROM stepwise.sagas
                  WHERE wake_at <= $1
                  ORDER BY wake_at
                  LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE stepwise.sagas s
-             SET lease_owner = $3, fencing_token = s.fencing_token + 1, wake_at = $4,
-                 status = CASE WHEN s.status = 'pending' THEN 'running' ELSE s.status END,
-                 updated_at = $1
-             FROM due WHERE s.id = due.id
-             RETURNING s.id, s.skill, s.skill_version, s.status, s.input, s.cursor,
-                       s.fencing_token, s.cancel_requested_at IS NOT NULL AS cancel_requested,
-                       due.previous_owner",
+                 FOR UPDATE SKIP LOCKED),
+             claimed AS (
+                 UPDATE stepwise.sagas s
+                 SET lease_owner = $3, fencing_token = s.fencing_token + 1, wake_at = $4,
+                     status = CASE WHEN s.status = 'pending' THEN 'running' ELSE s.status END,
+                     updated_at = $1
+                 WHERE s.id = ANY(ARRAY(SELECT id FROM due))
+                 RETURNING s.id, s.skill, s.skill_version, s.status, s.input, s.cursor,
+                           s.fencing_token, s.cancel_requested_at IS NOT NULL AS cancel_requested)
+             SELECT claimed.*, due.previous_owner FROM claimed JOIN due ON due.id = claimed.id",
         )
         .bind(now)
         .bind(limit)
@@ -437,7 +441,155 @@ impl PgStore {
     }
 
     /// Applies a worker's transition atomically, fenced by its lease token.
+    ///
+    /// The hot path (a step's result, the next step's start, compensation progress) is one
+    /// statement, so one round trip and one commit; with group commit on, several sagas'
+    /// transitions share that statement and its commit. Rarer transitions (failures, the end
+    /// of a compensation) run as a multi-statement transaction.
     pub async fn commit(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        t: &Transition,
+    ) -> Result<Committed, StoreError> {
+        if is_single_statement(t) {
+            if let Some(group) = &self.group {
+                return group.commit(lease, now, t).await;
+            }
+            let item = CommitItem {
+                lease: lease.clone(),
+                now,
+                transition: t.clone(),
+            };
+            return self
+                .commit_batch(std::slice::from_ref(&item))
+                .await?
+                .pop()
+                .unwrap_or(Err(StoreError::LostLease {
+                    saga_id: lease.saga_id,
+                }));
+        }
+        self.commit_in_transaction(lease, now, t).await
+    }
+
+    /// Applies several sagas' transitions (each eligible for [`is_single_statement`]) in one
+    /// statement, hence one transaction and one commit. Each saga's writes are fenced by its own
+    /// token: a saga whose lease was lost gets `LostLease` and changes nothing, the others commit.
+    pub(crate) async fn commit_batch(
+        &self,
+        items: &[CommitItem],
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        let n = items.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut statuses: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut cursors = Vec::with_capacity(n);
+        let mut set_wakes = Vec::with_capacity(n);
+        let mut wakes = Vec::with_capacity(n);
+        let mut releases = Vec::with_capacity(n);
+        let mut outputs: Vec<Option<&Value>> = Vec::with_capacity(n);
+        let mut errors: Vec<Option<&Value>> = Vec::with_capacity(n);
+        let mut ats = Vec::with_capacity(n);
+        let mut c_saga = Vec::new();
+        let mut c_pos = Vec::new();
+        let mut c_kind: Vec<&str> = Vec::new();
+        let mut c_output: Vec<Option<&Value>> = Vec::new();
+        let mut e_saga = Vec::new();
+        let mut e_kind: Vec<&str> = Vec::new();
+        let mut e_step: Vec<Option<&str>> = Vec::new();
+        let mut e_attempt = Vec::new();
+        let mut e_detail: Vec<Option<&Value>> = Vec::new();
+        let mut e_next = Vec::new();
+        let mut e_actor: Vec<&str> = Vec::new();
+        for item in items {
+            let (t, id) = (&item.transition, item.lease.saga_id);
+            let (set_wake, wake_at) = match t.wake {
+                WakeChange::Keep => (false, None),
+                WakeChange::Set(at) => (true, Some(at)),
+                WakeChange::Clear => (true, None),
+            };
+            ids.push(id);
+            tokens.push(item.lease.token);
+            statuses.push(t.status.map(SagaStatus::as_str));
+            cursors.push(t.cursor);
+            set_wakes.push(set_wake);
+            wakes.push(wake_at);
+            releases.push(t.release_lease);
+            outputs.push(t.output.as_ref());
+            errors.push(t.error.as_ref());
+            ats.push(item.now);
+            let changes = t.steps.iter().filter_map(|c| match c {
+                StepChange::Begin { position } => Some((*position, "begin", None)),
+                StepChange::Succeeded { position, output } => {
+                    Some((*position, "succeeded", Some(output)))
+                }
+                StepChange::CompensationBegin { position } => Some((*position, "comp_begin", None)),
+                StepChange::CompensationSucceeded { position, output } => {
+                    Some((*position, "comp_succeeded", Some(output)))
+                }
+                _ => None,
+            });
+            let next = t.then_begin.as_ref().map(|(p, _)| (*p, "begin_next", None));
+            for (position, kind, output) in changes.chain(next) {
+                c_saga.push(id);
+                c_pos.push(position);
+                c_kind.push(kind);
+                c_output.push(output);
+            }
+            let events = t.events.iter().map(|e| (e, false));
+            let next_event = t.then_begin.as_ref().map(|(_, e)| (e, true));
+            for (event, next) in events.chain(next_event) {
+                e_saga.push(id);
+                e_kind.push(event.kind.as_str());
+                e_step.push(event.step.as_deref());
+                e_attempt.push(event.attempt);
+                e_detail.push(event.detail.as_ref());
+                e_next.push(next);
+                e_actor.push(item.lease.worker.as_ref());
+            }
+        }
+        let rows: Vec<(Uuid, bool)> = sqlx::query_as(COMMIT_BATCH_SQL)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&statuses)
+            .bind(&cursors)
+            .bind(&set_wakes)
+            .bind(&wakes)
+            .bind(&releases)
+            .bind(&outputs)
+            .bind(&errors)
+            .bind(&ats)
+            .bind(&c_saga)
+            .bind(&c_pos)
+            .bind(&c_kind)
+            .bind(&c_output)
+            .bind(&e_saga)
+            .bind(&e_kind)
+            .bind(&e_step)
+            .bind(&e_attempt)
+            .bind(&e_detail)
+            .bind(&e_next)
+            .bind(&e_actor)
+            .fetch_all(&self.pool)
+            .await?;
+        let committed: std::collections::HashMap<Uuid, bool> = rows.into_iter().collect();
+        Ok(items
+            .iter()
+            .map(|item| {
+                let id = item.lease.saga_id;
+                match committed.get(&id) {
+                    Some(&cancel_requested) => Ok(Committed {
+                        cancel_requested,
+                        began_next: item.transition.then_begin.is_some() && !cancel_requested,
+                    }),
+                    None => Err(StoreError::LostLease { saga_id: id }),
+                }
+            })
+            .collect())
+    }
+
+    /// The general path: every kind of step change, in one transaction of several statements.
+    async fn commit_in_transaction(
         &self,
         lease: &Lease,
         now: DateTime<Utc>,
@@ -684,6 +836,49 @@ impl PgStore {
         )
     }
 }
+
+/// One saga's transition waiting to be committed (possibly with other sagas').
+#[derive(Debug, Clone)]
+pub(crate) struct CommitItem {
+    pub lease: Lease,
+    pub now: DateTime<Utc>,
+    pub transition: Transition,
+}
+
+/// Whether a transition can be applied by [`COMMIT_BATCH_SQL`]: its step changes are only
+/// starts and successes (of actions or compensations), each on a different step. Every step
+/// commit and compensation step of a saga qualifies; failures and the end of a compensation
+/// do not.
+pub(crate) fn is_single_statement(t: &Transition) -> bool {
+    let mut positions: Vec<i32> = Vec::with_capacity(t.steps.len() + 1);
+    for change in &t.steps {
+        match change {
+            StepChange::Begin { position }
+            | StepChange::Succeeded { position, .. }
+            | StepChange::CompensationBegin { position }
+            | StepChange::CompensationSucceeded { position, .. } => positions.push(*position),
+            _ => return false,
+        }
+    }
+    if let Some((position, _)) = &t.then_begin {
+        positions.push(*position);
+    }
+    positions.sort_unstable();
+    positions.windows(2).all(|w| w[0] != w[1])
+}
+
+/// Applies a batch of transitions in one statement (one round trip, one commit):
+/// - `i`: one row per saga (id, fencing token, saga-row changes, the worker's clock);
+/// - `s`: the fenced saga update; only sagas whose token still matches come out of it, with
+///   whether a cancel was requested;
+/// - `c`/`st`: step changes of the sagas that came out of `s` (the next step's start,
+///   `begin_next`, only when no cancel was requested), one step row each;
+/// - `ev`: their history rows, in order (the next step's `step_started` under the same rule).
+///
+/// The saga update only rewrites unindexed columns on a step commit (`cursor`, `updated_at`),
+/// and the step updates never touch an indexed column, so all of them can be HOT updates.
+const COMMIT_BATCH_SQL: &str = "SELECT saga_id, cancel_requested FROM stepwise.commit_transitions(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)";
 
 async fn insert_events(
     tx: &mut sqlx::PgConnection,
