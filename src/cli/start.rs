@@ -33,6 +33,8 @@ pub async fn run(args: StartArgs) -> Result<(), CliError> {
             return Err(CliError::usage("--idempotency-key must not be empty"));
         }
     }
+    let mut args = args;
+    args.idempotency_key = idempotency_key(args.idempotency_key.take(), &input)?;
     let wait = match args.wait {
         Some(secs) if !(0.0..=86_400.0).contains(&secs) => {
             return Err(CliError::usage(
@@ -46,6 +48,22 @@ pub async fn run(args: StartArgs) -> Result<(), CliError> {
     let result = start(&app, args, input, wait).await;
     app.close().await;
     result
+}
+
+/// Mutating hotel skills carry their key in the input (`idempotency_key`), as MCP tools do;
+/// the flag may repeat it but not contradict it.
+fn idempotency_key(
+    flag: Option<String>,
+    input: &serde_json::Value,
+) -> Result<Option<String>, CliError> {
+    let in_input = input.get("idempotency_key").and_then(|v| v.as_str());
+    match (flag, in_input) {
+        (Some(flag), Some(key)) if flag != key => Err(CliError::usage(format!(
+            "--idempotency-key `{flag}` differs from the input's idempotency_key `{key}`"
+        ))),
+        (Some(flag), _) => Ok(Some(flag)),
+        (None, key) => Ok(key.map(str::to_string)),
+    }
 }
 
 async fn start(
