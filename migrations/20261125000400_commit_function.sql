@@ -6,6 +6,10 @@
 -- PostgreSQL re-plans it on every execution (a custom plan looks cheaper than the generic one
 -- because it sees the arrays' lengths), and planning this statement costs ~0.6 ms, more than
 -- executing it. `plan_cache_mode = force_generic_plan` applies inside the function only.
+-- The statement only ever reaches rows by primary key, so its one cached plan must not depend
+-- on how big the tables were when it was made (a plan made on a fresh, nearly empty database
+-- would otherwise hash-join sequential scans of `sagas` and `steps` until the next ANALYZE):
+-- sequential scans, hash and merge joins are off inside the function.
 CREATE FUNCTION stepwise.commit_transitions(
     p_ids uuid[],
     p_tokens int8[],
@@ -31,6 +35,9 @@ CREATE FUNCTION stepwise.commit_transitions(
 RETURNS TABLE (saga_id uuid, cancel_requested boolean)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
 AS $$
 #variable_conflict use_column
 BEGIN
