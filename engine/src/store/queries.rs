@@ -334,12 +334,27 @@ impl PgStore {
             fencing_token: i64,
             cancel_requested: bool,
             previous_owner: Option<String>,
+            steps: Option<sqlx::types::Json<Vec<StepJson>>>,
         }
-        let mut tx = self.pool.begin().await?;
+        #[derive(serde::Deserialize)]
+        struct StepJson {
+            position: i32,
+            name: String,
+            status: String,
+            attempts: i32,
+            attempts_round_base: i32,
+            /// JSON cannot tell SQL NULL from a `null` output; `has_output` can.
+            has_output: bool,
+            output: Option<Value>,
+            compensation_status: String,
+            compensation_attempts: i32,
+            compensation_round_base: i32,
+        }
+        // One statement, one round trip: lock the due sagas, take them (the update finds its
+        // rows by primary key: joining `due` instead lets the generic plan of this prepared
+        // statement, which cannot know the LIMIT, hash-join a sequential scan of every saga
+        // ever run into each claim), record takeovers, and return each saga with its steps.
         let rows: Vec<ClaimRow> = sqlx::query_as(
-            // The update finds its rows by primary key (`= ANY(ARRAY(...))`): joining `due`
-            // instead lets the generic plan of this prepared statement, which cannot know the
-            // LIMIT, hash-join a sequential scan of every saga ever run into each claim.
             "WITH due AS (
                  SELECT id, lease_owner AS previous_owner FROM stepwise.sagas
                  WHERE wake_at <= $1
@@ -353,30 +368,57 @@ impl PgStore {
                      updated_at = $1
                  WHERE s.id = ANY(ARRAY(SELECT id FROM due))
                  RETURNING s.id, s.skill, s.skill_version, s.status, s.input, s.cursor,
-                           s.fencing_token, s.cancel_requested_at IS NOT NULL AS cancel_requested)
-             SELECT claimed.*, due.previous_owner FROM claimed JOIN due ON due.id = claimed.id",
+                           s.fencing_token, s.cancel_requested_at IS NOT NULL AS cancel_requested),
+             takeovers AS (
+                 INSERT INTO stepwise.events (saga_id, at, kind, actor, detail)
+                 SELECT claimed.id, $1, 'lease_expired', $3,
+                        jsonb_build_object('previous_owner', due.previous_owner)
+                 FROM claimed JOIN due ON due.id = claimed.id
+                 WHERE due.previous_owner IS NOT NULL)
+             SELECT claimed.*, due.previous_owner,
+                    (SELECT jsonb_agg(jsonb_build_object(
+                                'position', st.position, 'name', st.name, 'status', st.status,
+                                'attempts', st.attempts,
+                                'attempts_round_base', st.attempts_round_base,
+                                'has_output', st.output IS NOT NULL, 'output', st.output,
+                                'compensation_status', st.compensation_status,
+                                'compensation_attempts', st.compensation_attempts,
+                                'compensation_round_base', st.compensation_round_base)
+                            ORDER BY st.position)
+                     FROM stepwise.steps st WHERE st.saga_id = claimed.id) AS steps
+             FROM claimed JOIN due ON due.id = claimed.id",
         )
         .bind(now)
         .bind(limit)
         .bind(worker.as_ref())
         .bind(lease_until)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        for row in rows.iter().filter(|r| r.previous_owner.is_some()) {
-            let event = NewEvent::saga(EventKind::LeaseExpired)
-                .with_detail(serde_json::json!({ "previous_owner": row.previous_owner }));
-            insert_events(&mut tx, row.id, now, worker, &[event]).await?;
-        }
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let mut steps = self.step_states(&mut tx, &ids).await?;
-        tx.commit().await?;
 
         rows.into_iter()
             .map(|r| {
+                let steps = r
+                    .steps
+                    .map(|json| json.0)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|st| {
+                        Ok(StepState {
+                            position: st.position,
+                            name: st.name,
+                            status: parse("step status", &st.status)?,
+                            attempts: st.attempts,
+                            attempts_round_base: st.attempts_round_base,
+                            output: st.has_output.then(|| st.output.unwrap_or(Value::Null)),
+                            compensation_status: parse(
+                                "compensation status",
+                                &st.compensation_status,
+                            )?,
+                            compensation_attempts: st.compensation_attempts,
+                            compensation_round_base: st.compensation_round_base,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
                 Ok(ClaimedSaga {
                     lease: Lease {
                         saga_id: r.id,
@@ -391,53 +433,10 @@ impl PgStore {
                     cursor: r.cursor,
                     cancel_requested: r.cancel_requested,
                     expired_owner: r.previous_owner,
-                    steps: steps.remove(&r.id).unwrap_or_default(),
+                    steps,
                 })
             })
             .collect()
-    }
-
-    async fn step_states(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        ids: &[Uuid],
-    ) -> Result<std::collections::HashMap<Uuid, Vec<StepState>>, StoreError> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            saga_id: Uuid,
-            position: i32,
-            name: String,
-            status: String,
-            attempts: i32,
-            attempts_round_base: i32,
-            output: Option<Value>,
-            compensation_status: String,
-            compensation_attempts: i32,
-            compensation_round_base: i32,
-        }
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT saga_id, position, name, status, attempts, attempts_round_base, output,
-                    compensation_status, compensation_attempts, compensation_round_base
-             FROM stepwise.steps WHERE saga_id = ANY($1) ORDER BY saga_id, position",
-        )
-        .bind(ids)
-        .fetch_all(tx)
-        .await?;
-        let mut by_saga: std::collections::HashMap<Uuid, Vec<StepState>> = Default::default();
-        for r in rows {
-            by_saga.entry(r.saga_id).or_default().push(StepState {
-                position: r.position,
-                name: r.name,
-                status: parse("step status", &r.status)?,
-                attempts: r.attempts,
-                attempts_round_base: r.attempts_round_base,
-                output: r.output,
-                compensation_status: parse("compensation status", &r.compensation_status)?,
-                compensation_attempts: r.compensation_attempts,
-                compensation_round_base: r.compensation_round_base,
-            });
-        }
-        Ok(by_saga)
     }
 
     /// Applies a worker's transition atomically, fenced by its lease token.
