@@ -163,6 +163,13 @@ pub fn create_booking(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
         hotel,
         refund_deposit,
     ))
+    // Its own step: if recording failed after the charge, the charge step has succeeded and
+    // its compensation refunds it.
+    .step(undo(
+        step(hotel, "record_deposit", record_deposit),
+        hotel,
+        super::stay::mark_payment_refunded,
+    ))
     .step(step(hotel, "send_confirmation", send_confirmation))
     .finish(finish_create)
     .build()
@@ -419,19 +426,29 @@ async fn take_deposit(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Deposit, St
         &booking.booking_number,
     )
     .await?;
-    super::stay::record_payment(
-        &hotel,
-        &ctx,
-        &booking.booking_id,
-        &payment.id,
-        amount,
-        "Payment",
-    )
-    .await?;
     Ok(Deposit {
         payment_intent_id: Some(payment.id),
         amount,
     })
+}
+
+/// Records the deposit in the CRM (`Payment_Transaction__c`, keyed by this step).
+async fn record_deposit(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let deposit: Deposit = ctx.output("take_deposit")?;
+    let Some(payment_intent_id) = deposit.payment_intent_id else {
+        return Ok(json!({"payment_transaction_id": null, "reason": "no deposit was taken"}));
+    };
+    let booking: BookingRecord = ctx.output("create_booking_record")?;
+    let id = super::stay::record_payment(
+        &hotel,
+        &ctx,
+        &booking.booking_id,
+        &payment_intent_id,
+        deposit.amount,
+        "Payment",
+    )
+    .await?;
+    Ok(json!({"payment_transaction_id": id}))
 }
 
 async fn refund_deposit(
@@ -618,7 +635,12 @@ async fn hold_new_dates(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Option<He
     let booking_ref = loaded.booking.hold_ref();
     // The booking's own holds must not block its new dates: release them first, and put them
     // back if the new nights cannot be held.
-    let released_at = hotel.holds.release_booking(&booking_ref, None).await?;
+    // A re-run keeps its own hold (taken under this step's key) and finds the earlier ones
+    // already released.
+    let released_at = hotel
+        .holds
+        .release_booking(&booking_ref, None, Some(&ctx.idempotency_key))
+        .await?;
     let taken = hotel
         .take_hold(&NewHold {
             hold_key: &ctx.idempotency_key,

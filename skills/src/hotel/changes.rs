@@ -264,6 +264,11 @@ pub fn upgrade_room(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     .step(undo(step(hotel, "hold_new_room", hold_new_room), hotel, release))
     .step(undo(step(hotel, "move_booking", move_booking), hotel, move_booking_back))
     .step(undo(step(hotel, "charge_difference", charge_difference), hotel, refund_difference))
+    .step(undo(
+        step(hotel, "record_upgrade_payment", record_upgrade_payment),
+        hotel,
+        super::stay::mark_payment_refunded,
+    ))
     .step(step(hotel, "release_old_room", release_old_room))
     .finish(|_, outputs| {
         let plan = outputs.get("plan_upgrade").cloned().unwrap_or_default();
@@ -442,18 +447,35 @@ async fn charge_difference(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value,
         &plan.current.booking.number,
     )
     .await?;
+    Ok(json!({"payment_intent_id": intent.id, "amount": intent.amount}))
+}
+
+/// Records the upgrade payment in the CRM, in its own step so a failure here refunds it.
+async fn record_upgrade_payment(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let plan: UpgradePlan = ctx.output("plan_upgrade")?;
+    let charged = ctx
+        .output_value("charge_difference")
+        .cloned()
+        .unwrap_or_default();
+    let (Some(intent), Some(amount)) = (
+        charged.get("payment_intent_id").and_then(Value::as_str),
+        charged.get("amount").and_then(Value::as_i64),
+    ) else {
+        return Err(StepError::permanent(
+            "invalid_step_output",
+            "charge_difference recorded no payment",
+        ));
+    };
     let record = record_payment(
         &hotel,
         &ctx,
         &plan.current.booking.id,
-        &intent.id,
-        intent.amount,
+        intent,
+        amount,
         "Payment",
     )
     .await?;
-    Ok(
-        json!({"payment_intent_id": intent.id, "amount": intent.amount, "payment_transaction_id": record}),
-    )
+    Ok(json!({"payment_transaction_id": record}))
 }
 
 async fn refund_difference(
@@ -481,6 +503,7 @@ async fn release_old_room(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, 
         .release_booking(
             &plan.current.booking.hold_ref(),
             Some(&plan.new_room.number),
+            None,
         )
         .await?;
     Ok(json!({"released_old_room_holds": released.is_some()}))
@@ -530,8 +553,9 @@ pub fn cancel_booking(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     Skill::builder::<CancelBookingInput>(
         "cancel_booking",
         1,
-        "Cancels a reservation and refunds its deposit (in full up to 2 days before arrival, \
-         half after), then frees the room; if the refund fails, the booking is restored.",
+        "Cancels a reservation, frees the room and refunds its deposit (in full up to 2 days \
+         before arrival, half after) and any upgrade payment; if a refund fails, the booking \
+         and its room are restored.",
     )
     .exposure(exposure::guest_self_staff_manager().destructive())
     .step(step(hotel, "load_booking", load_cancellable))
@@ -540,19 +564,29 @@ pub fn cancel_booking(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
         hotel,
         restore_record,
     ))
-    .step(step(hotel, "refund_deposit", refund_per_policy))
-    .step(step(hotel, "release_room", release_booking_holds))
+    .step(undo(
+        step(hotel, "release_room", release_booking_holds),
+        hotel,
+        restore_booking_holds,
+    ))
+    .step(undo(
+        step(hotel, "mark_payments_refunded", mark_payments_refunded),
+        hotel,
+        mark_payments_completed,
+    ))
+    // The refunds come last: they cannot be undone, so everything that can fail runs first.
+    .step(step(hotel, "refund_payments", refund_payments))
     .step(step(hotel, "notify_guest", notify_cancelled))
     .finish(|_, outputs| {
         let c = outputs.get("load_booking").cloned().unwrap_or_default();
-        let refund = outputs.get("refund_deposit").cloned().unwrap_or_default();
+        let refunds = outputs.get("refund_payments").cloned().unwrap_or_default();
         json!({
             "booking_number": c.pointer("/booking/Name"),
             "room_number": c.pointer("/room/Name"),
             "status": booking_status::CANCELLED,
-            "refund_id": refund.get("refund_id"),
-            "refund_amount": refund.get("amount"),
-            "policy": refund.get("policy"),
+            "refunds": refunds.get("refunds"),
+            "refund_amount": refunds.get("total"),
+            "policy": c.get("policy"),
         })
     })
     .build()
@@ -573,10 +607,108 @@ async fn load_cancellable(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, 
     }
     let mut value = serde_json::to_value(&current)
         .map_err(|e| StepError::permanent("unserializable_output", e.to_string()))?;
+    let day = today();
+    let (refunds, policy) = refund_plan(&hotel, &current.booking, day).await?;
     if let Some(map) = value.as_object_mut() {
-        map.insert("today".into(), json!(today()));
+        map.insert("today".into(), json!(day));
+        map.insert("refunds".into(), json!(refunds));
+        map.insert("policy".into(), json!(policy));
     }
     Ok(value)
+}
+
+/// One payment to refund on cancellation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PlannedRefund {
+    payment_transaction_id: String,
+    payment_intent_id: String,
+    amount: i64,
+}
+
+/// The refunds the policy grants, decided once (in the first step) so re-runs and later steps
+/// agree: the deposit per [`refund_due`], every other payment (an upgrade difference) in full.
+async fn refund_plan(
+    hotel: &Hotel,
+    booking: &Booking,
+    day: NaiveDate,
+) -> Result<(Vec<PlannedRefund>, String), StepError> {
+    let payments = records::completed_payments(&hotel.connectors.crm, &booking.id).await?;
+    let mut policy = "no deposit was taken".to_string();
+    let mut refunds = Vec::new();
+    for payment in payments {
+        let Some(intent) = payment.stripe_id.clone() else {
+            continue;
+        };
+        let paid = records::dollars_to_cents(payment.amount.unwrap_or(0.0));
+        let is_deposit = payment
+            .external_id
+            .as_deref()
+            .is_some_and(|id| id.ends_with(":record_deposit"));
+        let amount = if is_deposit {
+            let due = refund_due(paid, day, booking.check_in);
+            policy = if due == paid {
+                format!("deposit refunded in full: cancelled at least {FREE_CANCELLATION_DAYS} days before arrival")
+            } else {
+                format!("half the deposit refunded: cancelled less than {FREE_CANCELLATION_DAYS} days before arrival")
+            };
+            due
+        } else {
+            paid
+        };
+        if amount > 0 {
+            refunds.push(PlannedRefund {
+                payment_transaction_id: payment.id,
+                payment_intent_id: intent,
+                amount,
+            });
+        }
+    }
+    Ok((refunds, policy))
+}
+
+fn planned_refunds(ctx: &StepContext) -> Result<Vec<PlannedRefund>, StepError> {
+    let loaded = ctx
+        .output_value("load_booking")
+        .cloned()
+        .unwrap_or_default();
+    serde_json::from_value(loaded.get("refunds").cloned().unwrap_or(json!([])))
+        .map_err(|e| StepError::permanent("invalid_step_output", e.to_string()))
+}
+
+async fn set_payment_statuses(
+    hotel: &Hotel,
+    refunds: &[PlannedRefund],
+    status: &str,
+) -> Result<(), StepError> {
+    for refund in refunds {
+        hotel
+            .connectors
+            .crm
+            .update(
+                records::PAYMENT_TRANSACTION,
+                &refund.payment_transaction_id,
+                &json!({"Status__c": status}),
+            )
+            .await
+            .map_err(ext)?;
+    }
+    Ok(())
+}
+
+async fn mark_payments_refunded(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let refunds = planned_refunds(&ctx)?;
+    set_payment_statuses(&hotel, &refunds, "Refunded").await?;
+    Ok(json!({"marked": refunds.len()}))
+}
+
+async fn mark_payments_completed(
+    hotel: Arc<Hotel>,
+    ctx: StepContext,
+    _: Value,
+) -> Result<Value, StepError> {
+    let refunds = planned_refunds(&ctx)?;
+    set_payment_statuses(&hotel, &refunds, "Completed").await?;
+    Ok(json!({"restored": refunds.len()}))
 }
 
 async fn cancel_record(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
@@ -623,64 +755,55 @@ async fn restore_record(hotel: Arc<Hotel>, ctx: StepContext, _: Value) -> Result
     Ok(json!({"booking_id": current.booking.id, "status": current.booking.status}))
 }
 
-async fn refund_per_policy(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
-    let loaded = ctx
-        .output_value("load_booking")
-        .cloned()
-        .unwrap_or_default();
-    let current: Current = ctx.output("load_booking")?;
-    let day: NaiveDate = loaded
-        .get("today")
-        .and_then(|d| serde_json::from_value(d.clone()).ok())
-        .unwrap_or_else(today);
-    let payments = records::completed_payments(&hotel.connectors.crm, &current.booking.id).await?;
-    let Some(deposit) = payments.first() else {
-        return Ok(json!({"refunded": false, "policy": "no deposit was taken"}));
-    };
-    let paid = records::dollars_to_cents(deposit.amount.unwrap_or(0.0));
-    let due = refund_due(paid, day, current.booking.check_in);
-    let policy = if due == paid {
-        format!("full refund: cancelled at least {FREE_CANCELLATION_DAYS} days before arrival")
-    } else {
-        format!("half refund: cancelled less than {FREE_CANCELLATION_DAYS} days before arrival")
-    };
-    let intent = deposit.stripe_id.as_deref().ok_or_else(|| {
-        StepError::permanent(
-            "payment_not_refundable",
-            "the deposit has no payment intent id",
-        )
-    })?;
-    let refund = hotel
-        .connectors
-        .payments
-        .refund(
-            intent,
-            Some(due),
-            "requested_by_customer",
-            &ctx.idempotency_key,
-        )
-        .await
-        .map_err(ext)?;
-    hotel
-        .connectors
-        .crm
-        .update(
-            records::PAYMENT_TRANSACTION,
-            &deposit.id,
-            &json!({"Status__c": "Refunded"}),
-        )
-        .await
-        .map_err(ext)?;
-    Ok(json!({"refund_id": refund.id, "amount": refund.amount, "deposit": paid, "policy": policy}))
+async fn refund_payments(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let mut done = Vec::new();
+    let mut total = 0;
+    for planned in planned_refunds(&ctx)? {
+        let refund = hotel
+            .connectors
+            .payments
+            .refund(
+                &planned.payment_intent_id,
+                Some(planned.amount),
+                "requested_by_customer",
+                &format!("{}/{}", ctx.idempotency_key, planned.payment_transaction_id),
+            )
+            .await
+            .map_err(ext)?;
+        total += refund.amount;
+        done.push(json!({"refund_id": refund.id, "payment_intent_id": planned.payment_intent_id, "amount": refund.amount}));
+    }
+    Ok(json!({"refunds": done, "total": total}))
 }
 
 async fn release_booking_holds(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
     let current: Current = ctx.output("load_booking")?;
-    let released = hotel
+    let released_at = hotel
         .holds
-        .release_booking(&current.booking.hold_ref(), None)
+        .release_booking(&current.booking.hold_ref(), None, None)
         .await?;
-    Ok(json!({"released": released.is_some()}))
+    Ok(json!({"released_at": released_at}))
+}
+
+async fn restore_booking_holds(
+    hotel: Arc<Hotel>,
+    ctx: StepContext,
+    output: Value,
+) -> Result<Value, StepError> {
+    let current: Current = ctx.output("load_booking")?;
+    let released_at: Option<chrono::DateTime<chrono::Utc>> = output
+        .get("released_at")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    let restored = match released_at {
+        Some(at) => {
+            hotel
+                .holds
+                .restore_booking(&current.booking.hold_ref(), at)
+                .await?
+        }
+        None => 0,
+    };
+    Ok(json!({"restored_holds": restored}))
 }
 
 async fn notify_cancelled(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {

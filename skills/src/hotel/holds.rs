@@ -84,19 +84,23 @@ impl Holds {
 
     /// Releases every live hold of a booking, except those of room `keep_room`. Returns the
     /// release time (the same for every hold released here), for [`Holds::restore_booking`].
+    /// `except_key` spares the hold a re-run step took itself.
     pub async fn release_booking(
         &self,
         booking_ref: &str,
         keep_room: Option<&str>,
+        except_key: Option<&str>,
     ) -> Result<Option<DateTime<Utc>>, StepError> {
         let released: Vec<(DateTime<Utc>,)> = sqlx::query_as(
             "UPDATE hotel.room_holds SET released_at = now()
              WHERE booking_ref = $1 AND released_at IS NULL
                AND ($2::text IS NULL OR room_number <> $2)
+               AND ($3::text IS NULL OR hold_key <> $3)
              RETURNING released_at",
         )
         .bind(booking_ref)
         .bind(keep_room)
+        .bind(except_key)
         .fetch_all(&self.pool)
         .await
         .map_err(database_error)?;

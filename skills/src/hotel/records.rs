@@ -173,10 +173,14 @@ pub struct PaymentTransaction {
     pub kind: Option<String>,
     #[serde(rename = "Status__c", default)]
     pub status: Option<String>,
+    /// `{saga_id}:{step}` of the step that recorded it.
+    #[serde(rename = "External_ID__c", default)]
+    pub external_id: Option<String>,
 }
 
 impl PaymentTransaction {
-    pub const FIELDS: &'static str = "Id, Stripe_Transaction_ID__c, Amount__c, Type__c, Status__c";
+    pub const FIELDS: &'static str =
+        "Id, Stripe_Transaction_ID__c, Amount__c, Type__c, Status__c, External_ID__c";
 }
 
 pub fn dollars_to_cents(dollars: f64) -> i64 {

@@ -113,6 +113,9 @@ pub(crate) async fn record_payment(
     Ok(upserted.id)
 }
 
+/// Attempts a text message gets before it is given up (reported, not failed).
+const NOTIFY_ATTEMPTS: u32 = 3;
+
 /// Texts a guest and records the message in the CRM. The SMS service refusing the number is
 /// reported in the output (the business operation stands); outages are retried.
 pub(crate) async fn text_guest(
@@ -129,7 +132,10 @@ pub(crate) async fn text_guest(
         .await;
     let message = match sent {
         Ok(message) => message,
-        Err(error) if !error.is_retryable() => {
+        // A notification is best effort: a number the service refuses, or an outage that
+        // outlasts a few attempts, is reported in the output; it never undoes the business
+        // operation the text was about.
+        Err(error) if !error.is_retryable() || ctx.attempt >= NOTIFY_ATTEMPTS => {
             return Ok(json!({"sent": false, "to": phone, "error": error.to_string()}));
         }
         Err(error) => return Err(error.into()),
@@ -223,6 +229,8 @@ struct Reservation {
     booking: Booking,
     room: Room,
     check_in_date: NaiveDate,
+    #[serde(default)]
+    opportunity_stage: Option<String>,
 }
 
 pub fn check_in_guest(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
@@ -319,11 +327,13 @@ async fn find_reservation(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Reserva
         )
         .with_action("Have housekeeping finish the room (update_room_status to Vacant), or upgrade_room to another room"));
     }
+    let opportunity_stage = stage_of(&hotel, booking.opportunity.as_deref()).await?;
     Ok(Reservation {
         guest,
         booking,
         room,
         check_in_date: date,
+        opportunity_stage,
     })
 }
 
@@ -373,10 +383,13 @@ struct Opportunity {
     stage: Option<String>,
 }
 
+/// Moves an opportunity to `stage`. The previous stage comes from the first step's recorded
+/// output, never re-read here: a re-run would read the stage it set itself.
 async fn set_stage(
     hotel: &Hotel,
     opportunity: Option<&str>,
     stage: &str,
+    previous: Option<String>,
 ) -> Result<StageChange, StepError> {
     let Some(id) = opportunity else {
         return Ok(StageChange {
@@ -384,15 +397,30 @@ async fn set_stage(
             previous_stage: None,
         });
     };
-    let crm = &hotel.connectors.crm;
-    let current: Opportunity = crm.get(OPPORTUNITY, id).await.map_err(ext)?;
-    crm.update(OPPORTUNITY, id, &json!({"StageName": stage}))
+    hotel
+        .connectors
+        .crm
+        .update(OPPORTUNITY, id, &json!({"StageName": stage}))
         .await
         .map_err(ext)?;
     Ok(StageChange {
         opportunity_id: Some(id.to_string()),
-        previous_stage: current.stage,
+        previous_stage: previous,
     })
+}
+
+/// The opportunity's current stage, read by a saga's first step.
+async fn stage_of(hotel: &Hotel, opportunity: Option<&str>) -> Result<Option<String>, StepError> {
+    let Some(id) = opportunity else {
+        return Ok(None);
+    };
+    let current: Opportunity = hotel
+        .connectors
+        .crm
+        .get(OPPORTUNITY, id)
+        .await
+        .map_err(ext)?;
+    Ok(current.stage)
 }
 
 async fn mark_opportunity_checked_in(
@@ -400,7 +428,13 @@ async fn mark_opportunity_checked_in(
     ctx: StepContext,
 ) -> Result<StageChange, StepError> {
     let r: Reservation = ctx.output("find_reservation")?;
-    set_stage(&hotel, r.booking.opportunity.as_deref(), "Checked In").await
+    set_stage(
+        &hotel,
+        r.booking.opportunity.as_deref(),
+        "Checked In",
+        r.opportunity_stage,
+    )
+    .await
 }
 
 async fn restore_opportunity(
@@ -458,6 +492,8 @@ struct Stay {
     guest: Contact,
     booking: Booking,
     room: Room,
+    #[serde(default)]
+    opportunity_stage: Option<String>,
     nights: i64,
     room_charges: i64,
     extra_charges: i64,
@@ -581,10 +617,12 @@ async fn find_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Stay, StepErro
         .sum();
     // What is still owed; amounts under the payments API's minimum (50 cents) are waived.
     let amount = (room_charges + extra_charges - already_paid).max(0);
+    let opportunity_stage = stage_of(&hotel, booking.opportunity.as_deref()).await?;
     Ok(Stay {
         guest,
         booking,
         room,
+        opportunity_stage,
         nights,
         room_charges,
         extra_charges,
@@ -641,8 +679,10 @@ async fn refund_stay(
         )
         .await
         .map_err(ext)?;
+    // The payments API replays a key's first answer, so a failed refund would fail again under
+    // the same key: it needs an operator, not a retry.
     if refund.status != "succeeded" && refund.status != "pending" {
-        return Err(StepError::retryable(
+        return Err(StepError::permanent(
             "refund_not_succeeded",
             format!("refund {} is {}", refund.id, refund.status),
         ));
@@ -670,7 +710,7 @@ async fn record_stay_payment(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Valu
     Ok(json!({"payment_transaction_id": id}))
 }
 
-async fn mark_payment_refunded(
+pub(crate) async fn mark_payment_refunded(
     hotel: Arc<Hotel>,
     _ctx: StepContext,
     output: Value,
@@ -723,7 +763,13 @@ async fn reoccupy_room(hotel: Arc<Hotel>, ctx: StepContext, _: Value) -> Result<
 
 async fn close_opportunity(hotel: Arc<Hotel>, ctx: StepContext) -> Result<StageChange, StepError> {
     let stay: Stay = ctx.output("find_stay")?;
-    set_stage(&hotel, stay.booking.opportunity.as_deref(), "Closed Won").await
+    set_stage(
+        &hotel,
+        stay.booking.opportunity.as_deref(),
+        "Closed Won",
+        stay.opportunity_stage,
+    )
+    .await
 }
 
 async fn open_housekeeping_case(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
@@ -831,8 +877,9 @@ struct CompletedCheckout {
     guest: Contact,
     booking: Booking,
     room: Room,
-    payment_transaction_id: String,
-    payment_intent_id: String,
+    /// The checkout's own payment; None when the deposit covered the stay.
+    payment_transaction_id: Option<String>,
+    payment_intent_id: Option<String>,
 }
 
 pub fn compensate_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
@@ -854,6 +901,15 @@ pub fn compensate_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
         step(hotel, "reoccupy_room", give_room_back),
         hotel,
         release_room_again,
+    ))
+    .step(undo(
+        step(
+            hotel,
+            "mark_payment_refunded",
+            mark_checkout_payment_refunded,
+        ),
+        hotel,
+        mark_checkout_payment_completed,
     ))
     .step(step(hotel, "refund_payment", refund_checkout))
     .finish(|_, outputs| {
@@ -889,25 +945,16 @@ async fn find_checkout(
             ),
         ));
     }
+    // The checkout's own payment is the one its `record_payment` step recorded; deposits and
+    // upgrade payments are not part of the checkout.
     let payment = records::completed_payments(crm, &booking.id)
         .await?
         .into_iter()
-        .last()
-        .ok_or_else(|| {
-            StepError::permanent(
-                "payment_not_refundable",
-                format!(
-                    "booking {} has no completed payment to refund",
-                    booking.number
-                ),
-            )
-        })?;
-    let payment_intent_id = payment.stripe_id.clone().ok_or_else(|| {
-        StepError::permanent(
-            "payment_not_refundable",
-            "the payment has no payment intent id",
-        )
-    })?;
+        .rfind(|p| {
+            p.external_id
+                .as_deref()
+                .is_some_and(|id| id.ends_with(":record_payment"))
+        });
     let room = records::room_by_id(crm, &booking.room).await?;
     if room.status == room_status::OCCUPIED {
         return Err(StepError::permanent(
@@ -922,8 +969,8 @@ async fn find_checkout(
         guest,
         booking,
         room,
-        payment_transaction_id: payment.id,
-        payment_intent_id,
+        payment_intent_id: payment.as_ref().and_then(|p| p.stripe_id.clone()),
+        payment_transaction_id: payment.map(|p| p.id),
     })
 }
 
@@ -965,27 +1012,55 @@ async fn release_room_again(
     Ok(json!({"room_id": c.room.id, "status": c.room.status}))
 }
 
+async fn set_checkout_payment(
+    hotel: &Hotel,
+    c: &CompletedCheckout,
+    status: &str,
+) -> Result<Value, StepError> {
+    if let Some(id) = &c.payment_transaction_id {
+        hotel
+            .connectors
+            .crm
+            .update(PAYMENT_TRANSACTION, id, &json!({"Status__c": status}))
+            .await
+            .map_err(ext)?;
+    }
+    Ok(json!({"payment_transaction_id": c.payment_transaction_id, "status": status}))
+}
+
+async fn mark_checkout_payment_refunded(
+    hotel: Arc<Hotel>,
+    ctx: StepContext,
+) -> Result<Value, StepError> {
+    let c: CompletedCheckout = ctx.output("find_checkout")?;
+    set_checkout_payment(&hotel, &c, "Refunded").await
+}
+
+async fn mark_checkout_payment_completed(
+    hotel: Arc<Hotel>,
+    ctx: StepContext,
+    _: Value,
+) -> Result<Value, StepError> {
+    let c: CompletedCheckout = ctx.output("find_checkout")?;
+    set_checkout_payment(&hotel, &c, "Completed").await
+}
+
 /// The refund comes last: it cannot be undone, so everything that could fail runs before it.
 async fn refund_checkout(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
     let c: CompletedCheckout = ctx.output("find_checkout")?;
+    let Some(payment_intent_id) = &c.payment_intent_id else {
+        return Ok(
+            json!({"refunded": false, "reason": "the checkout charged nothing (the deposit covered the stay)"}),
+        );
+    };
     let refund = hotel
         .connectors
         .payments
         .refund(
-            &c.payment_intent_id,
+            payment_intent_id,
             None,
             "requested_by_customer",
             &ctx.idempotency_key,
-        )
-        .await
-        .map_err(ext)?;
-    hotel
-        .connectors
-        .crm
-        .update(
-            PAYMENT_TRANSACTION,
-            &c.payment_transaction_id,
-            &json!({"Status__c": "Refunded"}),
         )
         .await
         .map_err(ext)?;

@@ -1078,12 +1078,12 @@ mod tests {
         for _ in 0..20_000 {
             let len = 1 + (rng.next_u64() % 14) as usize;
             let mut text = String::new();
-            if rng.next_u64() % 2 == 0 {
+            if rng.next_u64().is_multiple_of(2) {
                 text.push_str("SELECT Id FROM Contact WHERE ");
             }
             for _ in 0..len {
                 text.push_str(pieces[(rng.next_u64() % pieces.len() as u64) as usize]);
-                if rng.next_u64() % 3 != 0 {
+                if !rng.next_u64().is_multiple_of(3) {
                     text.push(' ');
                 }
             }
