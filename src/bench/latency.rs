@@ -21,9 +21,12 @@ pub struct LatencySummary {
     pub done_max: Option<f64>,
 }
 
+/// (created, first step started, terminal) of one saga.
+type TimesRow = (DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>);
+
 /// Reads the latencies of `ids` (all terminal) and summarizes them in milliseconds.
 pub async fn of_sagas(pool: &PgPool, ids: &[Uuid]) -> Result<LatencySummary, BenchError> {
-    let rows: Vec<(DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<TimesRow> = sqlx::query_as(
         "SELECT s.created_at, st.started_at, s.updated_at
          FROM stepwise.sagas s
          JOIN stepwise.steps st ON st.saga_id = s.id AND st.position = 0
@@ -72,6 +75,7 @@ pub fn round3(x: f64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

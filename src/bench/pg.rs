@@ -202,6 +202,7 @@ pub async fn table_health(pool: &PgPool) -> Result<Vec<TableHealth>, BenchError>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -90,6 +90,7 @@ impl CpuSnapshot {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
