@@ -295,7 +295,15 @@ impl Engine {
         request: &OperatorRequest,
     ) -> Result<Arc<Skill>, OperatorError> {
         match saga.status {
-            SagaStatus::Compensated | SagaStatus::Failed => {}
+            SagaStatus::Compensated => {}
+            SagaStatus::Failed => {
+                return Err(OperatorError::Refused(format!(
+                    "saga {} failed: some of its effects were never undone, so a restart could \
+                     repeat them (a second charge); finish its compensation first with \
+                     `stepwise sagas retry {}`, then restart it",
+                    saga.id, saga.id
+                )))
+            }
             SagaStatus::Completed => {
                 return Err(OperatorError::Refused(format!(
                     "saga {} completed: restarting it would repeat its effects; start a new saga \
@@ -668,6 +676,11 @@ fn conflict(id: Uuid, action: &str, c: ReplayConflict) -> OperatorError {
         ReplayConflict::NotFound => OperatorError::NotFound(id),
         ReplayConflict::StatusChanged(status) => OperatorError::Refused(format!(
             "saga {id} changed while the {action} was prepared (it is {status} now); look again"
+        )),
+        ReplayConflict::LiveReplay { id: replay, status } => OperatorError::Refused(format!(
+            "saga {id} was already replayed as {replay}, which is {status}: another {action} \
+             would repeat its effects; wait for it, or cancel it (a replay that ends \
+             compensated or failed can be replayed again)"
         )),
     }
 }

@@ -28,8 +28,9 @@ pub enum SagasCommand {
     /// Resume a failed saga's compensation where it stopped, with a fresh round of attempts.
     /// With --status/--skill instead of an ID: every matching saga.
     Retry(ReplayArgs),
-    /// Run a compensated or failed saga again as a new saga with the same input (linked by
-    /// replay_of, with its own idempotency key). With --status/--skill: every matching saga.
+    /// Run a compensated saga again as a new saga with the same input (linked by replay_of,
+    /// with its own idempotency key); one replay at a time. With --status/--skill: every
+    /// matching saga.
     Restart(ReplayArgs),
     /// A new saga that reuses the outputs of the steps before --from-step and runs from there.
     Fork {
@@ -55,7 +56,8 @@ pub enum SagasCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete terminal sagas that finished more than DURATION ago, with their steps and history.
+    /// Delete completed and compensated sagas that finished more than DURATION ago, with their
+    /// steps and history (failed ones wait for an operator and are kept).
     Prune(PruneArgs),
 }
 
@@ -92,8 +94,9 @@ pub struct ReplayArgs {
     pub id: Option<String>,
     #[command(flatten)]
     pub who: Who,
-    /// Continue on this registered version of the skill (steps are matched by name) when the
-    /// saga's own definition changed.
+    /// Continue on this registered version of the skill when the saga's own definition
+    /// changed (retry: the steps still to undo must keep their name and position; restart:
+    /// the input must be valid for it).
     #[arg(long)]
     pub to_version: Option<u32>,
     /// Bulk: only sagas in this status.
@@ -557,13 +560,13 @@ async fn prune(app: &App, args: PruneArgs) -> Result<(), CliError> {
     };
     if args.dry_run {
         println!(
-            "dry run: {} terminal sagas finished before {} would be deleted{partitions}",
+            "dry run: {} finished sagas (completed or compensated) before {} would be deleted{partitions}",
             report.sagas,
             cutoff.format("%Y-%m-%d %H:%M:%S UTC")
         );
     } else {
         println!(
-            "pruned {} terminal sagas finished before {} ({} history rows deleted one by one){partitions}",
+            "pruned {} finished sagas (completed or compensated) before {} ({} history rows deleted one by one){partitions}",
             report.sagas,
             cutoff.format("%Y-%m-%d %H:%M:%S UTC"),
             report.events_deleted

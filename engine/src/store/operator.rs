@@ -52,6 +52,8 @@ pub enum ReplayConflict {
     NotFound,
     /// The original changed since it was checked (its current status).
     StatusChanged(SagaStatus),
+    /// An earlier replay of it has not ended undone: running it again would repeat effects.
+    LiveReplay { id: Uuid, status: SagaStatus },
 }
 
 /// One monthly partition of the history.
@@ -145,7 +147,9 @@ impl PgStore {
     ) -> Result<Result<SagaSummary, ReplayConflict>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM stepwise.sagas WHERE id = $1 FOR SHARE")
+            // FOR UPDATE: replays of one saga are serialized, so two operators cannot both
+            // see "no live replay" and both start one.
+            sqlx::query_scalar("SELECT status FROM stepwise.sagas WHERE id = $1 FOR UPDATE")
                 .bind(replay.replay_of)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -157,6 +161,19 @@ impl PgStore {
         if status != replay.original_status {
             tx.rollback().await?;
             return Ok(Err(ReplayConflict::StatusChanged(status)));
+        }
+        let live: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, status FROM stepwise.sagas
+             WHERE replay_of = $1 AND status NOT IN ('compensated', 'failed')
+             ORDER BY created_at LIMIT 1",
+        )
+        .bind(replay.replay_of)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id, status)) = live {
+            tx.rollback().await?;
+            let status: SagaStatus = super::rows::parse("saga status", &status)?;
+            return Ok(Err(ReplayConflict::LiveReplay { id, status }));
         }
         let earlier: i64 =
             sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas WHERE replay_of = $1")
@@ -298,11 +315,12 @@ impl PgStore {
         .await?)
     }
 
-    /// Terminal sagas that finished before `cutoff`: what a prune would delete.
+    /// Completed and compensated sagas that finished before `cutoff`: what a prune would
+    /// delete. `failed` sagas are kept: they wait for an operator.
     pub async fn count_prunable(&self, cutoff: DateTime<Utc>) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT count(*) FROM stepwise.sagas
-             WHERE status IN ('completed', 'compensated', 'failed')
+             WHERE status IN ('completed', 'compensated')
                AND created_at < $1 AND updated_at < $1",
         )
         .bind(cutoff)
@@ -334,7 +352,7 @@ impl PgStore {
                AND NOT EXISTS (
                    SELECT 1 FROM stepwise.sagas s
                    WHERE s.id >= b.lower AND s.id < b.upper
-                     AND (s.status NOT IN ('completed', 'compensated', 'failed')
+                     AND (s.status NOT IN ('completed', 'compensated')
                           OR s.updated_at >= $1))
              ORDER BY month",
         )
@@ -357,7 +375,7 @@ impl PgStore {
         let deleted = sqlx::query(
             "DELETE FROM stepwise.sagas
              WHERE id >= $1 AND id < $2
-               AND status IN ('completed', 'compensated', 'failed') AND updated_at < $3",
+               AND status IN ('completed', 'compensated') AND updated_at < $3",
         )
         .bind(partition.lower)
         .bind(partition.upper)
@@ -409,7 +427,7 @@ impl PgStore {
         let (sagas, events): (i64, i64) = sqlx::query_as(
             "WITH doomed AS (
                  SELECT id FROM stepwise.sagas
-                 WHERE status IN ('completed', 'compensated', 'failed')
+                 WHERE status IN ('completed', 'compensated')
                    AND created_at < $1 AND updated_at < $1
                  ORDER BY created_at
                  LIMIT $2
