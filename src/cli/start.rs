@@ -66,12 +66,34 @@ fn idempotency_key(
     }
 }
 
+/// Skills whose input declares `idempotency_key` (the hotel's mutating skills) get the flag's
+/// key in their input too, so `--idempotency-key` alone is enough.
+fn copy_key_into_input(app: &App, skill: &str, key: Option<&str>, input: &mut serde_json::Value) {
+    let declares_key = app.engine.registry().latest(skill).is_some_and(|s| {
+        s.input_schema()
+            .pointer("/properties/idempotency_key")
+            .is_some()
+    });
+    if let (true, Some(key), Some(fields)) = (declares_key, key, input.as_object_mut()) {
+        fields
+            .entry("idempotency_key")
+            .or_insert_with(|| key.into());
+    }
+}
+
 async fn start(
     app: &App,
     args: StartArgs,
     input: serde_json::Value,
     wait: Option<Duration>,
 ) -> Result<(), CliError> {
+    let mut input = input;
+    copy_key_into_input(
+        app,
+        &args.skill,
+        args.idempotency_key.as_deref(),
+        &mut input,
+    );
     let outcome = app
         .engine
         .start(StartRequest {
