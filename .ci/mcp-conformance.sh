@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --quiet --bin stepwise
-bin=$PWD/target/debug/stepwise
+bin=${CARGO_TARGET_DIR:-$PWD/target}/debug/stepwise
 
 # One npx package set for every run, so npm installs it once and reuses its cache.
 npx_run() { npx -y -p "$NODE" -p "$CONFORMANCE" -p "$INSPECTOR" -c "$1"; }
