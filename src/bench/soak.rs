@@ -27,6 +27,10 @@ pub struct SoakReport {
     pub interval_s: u64,
     /// steps/s of the last minute ÷ steps/s of the first.
     pub last_over_first: Option<f64>,
+    /// The server's `autovacuum` setting; when it is off, the soak vacuums the hot tables
+    /// itself at the end of each minute, as autovacuum would have.
+    pub autovacuum: String,
+    pub manual_vacuum: bool,
 }
 
 pub async fn run(
@@ -37,6 +41,10 @@ pub async fn run(
     progress: &Arc<dyn Progress>,
 ) -> Result<SoakReport, BenchError> {
     let interval = Duration::from_secs(config.soak_interval_secs.max(1));
+    let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(engine.store().pool())
+        .await?;
+    let manual_vacuum = autovacuum != "on";
     let backlog = (config.in_flight * 2).max(16) as i64;
     let workers = Workers::start(engine, config, "soak");
     progress.phase("soak", minutes * interval.as_secs());
@@ -51,13 +59,19 @@ pub async fn run(
                 let n = (backlog - left) as usize;
                 start_many(engine, input, n, (config.concurrency / 2).max(1)).await?;
             } else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             progress.set(begin.elapsed().as_secs());
             if minute_start.elapsed() >= interval {
                 let seconds = minute_start.elapsed().as_secs_f64();
                 minute_start = Instant::now();
                 let now_finished = finished(engine).await?;
+                let health = table_health(engine.store().pool()).await?;
+                if manual_vacuum {
+                    sqlx::raw_sql("VACUUM (ANALYZE) stepwise.sagas, stepwise.steps")
+                        .execute(engine.store().pool())
+                        .await?;
+                }
                 let done = now_finished - finished_before;
                 finished_before = now_finished;
                 rows.push(SoakMinute {
@@ -65,7 +79,7 @@ pub async fn run(
                     steps_per_s: (done as f64 * config.steps as f64 / seconds).round(),
                     sagas_finished: done,
                     rss_mib: super::procfs::rss_mib().map(|m| (m * 10.0).round() / 10.0),
-                    tables: table_health(engine.store().pool()).await?,
+                    tables: health,
                 });
                 progress.note(&format!(
                     "soak minute {}: {} steps/s",
@@ -89,6 +103,8 @@ pub async fn run(
         minutes: rows,
         interval_s: interval.as_secs(),
         last_over_first,
+        autovacuum,
+        manual_vacuum,
     })
 }
 

@@ -201,8 +201,14 @@ pub fn render(r: &BenchReport) -> String {
             ));
         }
         line(format!(
-            "soak          last/first = {}",
-            f(soak.last_over_first)
+            "soak          last/first = {}; autovacuum={}{}",
+            f(soak.last_over_first),
+            soak.autovacuum,
+            if soak.manual_vacuum {
+                " (the soak ran VACUUM (ANALYZE) on sagas and steps each minute)"
+            } else {
+                ""
+            }
         ));
     }
     line(format!(
