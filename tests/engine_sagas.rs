@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::time::Duration;
-use stepwise_engine::store::{StepChange, Transition};
+use stepwise_engine::store::{KnownSkills, StepChange, Transition};
 use stepwise_engine::{
     Clock, CompensationStatus, EventKind, ManualClock, SagaStatus, StartError, StartRequest,
     StepStatus, StoreError,
@@ -219,19 +219,20 @@ async fn expired_lease_is_taken_over_and_the_stale_worker_is_fenced_off(pool: Pg
     let engine = engine_with(pool, clock.clone());
     let id = start(&engine, SYN, json!({"steps": 2}), None).await;
 
-    // Worker A claims the saga, starts step_1, then goes silent (paused, partitioned, killed).
+    // Worker A claims the saga (the claim starts step_1's first attempt), then goes silent
+    // (paused, partitioned, killed).
     let a: std::sync::Arc<str> = "worker-a".into();
     let now = clock.now();
+    let known = KnownSkills::new([(SYN, 1)]);
     let claimed = engine
         .store()
-        .claim(&a, now, now + chrono::Duration::seconds(30), 1)
+        .claim(&a, now, now + chrono::Duration::seconds(30), 1, &known)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
+    assert!(claimed[0].begun);
+    assert_eq!(claimed[0].steps[0].attempts, 1);
     let stale = claimed[0].lease.clone();
-    let mut begin = Transition::new();
-    begin.steps.push(StepChange::Begin { position: 0 });
-    engine.store().commit(&stale, now, &begin).await.unwrap();
 
     // Its lease is still valid: nobody else may take the saga.
     let b = worker(&engine, "worker-b");
@@ -426,4 +427,27 @@ async fn cancelling_a_pending_saga_compensates_without_running_anything(pool: Pg
     let saga = detail(&engine, id).await;
     assert_eq!(saga.status, SagaStatus::Compensated);
     assert!(saga.steps.iter().all(|s| s.status == StepStatus::Skipped));
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn a_worker_never_claims_a_saga_whose_skill_version_it_lacks(pool: PgPool) {
+    let clock = ManualClock::starting_now();
+    let engine = engine_with(pool.clone(), clock.clone());
+    let id = start(&engine, SYN, json!({"steps": 2}), None).await;
+
+    // An older deployment's worker, without this skill: it leaves the saga untouched (no
+    // attempt counted, no history), instead of claiming and bouncing it.
+    let without = stepwise_engine::Engine::new(
+        stepwise_engine::PgStore::new(pool),
+        std::sync::Arc::new(stepwise_engine::registry::Registry::new()),
+        std::sync::Arc::new(clock.clone()),
+    );
+    assert_eq!(worker(&without, "old").run_until_idle().await.unwrap(), 0);
+    let saga = detail(&engine, id).await;
+    assert_eq!(saga.status, SagaStatus::Pending);
+    assert_eq!(history(&saga), vec!["saga_started"]);
+    assert!(saga.steps.iter().all(|s| s.attempts == 0));
+
+    assert_eq!(worker(&engine, "new").run_until_idle().await.unwrap(), 1);
+    assert_eq!(detail(&engine, id).await.status, SagaStatus::Completed);
 }

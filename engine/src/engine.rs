@@ -83,7 +83,6 @@ impl Engine {
             replay_of: None,
             step_names,
             reused_outputs: Vec::new(),
-            extra_events: Vec::new(),
         };
         match self.store.insert_saga(new, self.clock.now()).await? {
             Ok(outcome) => Ok(outcome),

@@ -101,6 +101,8 @@ impl Driver {
     async fn drive_inner(&self, claimed: ClaimedSaga) -> Result<(), StoreError> {
         let version = u32::try_from(claimed.skill_version).unwrap_or(0);
         let Some(skill) = self.registry.get(&claimed.skill, version) else {
+            // The claim only takes the versions this worker registered, so this is a registry
+            // that disagrees with its own claim; leave the saga alone rather than guess.
             warn!(
                 "this worker does not have the saga's skill version; leaving it for another worker"
             );
@@ -123,8 +125,17 @@ impl Driver {
             cursor: usize::try_from(claimed.cursor).unwrap_or(0),
             cancel_requested: claimed.cancel_requested,
             steps: claimed.steps,
-            begun: false,
+            begun: claimed.begun,
         };
+        if run.begun {
+            let first_attempt_of_saga = run
+                .steps
+                .iter()
+                .all(|s| s.attempts == 0 || (s.position == run.cursor as i32 && s.attempts == 1));
+            if first_attempt_of_saga {
+                metrics::saga_started(run.skill.name());
+            }
+        }
         if run.steps.is_empty() || run.steps.len() > run.skill.steps().len() {
             return Err(StoreError::Corrupt(format!(
                 "saga has {} steps but skill version has {}",

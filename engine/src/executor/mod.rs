@@ -9,7 +9,7 @@ mod driver;
 use crate::clock::SharedClock;
 use crate::error::StoreError;
 use crate::registry::Registry;
-use crate::store::{PgStore, WORK_CHANNEL};
+use crate::store::{KnownSkills, PgStore, WORK_CHANNEL};
 use driver::{chrono_duration, Driver};
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
@@ -105,6 +105,8 @@ pub struct Worker {
     config: WorkerConfig,
     worker_id: Arc<str>,
     registry: Arc<Registry>,
+    /// What the claim asks for: this worker never takes a saga it has no definition for.
+    known: Arc<KnownSkills>,
 }
 
 impl Worker {
@@ -114,8 +116,15 @@ impl Worker {
         clock: SharedClock,
         config: WorkerConfig,
     ) -> Self {
+        let known = KnownSkills::new(
+            registry
+                .all()
+                .iter()
+                .map(|skill| (skill.name(), skill.version())),
+        );
         Self {
             worker_id: Arc::from(config.worker_id.as_str()),
+            known: Arc::new(known),
             store,
             clock,
             config,
@@ -156,6 +165,7 @@ impl Worker {
                 now,
                 now + chrono_duration(self.config.lease),
                 limit as i64,
+                &self.known,
             )
             .await
     }
@@ -262,7 +272,7 @@ impl Worker {
 
     /// How long to sleep when nothing was due: until the next due time, within the poll interval.
     async fn idle_wait(&self) -> Duration {
-        match self.store.next_due().await {
+        match self.store.next_due(&self.known).await {
             Ok(Some(at)) => {
                 let until = (at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
                 until.clamp(Duration::from_millis(2), self.config.poll_interval)

@@ -11,8 +11,8 @@ mod rows;
 
 pub use operator::{HistoryPartition, OperatorEvent, PruneBatch, ReplayConflict, ReplaySaga};
 pub use queries::{
-    ClaimedSaga, Committed, InsertConflict, Lease, NewEvent, NewSaga, StartOutcome, StepChange,
-    StepState, Transition, WakeChange,
+    ClaimedSaga, Committed, InsertConflict, KnownSkills, Lease, NewEvent, NewSaga, StartOutcome,
+    StepChange, StepState, Transition, WakeChange,
 };
 
 use crate::error::StoreError;

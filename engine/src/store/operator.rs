@@ -2,7 +2,9 @@
 //! queue sample behind the metrics. Parameterized throughout; kept apart from the worker's hot
 //! path. Every change here is one transaction that also appends its history rows.
 
+use super::queries::start_saga;
 use super::rows::SummaryRow;
+use super::NewSaga;
 use super::{PgStore, WORK_CHANNEL};
 use crate::error::StoreError;
 use crate::metrics::QueueStats;
@@ -180,35 +182,26 @@ impl PgStore {
                 .bind(replay.replay_of)
                 .fetch_one(&mut *tx)
                 .await?;
-        let cursor = replay.reused_outputs.len() as i32;
+        let mut saga = NewSaga {
+            id: replay.id,
+            skill: replay.skill.clone(),
+            skill_version: replay.skill_version,
+            input: replay.input.clone(),
+            idempotency_key: None,
+            started_by: replay.started_by.clone(),
+            replay_of: Some(replay.replay_of),
+            step_names: replay.step_names.clone(),
+            reused_outputs: replay.reused_outputs.clone(),
+        };
         let mut n = earlier + 1;
         let row = loop {
-            let key = replay.key_prefix.as_ref().map(|p| format!("{p}/{n}"));
-            let inserted: Option<SummaryRow> = sqlx::query_as(&format!(
-                "INSERT INTO stepwise.sagas
-                     (id, skill, skill_version, status, idempotency_key, input, started_by,
-                      replay_of, cursor, step_count, wake_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $10, $10)
-                 ON CONFLICT (skill, idempotency_key) DO NOTHING
-                 RETURNING {SUMMARY_COLUMNS}"
-            ))
-            .bind(replay.id)
-            .bind(&replay.skill)
-            .bind(replay.skill_version)
-            .bind(&key)
-            .bind(&replay.input)
-            .bind(&replay.started_by)
-            .bind(replay.replay_of)
-            .bind(cursor)
-            .bind(replay.step_names.len() as i32)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match inserted {
-                Some(row) => break row,
+            saga.idempotency_key = replay.key_prefix.as_ref().map(|p| format!("{p}/{n}"));
+            let started = start_saga(&mut *tx, &saga, now).await?;
+            match started.created {
+                true => break started.summary,
                 // Someone used `{prefix}/{n}` already: take the next number.
-                None if n < earlier + 1000 => n += 1,
-                None => {
+                false if n < earlier + 1000 => n += 1,
+                false => {
                     return Err(StoreError::Corrupt(format!(
                         "no free replay idempotency key under {:?}",
                         replay.key_prefix
@@ -216,32 +209,8 @@ impl PgStore {
                 }
             }
         };
-        let outputs: Vec<Option<Value>> = (0..replay.step_names.len())
-            .map(|i| replay.reused_outputs.get(i).cloned())
-            .collect();
-        sqlx::query(
-            "INSERT INTO stepwise.steps (saga_id, position, name, status, output, finished_at)
-             SELECT $1, t.ord::int - 1, t.name,
-                    CASE WHEN t.output IS NULL THEN 'pending' ELSE 'succeeded' END,
-                    t.output, CASE WHEN t.output IS NULL THEN NULL ELSE $3 END
-             FROM UNNEST($2::text[], $4::jsonb[]) WITH ORDINALITY AS t(name, output, ord)",
-        )
-        .bind(replay.id)
-        .bind(&replay.step_names)
-        .bind(now)
-        .bind(&outputs)
-        .execute(&mut *tx)
-        .await?;
-        let mut events = vec![OperatorEvent {
-            saga_id: replay.id,
-            kind: EventKind::SagaStarted,
-            step: None,
-            actor: replay.started_by.clone(),
-            detail: None,
-        }];
-        events.extend(replay.events.iter().cloned());
-        insert_operator_events(&mut tx, now, &events).await?;
-        notify(&mut tx).await?;
+        // After `saga_started` (written by `start_saga`), in order.
+        insert_operator_events(&mut tx, now, &replay.events).await?;
         tx.commit().await?;
         Ok(Ok(row.try_into()?))
     }

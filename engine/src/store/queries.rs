@@ -26,8 +26,6 @@ pub struct NewSaga {
     pub step_names: Vec<String>,
     /// Outputs of leading steps reused from another saga (fork): those steps start succeeded.
     pub reused_outputs: Vec<Value>,
-    /// Extra events recorded with `saga_started` (e.g. `operator_restart`), with their actor.
-    pub extra_events: Vec<(NewEvent, String)>,
 }
 
 /// The result of an idempotent start.
@@ -80,7 +78,28 @@ pub struct ClaimedSaga {
     pub cancel_requested: bool,
     /// The worker whose lease ran out, if the saga was taken over.
     pub expired_owner: Option<String>,
+    /// Whether the claim started the next attempt of the step at `cursor` (`steps` shows it
+    /// `running` with that attempt counted): the worker runs it without another commit.
+    pub begun: bool,
     pub steps: Vec<StepState>,
+}
+
+/// The skill versions a worker can run, as the claim matches them (`{skill}@{version}`): a
+/// worker never claims a saga it could not drive.
+#[derive(Debug, Clone, Default)]
+pub struct KnownSkills {
+    keys: Vec<String>,
+}
+
+impl KnownSkills {
+    pub fn new<'a>(skills: impl IntoIterator<Item = (&'a str, u32)>) -> Self {
+        Self {
+            keys: skills
+                .into_iter()
+                .map(|(name, version)| format!("{name}@{version}"))
+                .collect(),
+        }
+    }
 }
 
 /// A history row to append.
@@ -213,115 +232,38 @@ const SUMMARY_COLUMNS: &str =
     "id, skill, skill_version, status, idempotency_key, created_at, updated_at";
 
 impl PgStore {
-    /// Inserts a saga with its steps and `saga_started` event, idempotently on
-    /// (skill, idempotency key): the same key with the same input returns the existing saga.
+    /// Inserts a saga with its steps and `saga_started` event and wakes a worker, in one round
+    /// trip, idempotently on (skill, idempotency key): the same key with the same input returns
+    /// the existing saga.
     pub async fn insert_saga(
         &self,
         saga: NewSaga,
         now: DateTime<Utc>,
     ) -> Result<Result<StartOutcome, InsertConflict>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let reused = saga.reused_outputs.len() as i32;
-        let inserted: Option<SummaryRow> = sqlx::query_as(&format!(
-            "INSERT INTO stepwise.sagas
-                 (id, skill, skill_version, status, idempotency_key, input, started_by, replay_of,
-                  cursor, step_count, wake_at, created_at, updated_at)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $10, $10)
-             ON CONFLICT (skill, idempotency_key) DO NOTHING
-             RETURNING {SUMMARY_COLUMNS}"
-        ))
-        .bind(saga.id)
-        .bind(&saga.skill)
-        .bind(saga.skill_version)
-        .bind(&saga.idempotency_key)
-        .bind(&saga.input)
-        .bind(&saga.started_by)
-        .bind(saga.replay_of)
-        .bind(reused)
-        .bind(saga.step_names.len() as i32)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-
-        let Some(row) = inserted else {
-            tx.rollback().await?;
-            return self.existing_for_key(&saga).await;
-        };
-
-        let outputs: Vec<Option<Value>> = (0..saga.step_names.len())
-            .map(|i| saga.reused_outputs.get(i).cloned())
-            .collect();
-        sqlx::query(
-            "INSERT INTO stepwise.steps (saga_id, position, name, status, output, finished_at)
-             SELECT $1, t.ord::int - 1, t.name,
-                    CASE WHEN t.output IS NULL THEN 'pending' ELSE 'succeeded' END,
-                    t.output, CASE WHEN t.output IS NULL THEN NULL ELSE $3 END
-             FROM UNNEST($2::text[], $4::jsonb[]) WITH ORDINALITY AS t(name, output, ord)",
-        )
-        .bind(saga.id)
-        .bind(&saga.step_names)
-        .bind(now)
-        .bind(&outputs)
-        .execute(&mut *tx)
-        .await?;
-
-        let mut events = vec![(
-            NewEvent::saga(EventKind::SagaStarted),
-            saga.started_by.clone(),
-        )];
-        events.extend(saga.extra_events.iter().cloned());
-        for (event, actor) in &events {
-            insert_events(&mut tx, saga.id, now, actor, std::slice::from_ref(event)).await?;
-        }
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(WORK_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Ok(StartOutcome {
-            saga: row.try_into()?,
-            created: true,
-        }))
-    }
-
-    async fn existing_for_key(
-        &self,
-        saga: &NewSaga,
-    ) -> Result<Result<StartOutcome, InsertConflict>, StoreError> {
-        #[derive(sqlx::FromRow)]
-        struct Existing {
-            #[sqlx(flatten)]
-            summary: SummaryRow,
-            same_input: bool,
-        }
-        let existing: Existing = sqlx::query_as(&format!(
-            "SELECT {SUMMARY_COLUMNS}, input = $3 AS same_input
-             FROM stepwise.sagas WHERE skill = $1 AND idempotency_key = $2"
-        ))
-        .bind(&saga.skill)
-        .bind(&saga.idempotency_key)
-        .bind(&saga.input)
-        .fetch_one(&self.pool)
-        .await?;
-        if existing.same_input {
+        let started = start_saga(&self.pool, &saga, now).await?;
+        if started.created || started.same_input {
             Ok(Ok(StartOutcome {
-                saga: existing.summary.try_into()?,
-                created: false,
+                created: started.created,
+                saga: started.summary.try_into()?,
             }))
         } else {
-            Ok(Err(InsertConflict::DifferentInput(existing.summary.id)))
+            Ok(Err(InsertConflict::DifferentInput(started.summary.id)))
         }
     }
 
-    /// Claims up to `limit` due sagas: waiting ones whose time has come and held ones whose
-    /// lease expired. Each claim bumps the fencing token; takeovers are recorded as
-    /// `lease_expired`.
+    /// Claims up to `limit` due sagas of the skill versions this worker can run: waiting ones
+    /// whose time has come and held ones whose lease expired. Each claim bumps the fencing
+    /// token; takeovers are recorded as `lease_expired`. A saga going forward whose step at the
+    /// cursor is waiting (`pending`, or `failed` with a retry due) has that step's next attempt
+    /// started in the same statement (`step_started`), so a claimed saga runs its step without
+    /// another commit.
     pub async fn claim(
         &self,
         worker: &Arc<str>,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: i64,
+        skills: &KnownSkills,
     ) -> Result<Vec<ClaimedSaga>, StoreError> {
         #[derive(sqlx::FromRow)]
         struct ClaimRow {
@@ -334,6 +276,7 @@ impl PgStore {
             fencing_token: i64,
             cancel_requested: bool,
             previous_owner: Option<String>,
+            begun_attempt: Option<i32>,
             steps: Option<sqlx::types::Json<Vec<StepJson>>>,
         }
         #[derive(serde::Deserialize)]
@@ -353,11 +296,13 @@ impl PgStore {
         // One statement, one round trip: lock the due sagas, take them (the update finds its
         // rows by primary key: joining `due` instead lets the generic plan of this prepared
         // statement, which cannot know the LIMIT, hash-join a sequential scan of every saga
-        // ever run into each claim), record takeovers, and return each saga with its steps.
+        // ever run into each claim), start the waiting steps, record takeovers and starts in
+        // that order, and return each saga with its steps. The steps are read from the
+        // statement's snapshot, before `begun`: the caller applies `begun_attempt`.
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH due AS (
                  SELECT id, lease_owner AS previous_owner FROM stepwise.sagas
-                 WHERE wake_at <= $1
+                 WHERE wake_at <= $1 AND skill || '@' || skill_version = ANY($5)
                  ORDER BY wake_at
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED),
@@ -367,15 +312,30 @@ impl PgStore {
                      status = CASE WHEN s.status = 'pending' THEN 'running' ELSE s.status END,
                      updated_at = $1
                  WHERE s.id = ANY(ARRAY(SELECT id FROM due))
-                 RETURNING s.id, s.skill, s.skill_version, s.status, s.input, s.cursor,
+                 RETURNING s.id, s.skill, s.skill_version, s.status::text, s.input, s.cursor,
                            s.fencing_token, s.cancel_requested_at IS NOT NULL AS cancel_requested),
-             takeovers AS (
-                 INSERT INTO stepwise.events (saga_id, at, kind, actor, detail)
-                 SELECT claimed.id, $1, 'lease_expired', $3,
-                        jsonb_build_object('previous_owner', due.previous_owner)
-                 FROM claimed JOIN due ON due.id = claimed.id
-                 WHERE due.previous_owner IS NOT NULL)
-             SELECT claimed.*, due.previous_owner,
+             begun AS (
+                 UPDATE stepwise.steps st
+                 SET status = 'running', attempts = st.attempts + 1, started_at = $1,
+                     finished_at = NULL
+                 FROM claimed
+                 WHERE st.saga_id = claimed.id AND st.position = claimed.cursor
+                   AND claimed.status = 'running' AND NOT claimed.cancel_requested
+                   AND st.status IN ('pending', 'failed')
+                 RETURNING st.saga_id, st.name, st.attempts),
+             history AS (
+                 INSERT INTO stepwise.events (saga_id, at, kind, step, attempt, actor, detail)
+                 SELECT h.saga_id, $1, h.kind, h.step, h.attempt, $3, h.detail
+                 FROM (SELECT claimed.id AS saga_id, 1 AS ord, 'lease_expired' AS kind,
+                              NULL::text AS step, NULL::int4 AS attempt,
+                              jsonb_build_object('previous_owner', due.previous_owner) AS detail
+                       FROM claimed JOIN due ON due.id = claimed.id
+                       WHERE due.previous_owner IS NOT NULL
+                       UNION ALL
+                       SELECT begun.saga_id, 2, 'step_started', begun.name, begun.attempts, NULL
+                       FROM begun) h
+                 ORDER BY h.saga_id, h.ord)
+             SELECT claimed.*, due.previous_owner, begun.attempts AS begun_attempt,
                     (SELECT jsonb_agg(jsonb_build_object(
                                 'position', st.position, 'name', st.name, 'status', st.status,
                                 'attempts', st.attempts,
@@ -386,12 +346,14 @@ impl PgStore {
                                 'compensation_round_base', st.compensation_round_base)
                             ORDER BY st.position)
                      FROM stepwise.steps st WHERE st.saga_id = claimed.id) AS steps
-             FROM claimed JOIN due ON due.id = claimed.id",
+             FROM claimed JOIN due ON due.id = claimed.id
+             LEFT JOIN begun ON begun.saga_id = claimed.id",
         )
         .bind(now)
         .bind(limit)
         .bind(worker.as_ref())
         .bind(lease_until)
+        .bind(&skills.keys)
         .fetch_all(&self.pool)
         .await?;
 
@@ -419,6 +381,12 @@ impl PgStore {
                         })
                     })
                     .collect::<Result<Vec<_>, StoreError>>()?;
+                let mut steps = steps;
+                let cursor = usize::try_from(r.cursor).unwrap_or(usize::MAX);
+                if let (Some(attempt), Some(step)) = (r.begun_attempt, steps.get_mut(cursor)) {
+                    step.status = StepStatus::Running;
+                    step.attempts = attempt;
+                }
                 Ok(ClaimedSaga {
                     lease: Lease {
                         saga_id: r.id,
@@ -433,6 +401,7 @@ impl PgStore {
                     cursor: r.cursor,
                     cancel_requested: r.cancel_requested,
                     expired_owner: r.previous_owner,
+                    begun: r.begun_attempt.is_some(),
                     steps,
                 })
             })
@@ -827,12 +796,18 @@ impl PgStore {
     }
 
     /// The earliest time any waiting saga is due, if any (lets idle workers sleep exactly).
-    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT min(wake_at) FROM stepwise.sagas WHERE wake_at IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?,
+    /// When the next saga of these skill versions becomes due (or its lease expires).
+    pub async fn next_due(
+        &self,
+        skills: &KnownSkills,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(wake_at) FROM stepwise.sagas
+             WHERE wake_at IS NOT NULL AND skill || '@' || skill_version = ANY($1)",
         )
+        .bind(&skills.keys)
+        .fetch_one(&self.pool)
+        .await?)
     }
 }
 
@@ -878,6 +853,51 @@ pub(crate) fn is_single_statement(t: &Transition) -> bool {
 /// and the step updates never touch an indexed column, so all of them can be HOT updates.
 const COMMIT_BATCH_SQL: &str = "SELECT saga_id, cancel_requested FROM stepwise.commit_transitions(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)";
+
+/// What `stepwise.start_saga` did: created the saga, or found the key taken.
+#[derive(sqlx::FromRow)]
+pub(super) struct Started {
+    #[sqlx(flatten)]
+    pub summary: SummaryRow,
+    pub created: bool,
+    /// When the key was taken: whether the existing saga has the same input.
+    pub same_input: bool,
+}
+
+/// Calls `stepwise.start_saga` (migration `20261126000200`): the saga row, its steps, its
+/// `saga_started` event and the NOTIFY, in one round trip. `executor` is the pool for a start,
+/// or the transaction of a replay.
+pub(super) async fn start_saga<'e, E>(
+    executor: E,
+    saga: &NewSaga,
+    now: DateTime<Utc>,
+) -> Result<Started, StoreError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let started: Option<Started> = sqlx::query_as(
+        "SELECT * FROM stepwise.start_saga($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(saga.id)
+    .bind(&saga.skill)
+    .bind(saga.skill_version)
+    .bind(&saga.idempotency_key)
+    .bind(&saga.input)
+    .bind(&saga.started_by)
+    .bind(saga.replay_of)
+    .bind(&saga.step_names)
+    .bind(&saga.reused_outputs)
+    .bind(now)
+    .bind(WORK_CHANNEL)
+    .fetch_optional(executor)
+    .await?;
+    started.ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "starting saga {} returned nothing (idempotency key {:?})",
+            saga.id, saga.idempotency_key
+        ))
+    })
+}
 
 async fn insert_events(
     tx: &mut sqlx::PgConnection,
