@@ -4,6 +4,7 @@ use super::holds::NewHold;
 use super::records::{
     self, booking_status, room_status, Booking, Contact, Room, BOOKING, OPPORTUNITY, ROOM,
 };
+use super::reversible::{reversible, Change};
 use super::stay::{charge, record_payment, text_guest};
 use super::{exposure, ext, input, recorded, step, today, undo, Hotel};
 use chrono::NaiveDate;
@@ -86,11 +87,7 @@ pub fn extend_stay(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
         hotel,
         release,
     ))
-    .step(undo(
-        step(hotel, "update_check_out", update_check_out),
-        hotel,
-        restore_check_out,
-    ))
+    .step(reversible(hotel, "update_check_out", update_check_out))
     .finish(|input, outputs| {
         let c = outputs.get("check_extension").cloned().unwrap_or_default();
         let booking = c.get("booking").cloned().unwrap_or_default();
@@ -179,39 +176,13 @@ async fn hold_extra_nights(hotel: Arc<Hotel>, ctx: StepContext) -> Result<HoldTa
     })
 }
 
-async fn update_check_out(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+fn update_check_out(ctx: &StepContext) -> Result<Change, StepError> {
     let input: ExtendStayInput = ctx.input()?;
     let current: Current = ctx.output("check_extension")?;
-    hotel
-        .connectors
-        .crm
-        .update(
-            BOOKING,
-            &current.booking.id,
-            &json!({"Check_Out_Date__c": input.new_check_out_date}),
-        )
-        .await
-        .map_err(ext)?;
-    Ok(json!({"booking_id": current.booking.id, "check_out_date": input.new_check_out_date}))
-}
-
-async fn restore_check_out(
-    hotel: Arc<Hotel>,
-    ctx: StepContext,
-    _: Value,
-) -> Result<Value, StepError> {
-    let current: Current = ctx.output("check_extension")?;
-    hotel
-        .connectors
-        .crm
-        .update(
-            BOOKING,
-            &current.booking.id,
-            &json!({"Check_Out_Date__c": current.booking.check_out}),
-        )
-        .await
-        .map_err(ext)?;
-    Ok(json!({"booking_id": current.booking.id, "check_out_date": current.booking.check_out}))
+    Ok(Change::check_out_date(
+        &current.booking,
+        input.new_check_out_date,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------

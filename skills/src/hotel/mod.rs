@@ -31,6 +31,7 @@ pub mod input;
 pub mod queries;
 pub mod records;
 pub mod requests;
+mod reversible;
 pub mod stay;
 
 use crate::connectors::Connectors;

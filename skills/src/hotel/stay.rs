@@ -2,9 +2,10 @@
 //! payment and text-message helpers other skills share.
 
 use super::records::{
-    self, booking_status, room_status, Booking, Contact, Room, BOOKING, CASE, OPPORTUNITY,
-    PAYMENT_TRANSACTION, ROOM, SMS_NOTIFICATION,
+    self, booking_status, room_status, Booking, Contact, Room, CASE, OPPORTUNITY,
+    PAYMENT_TRANSACTION, SMS_NOTIFICATION,
 };
+use super::reversible::{reversible, Change};
 use super::{exposure, ext, input, record_key, recorded, step, today, undo, Hotel};
 use crate::connectors::payments::{PaymentIntent, PaymentRequest};
 use chrono::NaiveDate;
@@ -163,37 +164,6 @@ pub(crate) async fn text_guest(
     Ok(json!({"sent": true, "to": phone, "message_sid": message.sid}))
 }
 
-async fn set_booking_status(
-    hotel: &Hotel,
-    booking_id: &str,
-    status: &str,
-) -> Result<(), StepError> {
-    hotel
-        .connectors
-        .crm
-        .update(BOOKING, booking_id, &json!({"Status__c": status}))
-        .await
-        .map_err(ext)
-}
-
-async fn set_room(
-    hotel: &Hotel,
-    room_id: &str,
-    status: &str,
-    guest: Option<&str>,
-) -> Result<(), StepError> {
-    hotel
-        .connectors
-        .crm
-        .update(
-            ROOM,
-            room_id,
-            &json!({"Status__c": status, "Current_Guest__c": guest}),
-        )
-        .await
-        .map_err(ext)
-}
-
 // ---------------------------------------------------------------------------------------------
 // check_in_guest
 
@@ -242,16 +212,8 @@ pub fn check_in_guest(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     )
     .exposure(exposure::staff_manager())
     .step(step(hotel, "find_reservation", find_reservation))
-    .step(undo(
-        step(hotel, "check_in_booking", check_in_booking),
-        hotel,
-        undo_check_in_booking,
-    ))
-    .step(undo(
-        step(hotel, "occupy_room", occupy_room),
-        hotel,
-        vacate_room,
-    ))
+    .step(reversible(hotel, "check_in_booking", check_in_booking))
+    .step(reversible(hotel, "occupy_room", occupy_room))
     .step(undo(
         step(hotel, "update_opportunity", mark_opportunity_checked_in),
         hotel,
@@ -337,38 +299,22 @@ async fn find_reservation(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Reserva
     })
 }
 
-async fn check_in_booking(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+fn check_in_booking(ctx: &StepContext) -> Result<Change, StepError> {
     let r: Reservation = ctx.output("find_reservation")?;
-    set_booking_status(&hotel, &r.booking.id, booking_status::CHECKED_IN).await?;
-    Ok(json!({"booking_id": r.booking.id, "status": booking_status::CHECKED_IN}))
+    Ok(Change::booking_status(
+        &r.booking,
+        booking_status::CHECKED_IN,
+        &r.booking.status,
+    ))
 }
 
-async fn undo_check_in_booking(
-    hotel: Arc<Hotel>,
-    ctx: StepContext,
-    _: Value,
-) -> Result<Value, StepError> {
+fn occupy_room(ctx: &StepContext) -> Result<Change, StepError> {
     let r: Reservation = ctx.output("find_reservation")?;
-    set_booking_status(&hotel, &r.booking.id, &r.booking.status).await?;
-    Ok(json!({"booking_id": r.booking.id, "status": r.booking.status}))
-}
-
-async fn occupy_room(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
-    let r: Reservation = ctx.output("find_reservation")?;
-    set_room(&hotel, &r.room.id, room_status::OCCUPIED, Some(&r.guest.id)).await?;
-    Ok(json!({"room_id": r.room.id, "status": room_status::OCCUPIED}))
-}
-
-async fn vacate_room(hotel: Arc<Hotel>, ctx: StepContext, _: Value) -> Result<Value, StepError> {
-    let r: Reservation = ctx.output("find_reservation")?;
-    set_room(
-        &hotel,
-        &r.room.id,
-        &r.room.status,
-        r.room.current_guest.as_deref(),
-    )
-    .await?;
-    Ok(json!({"room_id": r.room.id, "status": r.room.status}))
+    Ok(Change::room(
+        &r.room,
+        room_status::OCCUPIED,
+        Some(&r.guest.id),
+    ))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -534,8 +480,8 @@ pub fn process_guest_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     .step(step(hotel, "find_stay", find_stay))
     .step(undo(step(hotel, "charge_payment", charge_stay), hotel, refund_stay))
     .step(undo(step(hotel, "record_payment", record_stay_payment), hotel, mark_payment_refunded))
-    .step(undo(step(hotel, "check_out_booking", check_out_booking), hotel, undo_check_out_booking))
-    .step(undo(step(hotel, "release_room", release_room), hotel, reoccupy_room))
+    .step(reversible(hotel, "check_out_booking", check_out_booking))
+    .step(reversible(hotel, "release_room", release_room))
     .step(undo(step(hotel, "close_opportunity", close_opportunity), hotel, restore_opportunity))
     .step(undo(step(hotel, "open_housekeeping_case", open_housekeeping_case), hotel, close_case))
     .step(step(hotel, "text_receipt", text_receipt))
@@ -727,38 +673,18 @@ pub(crate) async fn mark_payment_refunded(
     Ok(json!({"payment_transaction_id": id, "status": "Refunded"}))
 }
 
-async fn check_out_booking(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+fn check_out_booking(ctx: &StepContext) -> Result<Change, StepError> {
     let stay: Stay = ctx.output("find_stay")?;
-    set_booking_status(&hotel, &stay.booking.id, booking_status::CHECKED_OUT).await?;
-    Ok(json!({"booking_id": stay.booking.id, "status": booking_status::CHECKED_OUT}))
+    Ok(Change::booking_status(
+        &stay.booking,
+        booking_status::CHECKED_OUT,
+        booking_status::CHECKED_IN,
+    ))
 }
 
-async fn undo_check_out_booking(
-    hotel: Arc<Hotel>,
-    ctx: StepContext,
-    _: Value,
-) -> Result<Value, StepError> {
+fn release_room(ctx: &StepContext) -> Result<Change, StepError> {
     let stay: Stay = ctx.output("find_stay")?;
-    set_booking_status(&hotel, &stay.booking.id, booking_status::CHECKED_IN).await?;
-    Ok(json!({"booking_id": stay.booking.id, "status": booking_status::CHECKED_IN}))
-}
-
-async fn release_room(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
-    let stay: Stay = ctx.output("find_stay")?;
-    set_room(&hotel, &stay.room.id, room_status::CLEANING, None).await?;
-    Ok(json!({"room_id": stay.room.id, "status": room_status::CLEANING}))
-}
-
-async fn reoccupy_room(hotel: Arc<Hotel>, ctx: StepContext, _: Value) -> Result<Value, StepError> {
-    let stay: Stay = ctx.output("find_stay")?;
-    set_room(
-        &hotel,
-        &stay.room.id,
-        &stay.room.status,
-        stay.room.current_guest.as_deref(),
-    )
-    .await?;
-    Ok(json!({"room_id": stay.room.id, "status": stay.room.status}))
+    Ok(Change::room(&stay.room, room_status::CLEANING, None))
 }
 
 async fn close_opportunity(hotel: Arc<Hotel>, ctx: StepContext) -> Result<StageChange, StepError> {
@@ -892,16 +818,8 @@ pub fn compensate_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     )
     .exposure(exposure::manager().destructive())
     .step(step(hotel, "find_checkout", find_checkout))
-    .step(undo(
-        step(hotel, "reopen_booking", reopen_booking),
-        hotel,
-        reclose_booking,
-    ))
-    .step(undo(
-        step(hotel, "reoccupy_room", give_room_back),
-        hotel,
-        release_room_again,
-    ))
+    .step(reversible(hotel, "reopen_booking", reopen_booking))
+    .step(reversible(hotel, "reoccupy_room", give_room_back))
     .step(undo(
         step(
             hotel,
@@ -974,42 +892,22 @@ async fn find_checkout(
     })
 }
 
-async fn reopen_booking(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+fn reopen_booking(ctx: &StepContext) -> Result<Change, StepError> {
     let c: CompletedCheckout = ctx.output("find_checkout")?;
-    set_booking_status(&hotel, &c.booking.id, booking_status::CHECKED_IN).await?;
-    Ok(json!({"booking_id": c.booking.id, "status": booking_status::CHECKED_IN}))
+    Ok(Change::booking_status(
+        &c.booking,
+        booking_status::CHECKED_IN,
+        booking_status::CHECKED_OUT,
+    ))
 }
 
-async fn reclose_booking(
-    hotel: Arc<Hotel>,
-    ctx: StepContext,
-    _: Value,
-) -> Result<Value, StepError> {
+fn give_room_back(ctx: &StepContext) -> Result<Change, StepError> {
     let c: CompletedCheckout = ctx.output("find_checkout")?;
-    set_booking_status(&hotel, &c.booking.id, booking_status::CHECKED_OUT).await?;
-    Ok(json!({"booking_id": c.booking.id, "status": booking_status::CHECKED_OUT}))
-}
-
-async fn give_room_back(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
-    let c: CompletedCheckout = ctx.output("find_checkout")?;
-    set_room(&hotel, &c.room.id, room_status::OCCUPIED, Some(&c.guest.id)).await?;
-    Ok(json!({"room_id": c.room.id, "status": room_status::OCCUPIED}))
-}
-
-async fn release_room_again(
-    hotel: Arc<Hotel>,
-    ctx: StepContext,
-    _: Value,
-) -> Result<Value, StepError> {
-    let c: CompletedCheckout = ctx.output("find_checkout")?;
-    set_room(
-        &hotel,
-        &c.room.id,
-        &c.room.status,
-        c.room.current_guest.as_deref(),
-    )
-    .await?;
-    Ok(json!({"room_id": c.room.id, "status": c.room.status}))
+    Ok(Change::room(
+        &c.room,
+        room_status::OCCUPIED,
+        Some(&c.guest.id),
+    ))
 }
 
 async fn set_checkout_payment(
