@@ -49,6 +49,8 @@ pub struct Contact {
 }
 
 impl Contact {
+    pub const FIELDS: &'static str = "Id, FirstName, LastName, Email, Phone, Contact_Type__c";
+
     pub fn full_name(&self) -> String {
         [self.first_name.as_deref(), self.last_name.as_deref()]
             .into_iter()
@@ -202,8 +204,8 @@ fn crm_error(error: crate::connectors::ConnectorError) -> StepError {
 
 pub async fn contact_by_email(crm: &CrmClient, email: &str) -> Result<Option<Contact>, StepError> {
     let soql = format!(
-        "SELECT Id, FirstName, LastName, Email, Phone, Contact_Type__c FROM Contact \
-         WHERE Email = {} ORDER BY CreatedDate LIMIT 1",
+        "SELECT {} FROM Contact WHERE Email = {} ORDER BY CreatedDate LIMIT 1",
+        Contact::FIELDS,
         soql::string(&email.to_lowercase())
     );
     Ok(crm
@@ -391,5 +393,81 @@ mod tests {
         assert_eq!(money(5), "$0.05");
         assert_eq!(dollars_to_cents(189.0), 18_900);
         assert_eq!(dollars_to_cents(0.29), 29);
+    }
+
+    /// The names serde gives a record's fields, sorted.
+    fn names<T: Serialize>(record: &T) -> Vec<String> {
+        let mut names: Vec<String> = match serde_json::to_value(record) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            other => panic!("a record serializes to an object, not {other:?}"),
+        };
+        names.sort();
+        names
+    }
+
+    fn listed(fields: &str) -> Vec<String> {
+        let mut names: Vec<String> = fields.split(',').map(|f| f.trim().to_string()).collect();
+        names.sort();
+        names
+    }
+
+    // The select lists are kept as literals (they read like the SOQL they go into); this keeps
+    // them equal to the serde names, so a field added to a record is also queried.
+    #[test]
+    fn select_lists_name_exactly_the_record_fields() {
+        let day = NaiveDate::from_ymd_opt(2026, 1, 10).expect("a date");
+        let contact = Contact {
+            id: "c".into(),
+            first_name: None,
+            last_name: None,
+            email: None,
+            phone: None,
+            contact_type: None,
+        };
+        let room = Room {
+            id: "r".into(),
+            number: "101".into(),
+            floor: None,
+            room_type: None,
+            status: room_status::VACANT.into(),
+            nightly_rate: None,
+            current_guest: None,
+        };
+        let booking = Booking {
+            id: "b".into(),
+            number: "BK-1".into(),
+            guest: "c".into(),
+            room: "r".into(),
+            check_in: day,
+            check_out: day,
+            status: booking_status::RESERVED.into(),
+            opportunity: None,
+            external_id: None,
+            number_of_guests: None,
+            special_requests: None,
+        };
+        let case = Case {
+            id: "k".into(),
+            number: None,
+            subject: None,
+            case_type: None,
+            priority: None,
+            status: None,
+            room: None,
+            contact: None,
+        };
+        let payment = PaymentTransaction {
+            id: "p".into(),
+            stripe_id: None,
+            amount: None,
+            kind: None,
+            status: None,
+            external_id: None,
+        };
+        assert_eq!(names(&contact), listed(Contact::FIELDS));
+        assert_eq!(names(&room), listed(Room::FIELDS));
+        assert_eq!(names(&booking), listed(Booking::FIELDS));
+        assert_eq!(names(&case), listed(Case::FIELDS));
+        assert_eq!(names(&payment), listed(PaymentTransaction::FIELDS));
     }
 }
