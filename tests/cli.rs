@@ -3,30 +3,10 @@
 
 mod common;
 
-use common::database_url;
-use serde_json::Value;
+use common::{database_url, json_of, stepwise};
 use sqlx::PgPool;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn stepwise(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stepwise"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 #[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
 async fn start_is_idempotent_and_conflicts_exit_4(pool: PgPool) {

@@ -75,10 +75,16 @@ async fn checkouts_compensated_in_a_payments_outage_are_restarted_or_forked_afte
     w.faults(json!({"error_rate": 1.0, "services": ["stripe"]}))
         .await;
     let a = w
-        .run("process_guest_checkout", json!({"idempotency_key": "outage-a", "guest_email": first.0, "payment_method_id": "pm_card_visa"}))
+        .run(
+            "process_guest_checkout",
+            checkout_input("outage-a", &first.0, "pm_card_visa"),
+        )
         .await;
     let b = w
-        .run("process_guest_checkout", json!({"idempotency_key": "outage-b", "guest_email": second.0, "payment_method_id": "pm_card_visa"}))
+        .run(
+            "process_guest_checkout",
+            checkout_input("outage-b", &second.0, "pm_card_visa"),
+        )
         .await;
     assert_eq!(
         (status(&a), status(&b)),

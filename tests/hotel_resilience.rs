@@ -26,8 +26,7 @@ async fn checkouts_under_flaky_payments_charge_once_and_refund_every_compensated
         let id = w
             .start(
                 "process_guest_checkout",
-                json!({"idempotency_key": format!("flaky-{i}"), "guest_email": email,
-                       "payment_method_id": "pm_card_visa"}),
+                checkout_input(&format!("flaky-{i}"), email, "pm_card_visa"),
             )
             .await
             .unwrap();
@@ -104,8 +103,10 @@ async fn a_charge_re_run_after_a_lost_commit_is_replayed_not_repeated(pool: PgPo
     w.faults(json!({"latency_ms": 1500, "services": ["stripe"], "path_prefix": "/stripe/v1/payment_intents"}))
         .await;
     let id = w
-        .start("process_guest_checkout",
-               json!({"idempotency_key": "crash-1", "guest_email": email, "payment_method_id": "pm_card_visa"}))
+        .start(
+            "process_guest_checkout",
+            checkout_input("crash-1", &email, "pm_card_visa"),
+        )
         .await
         .unwrap();
     let first = w.engine.worker(WorkerConfig {

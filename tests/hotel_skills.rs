@@ -217,8 +217,7 @@ async fn a_stay_from_check_in_to_checkout_and_its_reversal(pool: PgPool) {
     let checkout = w
         .run(
             "process_guest_checkout",
-            json!({"idempotency_key": "co-1", "guest_email": "stay.guest@example.com",
-                   "payment_method_id": "pm_card_visa"}),
+            checkout_input("co-1", "stay.guest@example.com", "pm_card_visa"),
         )
         .await;
     assert_eq!(
@@ -293,8 +292,7 @@ async fn a_declined_card_at_checkout_changes_nothing_and_says_why(pool: PgPool) 
     let saga = w
         .run(
             "process_guest_checkout",
-            json!({"idempotency_key": "co-declined", "guest_email": email,
-                   "payment_method_id": "pm_card_chargeDeclined"}),
+            checkout_input("co-declined", &email, "pm_card_chargeDeclined"),
         )
         .await;
     assert_eq!(status(&saga), SagaStatus::Compensated);
@@ -325,7 +323,7 @@ async fn a_failure_after_the_charge_refunds_it_and_restores_booking_and_room(poo
     let saga = w
         .run(
             "process_guest_checkout",
-            json!({"idempotency_key": "co-crm-down", "guest_email": email, "payment_method_id": "pm_card_visa"}),
+            checkout_input("co-crm-down", &email, "pm_card_visa"),
         )
         .await;
     assert_eq!(status(&saga), SagaStatus::Compensated, "{:?}", saga.error);
@@ -702,7 +700,7 @@ async fn a_checkout_reversal_whose_refund_fails_leaves_the_stay_checked_out(pool
     let checkout = w
         .run(
             "process_guest_checkout",
-            json!({"idempotency_key": "co-r", "guest_email": email, "payment_method_id": "pm_card_visa"}),
+            checkout_input("co-r", &email, "pm_card_visa"),
         )
         .await;
     assert_eq!(

@@ -6,7 +6,7 @@
 mod hotel_support;
 mod mcp_support;
 
-use hotel_support::{booking, checked_in_stays, objects, room};
+use hotel_support::{booking, checked_in_stays, checkout_input, objects, room};
 use mcp_support::{call, connect, is_error, structured, text};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -105,7 +105,7 @@ async fn a_guest_checks_out_through_the_tool_and_a_declined_card_is_undone(pool:
     let refused = call(
         &guest,
         "process_guest_checkout",
-        json!({"guest_email": other_email, "payment_method_id": "pm_card_visa", "idempotency_key": "co-other"}),
+        checkout_input("co-other", &other_email, "pm_card_visa"),
     )
     .await;
     assert!(is_error(&refused));
@@ -143,7 +143,7 @@ async fn a_guest_checks_out_through_the_tool_and_a_declined_card_is_undone(pool:
     let declined = call(
         &staff,
         "process_guest_checkout",
-        json!({"guest_email": other_email, "payment_method_id": "pm_card_chargeDeclined", "idempotency_key": "co-mcp-2"}),
+        checkout_input("co-mcp-2", &other_email, "pm_card_chargeDeclined"),
     )
     .await;
     assert!(is_error(&declined), "{}", text(&declined));

@@ -3,20 +3,11 @@
 
 mod common;
 
-use common::database_url;
+use common::{database_url, stepwise};
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn stepwise(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stepwise"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -9,7 +9,6 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 use stepwise_engine::{
@@ -624,26 +623,6 @@ async fn prune_drops_a_whole_history_partition_once_its_month_is_over(pool: PgPo
 
 // ---- bulk through the CLI ---------------------------------------------------------------------
 
-fn stepwise(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stepwise"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env("RUST_LOG", "warn")
-        .env("USER", "carol")
-        .output()
-        .unwrap()
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 #[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
 async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: PgPool) {
     let url = database_url(&pool).await;
@@ -656,7 +635,8 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
     let compensated = start(&engine, SYN, json!({"steps": 2, "fail_at": 2}), None).await;
     run_to_rest(&clock, &engine).await;
 
-    let dry = stepwise(
+    let dry = stepwise_as(
+        "carol",
         &url,
         &[
             "sagas",
@@ -699,7 +679,8 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
         assert!(!history(&saga).contains(&"operator_retry".to_string()));
     }
 
-    let real = stepwise(
+    let real = stepwise_as(
+        "carol",
         &url,
         &[
             "sagas", "retry", "--status", "failed", "--skill", SYN, "--reason", "fixed", "--json",
@@ -734,12 +715,16 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
 
     // Single-saga commands: a compensated saga refuses retry (exit 4) and restarts (exit 0).
     let c = compensated.to_string();
-    let refused = stepwise(&url, &["sagas", "retry", &c, "--json"]);
+    let refused = stepwise_as("carol", &url, &["sagas", "retry", &c, "--json"]);
     assert_eq!(refused.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("restart"));
-    let would = stepwise(&url, &["sagas", "retry", &c, "--dry-run"]);
+    let would = stepwise_as("carol", &url, &["sagas", "retry", &c, "--dry-run"]);
     assert_eq!(would.status.code(), Some(4));
-    let would = stepwise(&url, &["sagas", "restart", &c, "--dry-run", "--json"]);
+    let would = stepwise_as(
+        "carol",
+        &url,
+        &["sagas", "restart", &c, "--dry-run", "--json"],
+    );
     assert_eq!(would.status.code(), Some(0));
     assert_eq!(json_of(&would)["id"], json!(c));
     let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
@@ -747,7 +732,8 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
         .await
         .unwrap();
     assert_eq!(sagas, 4, "a dry run creates nothing");
-    let restarted = stepwise(
+    let restarted = stepwise_as(
+        "carol",
         &url,
         &["sagas", "restart", &c, "--actor", "operator:dan", "--json"],
     );
@@ -770,21 +756,38 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
         assert!(summary.get(field).is_some(), "summary lacks {field}");
     }
     assert_ne!(summary["id"], json!(c));
-    let missing = stepwise(&url, &["sagas", "fork", &c, "--from-step", "step_7"]);
+    let missing = stepwise_as(
+        "carol",
+        &url,
+        &["sagas", "fork", &c, "--from-step", "step_7"],
+    );
     assert_eq!(missing.status.code(), Some(3));
-    let unknown = stepwise(&url, &["sagas", "restart", &Uuid::now_v7().to_string()]);
+    let unknown = stepwise_as(
+        "carol",
+        &url,
+        &["sagas", "restart", &Uuid::now_v7().to_string()],
+    );
     assert_eq!(unknown.status.code(), Some(3));
-    let no_version = stepwise(&url, &["sagas", "restart", &c, "--to-version", "9"]);
+    let no_version = stepwise_as(
+        "carol",
+        &url,
+        &["sagas", "restart", &c, "--to-version", "9"],
+    );
     assert_eq!(no_version.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&no_version.stderr).contains("v1"));
     // Its steps were undone: a fork from step_2 is refused (exit 4) and says why.
-    let undone = stepwise(&url, &["sagas", "fork", &c, "--from-step", "step_2"]);
+    let undone = stepwise_as(
+        "carol",
+        &url,
+        &["sagas", "fork", &c, "--from-step", "step_2"],
+    );
     assert_eq!(undone.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&undone.stderr).contains("step_1"));
 
     // Bulk restart of the compensated ones: the dry run lists four; the real run makes three,
     // because one of them was restarted above and that replay is not over (exit 4 says so).
-    let dry = json_of(&stepwise(
+    let dry = json_of(&stepwise_as(
+        "carol",
         &url,
         &[
             "sagas",
@@ -802,7 +805,8 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
         .fetch_one(&pool)
         .await
         .unwrap();
-    let real = stepwise(
+    let real = stepwise_as(
+        "carol",
         &url,
         &[
             "sagas",
@@ -824,7 +828,8 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
     assert_eq!(after, before + 3);
 
     // The list shows counts by status, filtered.
-    let list = json_of(&stepwise(
+    let list = json_of(&stepwise_as(
+        "carol",
         &url,
         &["sagas", "list", "--skill", SYN, "--json"],
     ));
@@ -832,11 +837,12 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
     assert_eq!(list["counts"]["pending"], 4);
 
     // Prune through the CLI: nothing is old enough yet.
-    let prune = json_of(&stepwise(
+    let prune = json_of(&stepwise_as(
+        "carol",
         &url,
         &["sagas", "prune", "--older-than", "30d", "--json"],
     ));
     assert_eq!(prune["sagas"], 0);
-    let bad = stepwise(&url, &["sagas", "prune", "--older-than", "soon"]);
+    let bad = stepwise_as("carol", &url, &["sagas", "prune", "--older-than", "soon"]);
     assert_eq!(bad.status.code(), Some(2));
 }

@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 use sqlx::PgPool;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 use stepwise_engine::{
@@ -81,4 +82,38 @@ pub async fn database_url(pool: &PgPool) -> String {
         _ => without_query.trim_end_matches('/'),
     };
     format!("{server}/{name}{query}")
+}
+
+/// Runs the `stepwise` binary on the database at `url` and waits for it (logs at warn only,
+/// so stderr holds the errors a failed assertion shows).
+pub fn stepwise(url: &str, args: &[&str]) -> Output {
+    stepwise_command(url, args).output().unwrap()
+}
+
+/// The same as `user`: operator commands record `operator:{USER}` as their actor.
+pub fn stepwise_as(user: &str, url: &str, args: &[&str]) -> Output {
+    stepwise_command(url, args)
+        .env("USER", user)
+        .output()
+        .unwrap()
+}
+
+fn stepwise_command(url: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stepwise"));
+    command
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// The one JSON document a `--json` command printed on stdout.
+pub fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }

@@ -283,3 +283,12 @@ pub fn booking_input(key: &str, email: &str, room: &str, from: i64, to: i64) -> 
         "number_of_guests": 2,
     })
 }
+
+/// A checkout input for a checked-in guest, paying with `payment_method` (a `pm_...` token).
+pub fn checkout_input(key: &str, email: &str, payment_method: &str) -> Value {
+    json!({
+        "idempotency_key": key,
+        "guest_email": email,
+        "payment_method_id": payment_method,
+    })
+}
