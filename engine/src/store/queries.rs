@@ -424,20 +424,69 @@ impl PgStore {
             if let Some(group) = &self.group {
                 return group.commit(lease, now, t).await;
             }
-            let item = CommitItem {
-                lease: lease.clone(),
-                now,
-                transition: t.clone(),
-            };
-            return self
-                .commit_batch(std::slice::from_ref(&item))
-                .await?
-                .pop()
-                .unwrap_or(Err(StoreError::LostLease {
-                    saga_id: lease.saga_id,
-                }));
+            return self.commit_one(lease, now, t).await;
         }
         self.commit_in_transaction(lease, now, t).await
+    }
+
+    /// One saga's hot-path transition through `stepwise.commit_step`: plain primary-key
+    /// statements, cheaper than the batch statement's set-up when there is one saga to commit.
+    async fn commit_one(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        t: &Transition,
+    ) -> Result<Committed, StoreError> {
+        let (set_wake, wake_at) = wake_parts(t.wake);
+        let (mut c_pos, mut c_kind, mut c_output) = (Vec::new(), Vec::new(), Vec::new());
+        for (position, kind, output) in step_changes(t) {
+            c_pos.push(position);
+            c_kind.push(kind);
+            c_output.push(output);
+        }
+        let (mut e_kind, mut e_step, mut e_attempt, mut e_detail, mut e_next) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (event, next) in history_rows(t) {
+            e_kind.push(event.kind.as_str());
+            e_step.push(event.step.as_deref());
+            e_attempt.push(event.attempt);
+            e_detail.push(event.detail.as_ref());
+            e_next.push(next);
+        }
+        let cancel_requested: Option<bool> = sqlx::query_scalar(
+            "SELECT stepwise.commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                         $14, $15, $16, $17, $18, $19)",
+        )
+        .bind(lease.saga_id)
+        .bind(lease.token)
+        .bind(t.status.map(SagaStatus::as_str))
+        .bind(t.cursor)
+        .bind(set_wake)
+        .bind(wake_at)
+        .bind(t.release_lease)
+        .bind(&t.output)
+        .bind(&t.error)
+        .bind(now)
+        .bind(lease.worker.as_ref())
+        .bind(&c_pos)
+        .bind(&c_kind)
+        .bind(&c_output)
+        .bind(&e_kind)
+        .bind(&e_step)
+        .bind(&e_attempt)
+        .bind(&e_detail)
+        .bind(&e_next)
+        .fetch_one(&self.pool)
+        .await?;
+        match cancel_requested {
+            Some(cancel_requested) => Ok(Committed {
+                cancel_requested,
+                began_next: t.then_begin.is_some() && !cancel_requested,
+            }),
+            None => Err(StoreError::LostLease {
+                saga_id: lease.saga_id,
+            }),
+        }
     }
 
     /// Applies several sagas' transitions (each eligible for [`is_single_statement`]) in one
@@ -471,11 +520,7 @@ impl PgStore {
         let mut e_actor: Vec<&str> = Vec::new();
         for item in items {
             let (t, id) = (&item.transition, item.lease.saga_id);
-            let (set_wake, wake_at) = match t.wake {
-                WakeChange::Keep => (false, None),
-                WakeChange::Set(at) => (true, Some(at)),
-                WakeChange::Clear => (true, None),
-            };
+            let (set_wake, wake_at) = wake_parts(t.wake);
             ids.push(id);
             tokens.push(item.lease.token);
             statuses.push(t.status.map(SagaStatus::as_str));
@@ -486,27 +531,13 @@ impl PgStore {
             outputs.push(t.output.as_ref());
             errors.push(t.error.as_ref());
             ats.push(item.now);
-            let changes = t.steps.iter().filter_map(|c| match c {
-                StepChange::Begin { position } => Some((*position, "begin", None)),
-                StepChange::Succeeded { position, output } => {
-                    Some((*position, "succeeded", Some(output)))
-                }
-                StepChange::CompensationBegin { position } => Some((*position, "comp_begin", None)),
-                StepChange::CompensationSucceeded { position, output } => {
-                    Some((*position, "comp_succeeded", Some(output)))
-                }
-                _ => None,
-            });
-            let next = t.then_begin.as_ref().map(|(p, _)| (*p, "begin_next", None));
-            for (position, kind, output) in changes.chain(next) {
+            for (position, kind, output) in step_changes(t) {
                 c_saga.push(id);
                 c_pos.push(position);
                 c_kind.push(kind);
                 c_output.push(output);
             }
-            let events = t.events.iter().map(|e| (e, false));
-            let next_event = t.then_begin.as_ref().map(|(_, e)| (e, true));
-            for (event, next) in events.chain(next_event) {
+            for (event, next) in history_rows(t) {
                 e_saga.push(id);
                 e_kind.push(event.kind.as_str());
                 e_step.push(event.step.as_deref());
@@ -564,11 +595,7 @@ impl PgStore {
         t: &Transition,
     ) -> Result<Committed, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let (set_wake, wake_at) = match t.wake {
-            WakeChange::Keep => (false, None),
-            WakeChange::Set(at) => (true, Some(at)),
-            WakeChange::Clear => (true, None),
-        };
+        let (set_wake, wake_at) = wake_parts(t.wake);
         let cancel_requested: Option<bool> = sqlx::query_scalar(
             "UPDATE stepwise.sagas
              SET status = COALESCE($3, status),
@@ -897,6 +924,39 @@ where
             saga.id, saga.idempotency_key
         ))
     })
+}
+
+/// `wake_at` as the statements take it: whether to set it, and to what (NULL when terminal).
+fn wake_parts(wake: WakeChange) -> (bool, Option<DateTime<Utc>>) {
+    match wake {
+        WakeChange::Keep => (false, None),
+        WakeChange::Set(at) => (true, Some(at)),
+        WakeChange::Clear => (true, None),
+    }
+}
+
+/// A hot-path transition's step changes as (position, kind, output), in order, the next
+/// step's start (`begin_next`, skipped on a cancel) last. Only the kinds
+/// [`is_single_statement`] admits appear.
+fn step_changes(t: &Transition) -> impl Iterator<Item = (i32, &'static str, Option<&Value>)> {
+    let changes = t.steps.iter().filter_map(|c| match c {
+        StepChange::Begin { position } => Some((*position, "begin", None)),
+        StepChange::Succeeded { position, output } => Some((*position, "succeeded", Some(output))),
+        StepChange::CompensationBegin { position } => Some((*position, "comp_begin", None)),
+        StepChange::CompensationSucceeded { position, output } => {
+            Some((*position, "comp_succeeded", Some(output)))
+        }
+        _ => None,
+    });
+    let next = t.then_begin.as_ref().map(|(p, _)| (*p, "begin_next", None));
+    changes.chain(next)
+}
+
+/// A transition's history rows, with whether each belongs to the next step's start.
+fn history_rows(t: &Transition) -> impl Iterator<Item = (&NewEvent, bool)> {
+    let events = t.events.iter().map(|e| (e, false));
+    let next_event = t.then_begin.as_ref().map(|(_, e)| (e, true));
+    events.chain(next_event)
 }
 
 async fn insert_events(
