@@ -179,7 +179,11 @@ async fn a_saga_tool_runs_end_to_end_and_is_audited(pool: PgPool) {
     let id: Uuid = s["saga_id"].as_str().unwrap().parse().unwrap();
     let detail = h.engine.detail(id).await.unwrap().unwrap();
     assert_eq!(detail.started_by, "operator:local");
-    assert_eq!(detail.idempotency_key.as_deref(), Some("e2e-1"));
+    // Stored in the caller's scope; shown back to the caller as its own key.
+    assert_eq!(
+        detail.idempotency_key.as_deref(),
+        Some("operator:local/e2e-1")
+    );
     assert!(text(&result).contains("completed"));
 
     let audit = audit_rows(&pool).await;
@@ -212,6 +216,7 @@ async fn a_saga_tool_runs_end_to_end_and_is_audited(pool: PgPool) {
     .await;
     assert_eq!(structured(&status)["status"], "completed");
     assert_eq!(structured(&status)["started_by"], "operator:local");
+    assert_eq!(structured(&status)["idempotency_key"], "e2e-1");
     let list = call(&operator, "list_sagas", json!({})).await;
     assert_eq!(structured(&list)["sagas"][0]["id"], id.to_string());
     let templates = operator.list_all_resource_templates().await.unwrap();
@@ -290,6 +295,87 @@ async fn one_key_gives_one_saga_and_other_input_conflicts(pool: PgPool) {
     assert_eq!(saga_count(&pool).await, 1);
     let outcomes: Vec<String> = audit_rows(&pool).await.into_iter().map(|r| r.3).collect();
     assert_eq!(outcomes, vec!["ok", "ok", "conflict"]);
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn two_principals_with_the_same_key_for_the_same_tool_get_two_sagas_each_seeing_only_its_own(
+    pool: PgPool,
+) {
+    let h = harness(pool.clone(), WAIT);
+    let ana = connect(&h.facade, "guest:ana@example.com").await;
+    let bob = connect(&h.facade, "guest:bob@example.com").await;
+    let args = json!({"note": "late checkout", "idempotency_key": "k-1"});
+    let saga_of = |result: &rmcp::model::CallToolResult| -> Uuid {
+        structured(result)["saga_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+
+    let first = call(&ana, "guest_note", args.clone()).await;
+    assert!(!is_error(&first), "{}", text(&first));
+    let other = call(&bob, "guest_note", args.clone()).await;
+    assert!(
+        !is_error(&other),
+        "bob is not in ana's key space: {}",
+        text(&other)
+    );
+    let (ana_saga, bob_saga) = (saga_of(&first), saga_of(&other));
+    assert_ne!(ana_saga, bob_saga);
+    assert_eq!(saga_count(&pool).await, 2);
+    let bobs = h.engine.detail(bob_saga).await.unwrap().unwrap();
+    assert_eq!(bobs.started_by, "guest:bob@example.com");
+    assert_eq!(bobs.input["guest_email"], "bob@example.com");
+
+    // The same key and input from the same caller is still the same saga.
+    let again = call(&ana, "guest_note", args).await;
+    assert_eq!(saga_of(&again), ana_saga);
+    assert_eq!(saga_count(&pool).await, 2);
+
+    // Each sees only its own saga, under the key it chose.
+    for (client, own, theirs) in [(&ana, ana_saga, bob_saga), (&bob, bob_saga, ana_saga)] {
+        let list = call(client, "list_sagas", json!({})).await;
+        let sagas = structured(&list)["sagas"].as_array().unwrap().clone();
+        assert_eq!(sagas.len(), 1, "{sagas:?}");
+        assert_eq!(sagas[0]["id"], own.to_string());
+        assert_eq!(sagas[0]["idempotency_key"], "k-1");
+        let status = call(
+            client,
+            "get_saga_status",
+            json!({"saga_id": own.to_string()}),
+        )
+        .await;
+        assert_eq!(structured(&status)["idempotency_key"], "k-1");
+        let hidden = call(
+            client,
+            "get_saga_status",
+            json!({"saga_id": theirs.to_string()}),
+        )
+        .await;
+        assert_eq!(structured(&hidden)["error"]["code"], "not_found");
+    }
+
+    // Two operators sending the very same arguments get a saga each, too.
+    let one = connect(&h.facade, "operator:one").await;
+    let two = connect(&h.facade, "operator:two").await;
+    let chain = json!({"steps": 1, "idempotency_key": "k-1"});
+    let a = call(&one, "synthetic_chain", chain.clone()).await;
+    let b = call(&two, "synthetic_chain", chain).await;
+    assert_ne!(saga_of(&a), saga_of(&b));
+    assert_eq!(saga_count(&pool).await, 4);
+    // Staff see whose key a saga was started under.
+    let staff = connect(&h.facade, "staff:frontdesk").await;
+    let status = call(
+        &staff,
+        "get_saga_status",
+        json!({"saga_id": ana_saga.to_string()}),
+    )
+    .await;
+    assert_eq!(
+        structured(&status)["idempotency_key"],
+        "guest:ana@example.com/k-1"
+    );
 }
 
 #[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]

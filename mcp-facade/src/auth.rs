@@ -103,6 +103,32 @@ impl Principal {
     pub fn may_see_saga(&self, started_by: &str) -> bool {
         self.role != Role::Guest || started_by == self.to_string()
     }
+
+    /// The idempotency key under which a saga this caller starts is stored. The engine keeps
+    /// keys unique per skill, so an unscoped key would let two callers who pick the same key
+    /// collide, or one obtain the other's saga. The form is `{principal}/{key}` with `%` and
+    /// `/` of the principal percent-encoded: the first `/` always ends the scope, so no two
+    /// (principal, key) pairs share a stored key, and the common case stays readable
+    /// (`guest:ana@example.com/k-1`).
+    pub fn scoped_key(&self, key: &str) -> String {
+        format!("{}/{key}", self.key_scope())
+    }
+
+    /// The key this caller chose, if `stored` is in its scope (see [`Self::scoped_key`]).
+    pub fn own_key<'a>(&self, stored: &'a str) -> Option<&'a str> {
+        let scope = self.key_scope();
+        stored.strip_prefix(scope.as_str())?.strip_prefix('/')
+    }
+
+    /// A stored key as this caller is shown it: its own key without the scope, anyone else's
+    /// (which staff may see) as stored, so whose it is stays visible.
+    pub fn shown_key<'a>(&self, stored: &'a str) -> &'a str {
+        self.own_key(stored).unwrap_or(stored)
+    }
+
+    fn key_scope(&self) -> String {
+        self.to_string().replace('%', "%25").replace('/', "%2F")
+    }
 }
 
 impl fmt::Display for Principal {
@@ -298,5 +324,28 @@ mod tests {
         assert!(!guest.may_see_saga("staff:frontdesk"));
         let staff: Principal = "staff:frontdesk".parse().unwrap();
         assert!(staff.may_see_saga("guest:bob@example.com"));
+    }
+
+    #[test]
+    fn idempotency_keys_are_scoped_by_principal_unambiguously() {
+        let ana: Principal = "guest:ana@example.com".parse().unwrap();
+        let bob: Principal = "guest:bob@example.com".parse().unwrap();
+        assert_eq!(ana.scoped_key("k-1"), "guest:ana@example.com/k-1");
+        assert_ne!(ana.scoped_key("k-1"), bob.scoped_key("k-1"));
+        assert_eq!(ana.own_key(&ana.scoped_key("k-1")), Some("k-1"));
+        assert_eq!(bob.own_key(&ana.scoped_key("k-1")), None);
+        assert_eq!(ana.shown_key("guest:ana@example.com/a/b"), "a/b");
+        assert_eq!(
+            bob.shown_key("guest:ana@example.com/k-1"),
+            "guest:ana@example.com/k-1"
+        );
+        // A `/` in a subject cannot move the boundary between scope and key.
+        let slashed: Principal = "staff:a/b".parse().unwrap();
+        let plain: Principal = "staff:a".parse().unwrap();
+        assert_ne!(slashed.scoped_key("c"), plain.scoped_key("b/c"));
+        assert_eq!(slashed.scoped_key("c"), "staff:a%2Fb/c");
+        assert_eq!(plain.own_key(&slashed.scoped_key("c")), None);
+        let percent: Principal = "staff:a%2Fb".parse().unwrap();
+        assert_ne!(percent.scoped_key("c"), slashed.scoped_key("c"));
     }
 }

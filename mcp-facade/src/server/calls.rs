@@ -57,7 +57,8 @@ impl StepwiseServer {
             .start(StartRequest {
                 skill: skill.name().to_string(),
                 input,
-                idempotency_key: Some(key.clone()),
+                // Scoped by the caller: the same key from two callers is two requests.
+                idempotency_key: Some(caller.principal.scoped_key(&key)),
                 started_by: caller.principal.to_string(),
             })
             .await;

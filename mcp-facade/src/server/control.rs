@@ -46,7 +46,7 @@ impl StepwiseServer {
                 };
                 match self.visible(caller, id).await {
                     Ok(Some(detail)) => {
-                        let result = status_result(&detail, None);
+                        let result = status_result(&caller.principal, &detail, None);
                         Ok(Answer::ok(result, Some(id)))
                     }
                     Ok(None) => Ok(Answer::refused(no_such_saga(id), None)),
@@ -83,7 +83,12 @@ impl StepwiseServer {
                     limit,
                 };
                 match self.facade.engine.list(&filter).await {
-                    Ok(sagas) => {
+                    Ok(mut sagas) => {
+                        for saga in &mut sagas {
+                            if let Some(key) = &mut saga.idempotency_key {
+                                *key = caller.principal.shown_key(key).to_string();
+                            }
+                        }
                         let value = json!({ "sagas": sagas });
                         let mut result = CallToolResult::structured(value);
                         result.content = vec![ContentBlock::text(format!(
@@ -118,7 +123,7 @@ impl StepwiseServer {
                 };
                 match self.wait_for(id, ctx).await {
                     Ok(detail) => Ok(Answer::ok(
-                        status_result(&detail, Some(requested)),
+                        status_result(&caller.principal, &detail, Some(requested)),
                         Some(id),
                     )),
                     Err(e) => Ok(Answer::refused(unavailable(e), Some(id))),
@@ -220,8 +225,13 @@ pub(super) fn saga_id_arg(args: &JsonObject) -> Result<Uuid, ToolError> {
 }
 
 /// The saga result plus the saga's identity, for `get_saga_status`, `cancel_saga` and the
-/// `saga://` resource. A status read is not an error even when the saga failed.
-pub(super) fn status_value(detail: &SagaDetail, cancel_requested: Option<bool>) -> (Value, String) {
+/// `saga://` resource, as `viewer` is shown it (its own idempotency key without its scope). A
+/// status read is not an error even when the saga failed.
+pub(super) fn status_value(
+    viewer: &Principal,
+    detail: &SagaDetail,
+    cancel_requested: Option<bool>,
+) -> (Value, String) {
     let report = saga_report(detail);
     let mut value = report.structured;
     if let Value::Object(map) = &mut value {
@@ -229,7 +239,11 @@ pub(super) fn status_value(detail: &SagaDetail, cancel_requested: Option<bool>) 
             "started_by".into(),
             Value::String(detail.started_by.clone()),
         );
-        map.insert("idempotency_key".into(), json!(detail.idempotency_key));
+        let key = detail
+            .idempotency_key
+            .as_deref()
+            .map(|k| viewer.shown_key(k));
+        map.insert("idempotency_key".into(), json!(key));
         map.insert("created_at".into(), json!(detail.created_at));
         map.insert("updated_at".into(), json!(detail.updated_at));
         if let Some(requested) = cancel_requested {
@@ -243,8 +257,12 @@ pub(super) fn status_value(detail: &SagaDetail, cancel_requested: Option<bool>) 
     (value, text)
 }
 
-pub(super) fn status_result(detail: &SagaDetail, cancel_requested: Option<bool>) -> CallToolResult {
-    let (value, text) = status_value(detail, cancel_requested);
+pub(super) fn status_result(
+    viewer: &Principal,
+    detail: &SagaDetail,
+    cancel_requested: Option<bool>,
+) -> CallToolResult {
+    let (value, text) = status_value(viewer, detail, cancel_requested);
     let mut result = CallToolResult::structured(value);
     result.content = vec![ContentBlock::text(text)];
     result

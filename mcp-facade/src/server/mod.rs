@@ -376,7 +376,7 @@ impl ServerHandler for StepwiseServer {
                     Some(json!({ "uri": uri })),
                 )
             })?;
-        let (value, _) = status_value(&detail, None);
+        let (value, _) = status_value(&caller.principal, &detail, None);
         let text = serde_json::to_string_pretty(&value)
             .map_err(|e| McpError::internal_error(e.to_string(), None))?;
         Ok(ReadResourceResult::new(vec![
