@@ -814,9 +814,112 @@ async fn tasks_cancel_compensates_the_saga_and_the_task_ends_cancelled(pool: PgP
         .events
         .iter()
         .any(|e| e.kind.as_str() == "cancel_requested" && e.actor == "operator:local"));
-    let tools: Vec<String> = audit_rows(&pool).await.into_iter().map(|r| r.1).collect();
+    // Polls are audited too (`tasks/get`), as many as the loop made.
+    let tools: Vec<String> = audit_rows(&pool)
+        .await
+        .into_iter()
+        .map(|r| r.1)
+        .filter(|tool| tool != "tasks/get")
+        .collect();
     assert_eq!(
         tools,
         vec!["synthetic_chain", "tasks/cancel", "tasks/cancel"]
+    );
+}
+
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn reading_a_saga_as_a_resource_or_a_task_is_audited_like_a_tool_call(pool: PgPool) {
+    let h = harness(pool.clone(), WAIT);
+    let with_tasks = TestClient {
+        tasks: true,
+        ..TestClient::default()
+    };
+    let operator = connect_with(&h.facade, "operator:local", with_tasks.clone()).await;
+    let ana = connect_with(&h.facade, "guest:ana@example.com", with_tasks).await;
+    let done = call(
+        &operator,
+        "synthetic_chain",
+        json!({"steps": 1, "idempotency_key": "read-me"}),
+    )
+    .await;
+    let id: Uuid = structured(&done)["saga_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let uri = format!("saga://{id}");
+    operator
+        .read_resource(ReadResourceRequestParams::new(uri.clone()))
+        .await
+        .unwrap();
+    assert!(ana
+        .read_resource(ReadResourceRequestParams::new(uri))
+        .await
+        .is_err());
+    assert!(operator
+        .read_resource(ReadResourceRequestParams::new("saga://nope"))
+        .await
+        .is_err());
+    operator
+        .get_task(GetTaskParams::new(id.to_string()))
+        .await
+        .unwrap();
+    assert!(ana
+        .get_task(GetTaskParams::new(id.to_string()))
+        .await
+        .is_err());
+    assert!(ana
+        .cancel_task(rmcp::model::CancelTaskParams::new(id.to_string()))
+        .await
+        .is_err());
+
+    let row =
+        |principal: &str, tool: &str, saga: Option<Uuid>, outcome: &str, code: Option<&str>| {
+            (
+                principal.to_string(),
+                tool.to_string(),
+                saga,
+                outcome.to_string(),
+                code.map(str::to_string),
+            )
+        };
+    // Someone else's saga, like a malformed URI, is "not found": the guest learns nothing,
+    // and the audit keeps that it asked.
+    assert_eq!(
+        audit_rows(&pool).await,
+        vec![
+            row("operator:local", "synthetic_chain", Some(id), "ok", None),
+            row("operator:local", "resources/read", Some(id), "ok", None),
+            row(
+                "guest:ana@example.com",
+                "resources/read",
+                None,
+                "invalid",
+                Some("not_found")
+            ),
+            row(
+                "operator:local",
+                "resources/read",
+                None,
+                "invalid",
+                Some("not_found")
+            ),
+            row("operator:local", "tasks/get", Some(id), "ok", None),
+            row(
+                "guest:ana@example.com",
+                "tasks/get",
+                None,
+                "invalid",
+                Some("not_found")
+            ),
+            row(
+                "guest:ana@example.com",
+                "tasks/cancel",
+                None,
+                "invalid",
+                Some("not_found")
+            ),
+        ]
     );
 }

@@ -1,5 +1,7 @@
-//! The audit of every tool call: `stepwise.mcp_audit`, append-only (a trigger refuses UPDATE,
-//! DELETE and TRUNCATE). Operators query it with `stepwise audit`.
+//! The audit of every tool call, and of the reads and cancels of a saga outside tool calls
+//! (`resources/read`, `tasks/get`, `tasks/cancel`, recorded under those names as the `tool`):
+//! `stepwise.mcp_audit`, append-only (a trigger refuses UPDATE, DELETE and TRUNCATE).
+//! Operators query it with `stepwise audit`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -10,7 +10,7 @@ use crate::tasks;
 use crate::tools::{access, Access, Catalog, Control, ToolTarget, IDEMPOTENCY_KEY};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
-    CreateTaskResult, GetTaskParams, GetTaskResult, Implementation, JsonObject,
+    CreateTaskResult, ErrorCode, GetTaskParams, GetTaskResult, Implementation, JsonObject,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
     ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
     Resource, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
@@ -196,18 +196,51 @@ impl StepwiseServer {
     }
 
     async fn audit(&self, caller: &Caller, tool: &str, answer: &Answer, started: Instant) {
-        let entry = AuditEntry {
+        self.record_audit(AuditEntry {
             principal: caller.principal.to_string(),
             transport: caller.transport,
             tool: tool.to_string(),
             saga_id: answer.saga_id,
             outcome: answer.outcome,
             error_code: answer.error_code.clone(),
-            duration_ms: started.elapsed().as_millis().min(i32::MAX as u128) as i32,
+            duration_ms: elapsed_ms(started),
+        })
+        .await;
+    }
+
+    /// Audits a read of one saga outside a tool call (`resources/read`, `tasks/get`), so who
+    /// looked at which saga is on record as for `get_saga_status`: found; not found or not the
+    /// caller's (no saga id, as for the tool); or the database failing.
+    async fn audit_read(
+        &self,
+        caller: &Caller,
+        method: &str,
+        read: &Result<SagaDetail, McpError>,
+        started: Instant,
+    ) {
+        let (saga_id, outcome, error_code) = match read {
+            Ok(detail) => (Some(detail.id), Outcome::Ok, None),
+            Err(e) if e.code == ErrorCode::INTERNAL_ERROR => {
+                (None, Outcome::Error, Some("unavailable".to_string()))
+            }
+            Err(_) => (None, Outcome::Invalid, Some("not_found".to_string())),
         };
+        self.record_audit(AuditEntry {
+            principal: caller.principal.to_string(),
+            transport: caller.transport,
+            tool: method.to_string(),
+            saga_id,
+            outcome,
+            error_code,
+            duration_ms: elapsed_ms(started),
+        })
+        .await;
+    }
+
+    async fn record_audit(&self, entry: AuditEntry) {
         if let Err(e) = self.facade.audit.record(&entry).await {
             // The call already happened; losing its audit row is logged loudly, never silent.
-            tracing::error!(error = %e, ?entry, "could not write the audit row of a tool call");
+            tracing::error!(error = %e, ?entry, "could not write the audit row of a call");
         }
     }
 
@@ -240,6 +273,10 @@ impl StepwiseServer {
             ToolTarget::Control(_) => Ok(Answer::refused(not_for_role(name, role), None)),
         }
     }
+}
+
+fn elapsed_ms(started: Instant) -> i32 {
+    started.elapsed().as_millis().min(i32::MAX as u128) as i32
 }
 
 fn parse_saga_uri(uri: &str) -> Option<Uuid> {
@@ -359,23 +396,12 @@ impl ServerHandler for StepwiseServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let caller = self.caller(&ctx)?;
+        let started = Instant::now();
         let uri = request.uri.clone();
-        let Some(id) = parse_saga_uri(&uri) else {
-            return Err(McpError::resource_not_found(
-                format!("`{uri}` is not a saga://{{id}} resource"),
-                Some(json!({ "uri": uri })),
-            ));
-        };
-        let detail = self
-            .visible(&caller, id)
-            .await
-            .map_err(|e| McpError::internal_error(e.to_string(), None))?
-            .ok_or_else(|| {
-                McpError::resource_not_found(
-                    format!("no saga {id} that you can see"),
-                    Some(json!({ "uri": uri })),
-                )
-            })?;
+        let read = self.resource_saga(&caller, &uri).await;
+        self.audit_read(&caller, "resources/read", &read, started)
+            .await;
+        let detail = read?;
         let (value, _) = status_value(&caller.principal, &detail, None);
         let text = serde_json::to_string_pretty(&value)
             .map_err(|e| McpError::internal_error(e.to_string(), None))?;
@@ -391,8 +417,10 @@ impl ServerHandler for StepwiseServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, McpError> {
         let caller = self.caller(&ctx)?;
-        let detail = self.task_saga(&caller, &request.task_id).await?;
-        Ok(GetTaskResult::new(tasks::detailed_task(&detail)))
+        let started = Instant::now();
+        let read = self.task_saga(&caller, &request.task_id).await;
+        self.audit_read(&caller, "tasks/get", &read, started).await;
+        Ok(GetTaskResult::new(tasks::detailed_task(&read?)))
     }
 
     async fn cancel_task(
@@ -402,7 +430,13 @@ impl ServerHandler for StepwiseServer {
     ) -> Result<(), McpError> {
         let caller = self.caller(&ctx)?;
         let started = Instant::now();
-        let detail = self.task_saga(&caller, &request.task_id).await?;
+        let read = self.task_saga(&caller, &request.task_id).await;
+        if read.is_err() {
+            // An unknown (or another guest's) task is on record too, like the tool's refusal.
+            self.audit_read(&caller, "tasks/cancel", &read, started)
+                .await;
+        }
+        let detail = read?;
         let answer = if Control::CancelSaga.allows(caller.principal.role) {
             match self
                 .facade
@@ -439,6 +473,25 @@ impl ServerHandler for StepwiseServer {
 }
 
 impl StepwiseServer {
+    /// The saga a `saga://{id}` URI names, if the caller may see it.
+    async fn resource_saga(&self, caller: &Caller, uri: &str) -> Result<SagaDetail, McpError> {
+        let Some(id) = parse_saga_uri(uri) else {
+            return Err(McpError::resource_not_found(
+                format!("`{uri}` is not a saga://{{id}} resource"),
+                Some(json!({ "uri": uri })),
+            ));
+        };
+        self.visible(caller, id)
+            .await
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?
+            .ok_or_else(|| {
+                McpError::resource_not_found(
+                    format!("no saga {id} that you can see"),
+                    Some(json!({ "uri": uri })),
+                )
+            })
+    }
+
     async fn task_saga(&self, caller: &Caller, task_id: &str) -> Result<SagaDetail, McpError> {
         let not_found = || McpError::invalid_params(format!("no task `{task_id}`"), None);
         let id = Uuid::parse_str(task_id).map_err(|_| not_found())?;
