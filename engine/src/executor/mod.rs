@@ -228,7 +228,14 @@ impl Worker {
             if claimed_all {
                 continue; // more may be due right now
             }
-            let wait = self.idle_wait().await;
+            // With every permit taken nothing can be claimed before a saga lets go, which
+            // wakes this loop anyway: skip the look at the next due time (a query per claim
+            // when the worker is saturated).
+            let wait = if free == 0 {
+                self.config.poll_interval
+            } else {
+                self.idle_wait().await
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 notification = listener.recv() => {
