@@ -21,6 +21,14 @@ pub struct WorkerArgs {
     /// On Ctrl-C/SIGTERM, how long in-flight steps may take to finish, in seconds.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Group up to N sagas' step commits into one transaction (1: each saga commits alone).
+    /// Each saga still waits for the commit holding its step before the next step starts.
+    #[arg(long, default_value_t = 1, env = "STEPWISE_COMMIT_BATCH",
+          value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub commit_batch: u16,
+    /// With --commit-batch > 1: grouped commits in flight at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub committers: u16,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, env = "STEPWISE_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -35,6 +43,8 @@ impl WorkerArgs {
             lease: Duration::from_millis(self.lease_ms.max(100)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             claim_batch: self.concurrency.clamp(1, 64),
+            commit_batch: usize::from(self.commit_batch),
+            committers: usize::from(self.committers),
             ..defaults
         }
     }
