@@ -2,9 +2,10 @@
 -- invariant, cheaper to enforce on the hot path: PostgreSQL re-reads a table's CHECK
 -- constraints from their stored text (`stringToNode`) and re-plans them for every statement
 -- that writes the table, and a text array constant is stored byte by byte, so the IN lists were
--- the costliest part of every step commit (profiled: ~15% of PostgreSQL's CPU per step). A
--- domain's constraint is parsed once per backend and cached. Measured on the step-commit
--- function: ~30% less PostgreSQL CPU per call (BENCHMARKS.md).
+-- the costliest part of constraint checking, itself ~14% of PostgreSQL's CPU per step
+-- (profiled). A domain's constraint is parsed once per backend and cached. Measured on the
+-- step-commit statement: 4-9% less backend CPU per call (BENCHMARKS.md); the multi-column
+-- CHECKs keep their text constants and their cost.
 --
 -- Queries keep comparing these columns with text: a domain over text resolves to text.
 

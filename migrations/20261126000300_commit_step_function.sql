@@ -1,9 +1,9 @@
 -- One saga's step commit as plain statements: the unbatched hot path (`commit_batch = 1`).
 -- Same effect as one saga's share of `stepwise.commit_transitions` (migration 20261125000400),
 -- which stays for group commit: there its data-modifying CTEs over arrays are set up once for
--- up to 64 sagas. For one saga that set-up is most of the cost (executor start-up of the CTEs
--- and the array scans); a primary-key UPDATE per changed row and one INSERT of the history rows
--- cost ~25% less PostgreSQL CPU per step (measured, BENCHMARKS.md).
+-- up to 64 sagas. For one saga that set-up (executor start-up of the CTEs, the array scans)
+-- costs more than plain statements: a primary-key UPDATE per changed row and one INSERT of the
+-- history rows take 6-11% less backend CPU per call (measured, BENCHMARKS.md).
 --
 -- Returns whether a cancel was requested, or NULL when the fencing token no longer matches
 -- (the lease was lost: nothing is written). Step changes (`c_*`) and history rows (`e_*`) come

@@ -20,8 +20,10 @@
 //! - **Leases and fencing.** Workers claim due sagas with `FOR UPDATE SKIP LOCKED`, taking a
 //!   lease (`wake_at` = expiry) and bumping `fencing_token`. Every write is conditioned on the
 //!   token, so a worker that lost its lease cannot overwrite the new owner. Expired leases are
-//!   reclaimed by any worker (`lease_expired` in the history). The worker that commits step k
-//!   starts step k+1 in the same commit and runs it while it holds the lease.
+//!   reclaimed by any worker (`lease_expired` in the history). A worker claims only the skill
+//!   versions it has registered, and the claim itself starts the saga's waiting step. The
+//!   worker that commits step k starts step k+1 in the same commit and runs it while it holds
+//!   the lease.
 //! - **Time** comes from a [`Clock`]; tests use [`ManualClock`].
 //!
 //! ## Tables (schema `stepwise`, see `migrations/`)
@@ -35,7 +37,12 @@
 //!   life) and the base of the current round (operator retries get a fresh budget), output,
 //!   error, and the same for its compensation.
 //! - `events`: the append-only history (a trigger refuses updates): kind, step, attempt, actor,
-//!   time, detail.
+//!   time, detail. Partitioned by month of saga id.
+//!
+//! States and event kinds are domains (`stepwise.saga_status`, `step_status`,
+//! `compensation_status`, `event_kind`). The hot path is three plpgsql functions
+//! (`start_saga`, `commit_step` for one saga, `commit_transitions` for a group commit) and the
+//! claim statement in the store.
 //!
 //! ## States
 //!
