@@ -300,54 +300,9 @@ impl PgStore {
         // that order, and return each saga with its steps. The steps are read from the
         // statement's snapshot, before `begun`: the caller applies `begun_attempt`.
         let rows: Vec<ClaimRow> = sqlx::query_as(
-            "WITH due AS (
-                 SELECT id, lease_owner AS previous_owner FROM stepwise.sagas
-                 WHERE wake_at <= $1 AND skill || '@' || skill_version = ANY($5)
-                 ORDER BY wake_at
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED),
-             claimed AS (
-                 UPDATE stepwise.sagas s
-                 SET lease_owner = $3, fencing_token = s.fencing_token + 1, wake_at = $4,
-                     status = CASE WHEN s.status = 'pending' THEN 'running' ELSE s.status END,
-                     updated_at = $1
-                 WHERE s.id = ANY(ARRAY(SELECT id FROM due))
-                 RETURNING s.id, s.skill, s.skill_version, s.status::text, s.input, s.cursor,
-                           s.fencing_token, s.cancel_requested_at IS NOT NULL AS cancel_requested),
-             begun AS (
-                 UPDATE stepwise.steps st
-                 SET status = 'running', attempts = st.attempts + 1, started_at = $1,
-                     finished_at = NULL
-                 FROM claimed
-                 WHERE st.saga_id = claimed.id AND st.position = claimed.cursor
-                   AND claimed.status = 'running' AND NOT claimed.cancel_requested
-                   AND st.status IN ('pending', 'failed')
-                 RETURNING st.saga_id, st.name, st.attempts),
-             history AS (
-                 INSERT INTO stepwise.events (saga_id, at, kind, step, attempt, actor, detail)
-                 SELECT h.saga_id, $1, h.kind, h.step, h.attempt, $3, h.detail
-                 FROM (SELECT claimed.id AS saga_id, 1 AS ord, 'lease_expired' AS kind,
-                              NULL::text AS step, NULL::int4 AS attempt,
-                              jsonb_build_object('previous_owner', due.previous_owner) AS detail
-                       FROM claimed JOIN due ON due.id = claimed.id
-                       WHERE due.previous_owner IS NOT NULL
-                       UNION ALL
-                       SELECT begun.saga_id, 2, 'step_started', begun.name, begun.attempts, NULL
-                       FROM begun) h
-                 ORDER BY h.saga_id, h.ord)
-             SELECT claimed.*, due.previous_owner, begun.attempts AS begun_attempt,
-                    (SELECT jsonb_agg(jsonb_build_object(
-                                'position', st.position, 'name', st.name, 'status', st.status,
-                                'attempts', st.attempts,
-                                'attempts_round_base', st.attempts_round_base,
-                                'has_output', st.output IS NOT NULL, 'output', st.output,
-                                'compensation_status', st.compensation_status,
-                                'compensation_attempts', st.compensation_attempts,
-                                'compensation_round_base', st.compensation_round_base)
-                            ORDER BY st.position)
-                     FROM stepwise.steps st WHERE st.saga_id = claimed.id) AS steps
-             FROM claimed JOIN due ON due.id = claimed.id
-             LEFT JOIN begun ON begun.saga_id = claimed.id",
+            "SELECT id, skill, skill_version, status, input, cursor, fencing_token,
+                    cancel_requested, previous_owner, begun_attempt, steps
+             FROM stepwise.claim_sagas($1, $2, $3, $4, $5)",
         )
         .bind(now)
         .bind(limit)
