@@ -40,9 +40,9 @@
 //!   time, detail. Partitioned by month of saga id.
 //!
 //! States and event kinds are domains (`stepwise.saga_status`, `step_status`,
-//! `compensation_status`, `event_kind`). The hot path is three plpgsql functions
-//! (`start_saga`, `commit_step` for one saga, `commit_transitions` for a group commit) and the
-//! claim statement in the store.
+//! `compensation_status`, `event_kind`). The hot path is four plpgsql functions, one round
+//! trip each: `start_saga`, `claim_sagas`, `commit_step` (one saga's step) and
+//! `commit_transitions` (a group commit).
 //!
 //! ## States
 //!

@@ -293,12 +293,12 @@ impl PgStore {
             compensation_attempts: i32,
             compensation_round_base: i32,
         }
-        // One statement, one round trip: lock the due sagas, take them (the update finds its
-        // rows by primary key: joining `due` instead lets the generic plan of this prepared
-        // statement, which cannot know the LIMIT, hash-join a sequential scan of every saga
-        // ever run into each claim), start the waiting steps, record takeovers and starts in
-        // that order, and return each saga with its steps. The steps are read from the
-        // statement's snapshot, before `begun`: the caller applies `begun_attempt`.
+        // One round trip to `stepwise.claim_sagas` (migration `20261126000400`), one statement
+        // inside it with a cached plan: lock the due sagas, take them (the update finds its
+        // rows by primary key, so a claim stays O(batch) however many sagas ever ran), start
+        // the waiting steps, record takeovers and starts in that order, and return each saga
+        // with its steps. The steps are read from the statement's snapshot, before `begun`:
+        // the caller applies `begun_attempt`.
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "SELECT id, skill, skill_version, status, input, cursor, fencing_token,
                     cancel_requested, previous_owner, begun_attempt, steps
