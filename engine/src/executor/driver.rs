@@ -127,14 +127,8 @@ impl Driver {
             steps: claimed.steps,
             begun: claimed.begun,
         };
-        if run.begun {
-            let first_attempt_of_saga = run
-                .steps
-                .iter()
-                .all(|s| s.attempts == 0 || (s.position == run.cursor as i32 && s.attempts == 1));
-            if first_attempt_of_saga {
-                metrics::saga_started(run.skill.name());
-            }
+        if run.begun && is_first_attempt_of_saga(&run.steps) {
+            metrics::saga_started(run.skill.name());
         }
         if run.steps.is_empty() || run.steps.len() > run.skill.steps().len() {
             return Err(StoreError::Corrupt(format!(
@@ -193,9 +187,6 @@ impl Driver {
                 );
                 return self.fail_forward(run, error, true).await;
             }
-            if state.attempts == 0 && run.steps.iter().all(|s| s.attempts == 0) {
-                metrics::saga_started(skill.name());
-            }
             let attempt = state.attempts + 1;
             let mut t = Transition::new();
             t.status = Some(SagaStatus::Running);
@@ -210,6 +201,9 @@ impl Driver {
             state.status = StepStatus::Running;
             run.status = SagaStatus::Running;
             run.begun = true;
+            if is_first_attempt_of_saga(&run.steps) {
+                metrics::saga_started(skill.name());
+            }
         }
 
         let state = &run.steps[position];
@@ -624,6 +618,12 @@ impl Driver {
             }
         }
     }
+}
+
+/// Whether the attempt just started is the saga's very first (the claim or the worker starts
+/// it): the moment the saga counts as started in the metrics.
+fn is_first_attempt_of_saga(steps: &[StepState]) -> bool {
+    steps.iter().map(|s| s.attempts).sum::<i32>() == 1
 }
 
 /// Outputs of the steps that succeeded, by name.
