@@ -53,6 +53,7 @@ pub mod engine;
 pub mod error;
 pub mod executor;
 pub mod metrics;
+pub mod migrations;
 pub mod model;
 pub mod operator;
 pub mod query;
@@ -65,6 +66,7 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use engine::{Engine, StartRequest};
 pub use error::{ErrorClass, StartError, StepError, StoreError};
 pub use executor::{JitterSource, Worker, WorkerConfig, WorkerError};
+pub use migrations::{MigrationError, SchemaMigrations};
 pub use model::{
     CompensationStatus, EventKind, EventView, SagaDetail, SagaFilter, SagaStatus, SagaSummary,
     StepStatus, StepView,
