@@ -1,17 +1,21 @@
-//! The "embedded default" PostgreSQL (CONTRACT section 2).
+//! The "embedded default" PostgreSQL (README, Configuration).
 //!
 //! # The rule
 //!
-//! * `DATABASE_URL` set: use it.
-//! * unset, and something answers on `127.0.0.1:5432`: use
+//! * `DATABASE_URL` set: use it and nothing else. A server that refuses the login or does not
+//!   answer is [`EmbeddedError::LoginRefused`] / [`EmbeddedError::Unreachable`] (exit 2, with the
+//!   fix), never a fallback.
+//! * unset, and the server on `127.0.0.1:5432` lets user `postgres` in without a password: use
 //!   `postgres://postgres@127.0.0.1:5432/stepwise`.
-//! * unset, and nothing answers there: start a private PostgreSQL from the machine's PostgreSQL
-//!   binaries with its cluster under `$STEPWISE_HOME/pg` (`STEPWISE_HOME` defaults to
-//!   `~/.stepwise`) on a free loopback port, and stop it on exit. With no binaries at all the
-//!   error is [`EmbeddedError::NoBinaries`], whose [`EmbeddedError::exit_code`] is 2.
+//! * unset, and nothing answers there, or it answers but refuses us (what a distribution's
+//!   packages give: scram-sha-256 on TCP; a missing `pg_hba.conf` entry; no role `postgres`):
+//!   start a private PostgreSQL from the machine's PostgreSQL binaries with its cluster under
+//!   `$STEPWISE_HOME/pg` (`STEPWISE_HOME` defaults to `~/.stepwise`) on a free loopback port,
+//!   and stop it on exit. With no binaries at all the error is [`EmbeddedError::NoBinaries`],
+//!   whose [`EmbeddedError::exit_code`] is 2.
 //!
-//! In every case the database named in the URL is created when it is missing
-//! ([`ensure_database_exists`]).
+//! The choice is logged in one INFO line naming the server and why. In every case the database
+//! named in the URL is created when it is missing ([`ensure_database_exists`]).
 //!
 //! # Running as root
 //!
@@ -87,11 +91,15 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::Connection;
 use tracing::{debug, info, warn};
 
+use crate::db_login::{redact, LoginFailure};
+
 /// The database `stepwise` uses when the URL is not given.
 pub const DEFAULT_DATABASE: &str = "stepwise";
 /// The URL used when `DATABASE_URL` is unset and something answers on 127.0.0.1:5432.
 pub const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/stepwise";
 
+/// How long one connection attempt may take before the server counts as not answering.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a starting server may take to accept connections (crash recovery included).
 const START_DEADLINE: Duration = Duration::from_secs(120);
 /// How long a fast shutdown may take before it escalates to an immediate one.
@@ -111,6 +119,8 @@ const MAX_SOCKET_PATH: usize = 100;
 pub struct DatabaseTarget {
     pub url: String,
     pub embedded: Option<EmbeddedPostgres>,
+    /// Which server this is and why it was chosen, for messages.
+    pub why: String,
 }
 
 /// Failures of resolving or running the embedded PostgreSQL.
@@ -171,6 +181,18 @@ pub enum EmbeddedError {
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
 
+    #[error(
+        "PostgreSQL at {url} refused the login: {answer}\n  fix: {}",
+        crate::db_login::REFUSED_FIX
+    )]
+    LoginRefused { url: String, answer: String },
+
+    #[error(
+        "cannot reach PostgreSQL at {url}: {answer}\n  fix: start that server or correct \
+         DATABASE_URL, or unset DATABASE_URL to use the embedded server"
+    )]
+    Unreachable { url: String, answer: String },
+
     #[error("{context}: {source}")]
     Database {
         context: String,
@@ -180,10 +202,13 @@ pub enum EmbeddedError {
 }
 
 impl EmbeddedError {
-    /// The process exit code for this error: 2 when PostgreSQL is not installed, 1 otherwise.
+    /// The process exit code for this error: 2 for what the user must configure (PostgreSQL
+    /// not installed, a server that refuses us or does not answer), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            EmbeddedError::NoBinaries { .. } => 2,
+            EmbeddedError::NoBinaries { .. }
+            | EmbeddedError::LoginRefused { .. }
+            | EmbeddedError::Unreachable { .. } => 2,
             _ => 1,
         }
     }
@@ -198,50 +223,98 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError
 // Resolution
 // ---------------------------------------------------------------------------------------------
 
-/// Resolves the database per CONTRACT section 2 and creates it if it is missing.
+/// Resolves the database by the rule above (database `stepwise`, embedded cluster under
+/// `$STEPWISE_HOME`) and creates it if it is missing.
 pub async fn resolve_database() -> Result<DatabaseTarget, EmbeddedError> {
+    resolve_database_with(None, DEFAULT_DATABASE).await
+}
+
+/// The same rule for database `database` on the default or embedded server, with the embedded
+/// cluster under `home` (default `$STEPWISE_HOME`). `DATABASE_URL` is used as it is.
+pub async fn resolve_database_with(
+    home: Option<&Path>,
+    database: &str,
+) -> Result<DatabaseTarget, EmbeddedError> {
     if let Some(url) = std::env::var("DATABASE_URL")
         .ok()
         .filter(|u| !u.trim().is_empty())
     {
-        debug!("using DATABASE_URL");
+        debug!(url = %redact(&url), "using DATABASE_URL");
         ensure_database_exists(&url).await?;
         return Ok(DatabaseTarget {
             url,
             embedded: None,
+            why: "DATABASE_URL is set".to_owned(),
         });
     }
-    if answers_tcp(5432).await {
-        info!("DATABASE_URL is unset and a server answers on 127.0.0.1:5432; using it");
-        ensure_database_exists(LOCAL_SERVER_URL)
-            .await
-            .map_err(|e| match e {
-                EmbeddedError::Database { context, source } => EmbeddedError::Database {
-                    context: format!(
-                        "{context} (DATABASE_URL is unset and something answers on \
-                         127.0.0.1:5432; set DATABASE_URL to choose the server)"
-                    ),
-                    source,
-                },
-                other => other,
-            })?;
-        return Ok(DatabaseTarget {
-            url: LOCAL_SERVER_URL.to_owned(),
-            embedded: None,
-        });
-    }
-    let home = stepwise_home()?;
-    info!(
-        home = %home.display(),
-        "DATABASE_URL is unset and nothing answers on 127.0.0.1:5432; starting a private PostgreSQL"
-    );
+    let why = match default_server(database).await? {
+        DefaultServer::LetsUsIn(url) => {
+            let why = "the server on 127.0.0.1:5432 as user postgres: DATABASE_URL is unset and \
+                       that server lets us in";
+            info!("using {why}");
+            return Ok(DatabaseTarget {
+                url,
+                embedded: None,
+                why: why.to_owned(),
+            });
+        }
+        DefaultServer::Refuses(answer) => {
+            format!("the server on 127.0.0.1:5432 refuses user postgres ({answer})")
+        }
+        DefaultServer::Silent => "nothing answers on 127.0.0.1:5432".to_owned(),
+    };
+    let home = match home {
+        Some(home) => home.to_path_buf(),
+        None => stepwise_home()?,
+    };
     let embedded = EmbeddedPostgres::start(&home).await?;
-    let url = embedded.url(DEFAULT_DATABASE);
+    let why = format!(
+        "the embedded PostgreSQL on 127.0.0.1:{} (cluster in {}): DATABASE_URL is unset and {why}",
+        embedded.port(),
+        embedded.cluster_dir().display()
+    );
+    info!("using {why}");
+    let url = embedded.url(database);
     ensure_database_exists(&url).await?;
     Ok(DatabaseTarget {
         url,
         embedded: Some(embedded),
+        why,
     })
+}
+
+/// What the default server (127.0.0.1:5432, user `postgres`, no password) makes of us.
+enum DefaultServer {
+    /// It let us in; the URL of the wanted database there (created if missing).
+    LetsUsIn(String),
+    /// It answered and refused the login, with its answer.
+    Refuses(String),
+    /// Nothing answers there.
+    Silent,
+}
+
+async fn default_server(database: &str) -> Result<DefaultServer, EmbeddedError> {
+    if !answers_tcp(5432).await {
+        return Ok(DefaultServer::Silent);
+    }
+    let url = format!(
+        "postgres://postgres@127.0.0.1:5432/{}",
+        encode_path_segment(database)
+    );
+    match ensure_database_exists(&url).await {
+        Ok(()) => Ok(DefaultServer::LetsUsIn(url)),
+        Err(EmbeddedError::LoginRefused { answer, .. }) => Ok(DefaultServer::Refuses(answer)),
+        // It went away between the probe and the login.
+        Err(EmbeddedError::Unreachable { .. }) => Ok(DefaultServer::Silent),
+        Err(EmbeddedError::Database { context, source }) => Err(EmbeddedError::Database {
+            context: format!(
+                "{context} (DATABASE_URL is unset and the server on 127.0.0.1:5432 lets user \
+                 postgres in; set DATABASE_URL to choose the server)"
+            ),
+            source,
+        }),
+        Err(other) => Err(other),
+    }
 }
 
 /// `$STEPWISE_HOME`, or `~/.stepwise`.
@@ -266,6 +339,34 @@ async fn answers_tcp(port: u16) -> bool {
     )
 }
 
+/// Connects once, giving up after [`CONNECT_DEADLINE`] (a port that accepts but never speaks
+/// PostgreSQL must not hang every command).
+async fn connect(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+    match tokio::time::timeout(CONNECT_DEADLINE, PgConnection::connect_with(options)).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {} s", CONNECT_DEADLINE.as_secs()),
+        ))),
+    }
+}
+
+/// The error of a failed login to `url`: refused and unreachable servers get their own
+/// variants (exit 2, with the fix), anything else keeps sqlx's error under `context`.
+fn login_error(url: &str, context: String, source: sqlx::Error) -> EmbeddedError {
+    match LoginFailure::of(&source) {
+        LoginFailure::Refused(answer) => EmbeddedError::LoginRefused {
+            url: redact(url),
+            answer,
+        },
+        LoginFailure::Unreachable(answer) => EmbeddedError::Unreachable {
+            url: redact(url),
+            answer,
+        },
+        LoginFailure::Other(_) => EmbeddedError::Database { context, source },
+    }
+}
+
 /// Creates the database named in `url` when it does not exist yet, by connecting to the
 /// `postgres` maintenance database of the same server. Tolerates another process creating it at
 /// the same time.
@@ -277,21 +378,19 @@ pub async fn ensure_database_exists(url: &str) -> Result<(), EmbeddedError> {
     };
     let server = format!("{}:{}", target.get_host(), target.get_port());
     let maintenance = target.clone().database("postgres");
-    let mut conn = match PgConnection::connect_with(&maintenance).await {
+    let mut conn = match connect(&maintenance).await {
         Ok(conn) => conn,
         Err(maintenance_err) => {
             // Without access to `postgres` the database may still exist and be usable.
-            if let Ok(conn) = PgConnection::connect_with(&target).await {
+            if let Ok(conn) = connect(&target).await {
                 let _ = conn.close().await;
                 return Ok(());
             }
-            return Err(EmbeddedError::Database {
-                context: format!(
-                    "connecting to PostgreSQL at {server} as {}",
-                    target.get_username()
-                ),
-                source: maintenance_err,
-            });
+            let context = format!(
+                "connecting to PostgreSQL at {server} as {}",
+                target.get_username()
+            );
+            return Err(login_error(url, context, maintenance_err));
         }
     };
     let result = create_if_missing(&mut conn, &db).await;
@@ -1099,7 +1198,7 @@ async fn start_server(layout: &Layout, bin: &PgBinaries) -> Result<(u16, Child),
         attempt += 1;
         let port = free_port()?;
         let offset = fs::metadata(&layout.log).map(|m| m.len()).unwrap_or(0);
-        info!(version = %bin.version, port, data = %layout.data.display(), "starting the embedded PostgreSQL");
+        debug!(version = %bin.version, port, data = %layout.data.display(), "starting the embedded PostgreSQL");
         let mut child = spawn_postgres(layout, bin, port)?;
         let failure = match wait_ready(&mut child, port).await {
             Ok(Startup::Ready) => return Ok((port, child)),
@@ -1231,7 +1330,7 @@ impl EmbeddedPostgres {
         }
         let (port, child) = match running_server(&layout).await? {
             Some(pid_file) => {
-                info!(
+                debug!(
                     port = pid_file.port,
                     pid = pid_file.pid,
                     "reusing the embedded PostgreSQL that another stepwise process started"
@@ -1248,7 +1347,7 @@ impl EmbeddedPostgres {
         let client_lock = Flock::lock(clients, FlockArg::LockSharedNonblock)
             .map_err(|(_, e)| flock_err(&layout.clients_lock, e))?;
         drop(start_lock);
-        info!(port, "the embedded PostgreSQL accepts connections");
+        debug!(port, "the embedded PostgreSQL accepts connections");
         Ok(EmbeddedPostgres {
             inner: Some(Inner {
                 port,
@@ -1292,6 +1391,17 @@ impl EmbeddedPostgres {
     /// Whether this process started the server (false when it joined a running one).
     pub fn started_here(&self) -> bool {
         self.inner.as_ref().is_some_and(|i| i.child.is_some())
+    }
+
+    /// Leaves the server running after this process exits (`stepwise embedded-pg start`, used by
+    /// `scripts/test`); [`stop_embedded`] stops it later.
+    pub fn detach(mut self) {
+        if let Some(inner) = self.inner.take() {
+            // Dropping the child handle neither kills nor waits: the server lives on in its own
+            // process group, and without our shared lock a later stop may take it down.
+            drop(inner.client_lock);
+            drop(inner.child);
+        }
     }
 
     /// Leaves the server: stops it unless another stepwise process still uses it.
@@ -1359,6 +1469,42 @@ fn release(inner: Inner) -> Result<(), EmbeddedError> {
     drop(last_user);
     drop(start_lock);
     result
+}
+
+/// Stops the embedded server of `home` if one runs and no stepwise process uses it (the
+/// counterpart of [`EmbeddedPostgres::detach`]). Returns whether a server was stopped.
+pub async fn stop_embedded(home: &Path) -> Result<bool, EmbeddedError> {
+    let home = home.to_path_buf();
+    tokio::task::spawn_blocking(move || stop_embedded_blocking(&home))
+        .await
+        .map_err(|e| EmbeddedError::Stop(format!("the stop task failed: {e}")))?
+}
+
+fn stop_embedded_blocking(home: &Path) -> Result<bool, EmbeddedError> {
+    if fs::symlink_metadata(home.join("pg")).is_err() {
+        return Ok(false);
+    }
+    let layout = prepare_layout(home, lookup_run_as()?)?;
+    let start_lock = lock_exclusive_blocking(&layout.start_lock)?;
+    let clients = open_lock_file(&layout.clients_lock)?;
+    let last_user = match Flock::lock(clients, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, Errno::EWOULDBLOCK)) => {
+            info!("leaving the embedded PostgreSQL running: a stepwise process uses it");
+            return Ok(false);
+        }
+        Err((_, e)) => return Err(flock_err(&layout.clients_lock, e)),
+    };
+    let stopped = match read_pid_file(&layout.data) {
+        Some(pid_file) if is_postmaster_of(pid_file.pid, &layout.data) => {
+            stop_pid(pid_file.pid, &layout.data, None)?;
+            true
+        }
+        _ => false,
+    };
+    drop(last_user);
+    drop(start_lock);
+    Ok(stopped)
 }
 
 fn encode_path_segment(s: &str) -> String {

@@ -5,7 +5,9 @@
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod db_login;
 pub mod demo;
+pub mod doctor;
 pub mod embedded_pg;
 pub mod exit;
 pub mod metrics_server;

@@ -2,6 +2,8 @@
 
 mod audit;
 mod bench;
+mod doctor;
+mod embedded_pg;
 mod mcp;
 mod sagas;
 mod sandbox;
@@ -17,7 +19,7 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(
     name = "stepwise",
-    version,
+    version = env!("STEPWISE_VERSION"),
     about = "Durable sagas on PostgreSQL, served to AI agents as MCP tools",
     long_about = "Stepwise runs skills: sagas of persisted steps with compensations, executed by \
                   PostgreSQL-backed workers.\n\nDATABASE_URL selects PostgreSQL; when unset, a \
@@ -60,6 +62,17 @@ pub enum Command {
     /// Serve the external-systems sandbox (Stripe, Salesforce and Twilio stand-ins) until
     /// Ctrl-C or SIGTERM.
     Sandbox(sandbox::SandboxArgs),
+    /// Check the database, the migrations, the clock, the external services and the webhook
+    /// secret; print each finding with what to do (exit 0 healthy, 2 something to fix).
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script: `stepwise completions bash > /etc/bash_completion.d/stepwise`.
+    Completions {
+        /// bash, zsh, fish (also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
+    /// The database rule and the embedded PostgreSQL, for scripts (scripts/test).
+    #[command(subcommand, hide = true, name = "embedded-pg")]
+    EmbeddedPg(embedded_pg::EmbeddedPgCommand),
 }
 
 /// Runs a parsed command.
@@ -81,6 +94,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Tokens(command) => tokens::run(command).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Sandbox(args) => sandbox::run(args).await,
+        Command::EmbeddedPg(command) => embedded_pg::run(command).await,
+        Command::Doctor(args) => doctor::run(args).await,
+        Command::Completions { shell } => {
+            // Generated into memory: clap_complete panics when a write fails (a closed pipe).
+            let mut script = Vec::new();
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "stepwise", &mut script);
+            let mut out = std::io::stdout().lock();
+            match std::io::Write::write_all(&mut out, &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::failed(
+                    format!("cannot write the completion script: {e}"),
+                )),
+                _ => Ok(()),
+            }
+        }
     }
 }
 
@@ -94,14 +122,7 @@ pub fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
 
 /// A database URL without its password, for messages.
 pub fn redact(url: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| {
-        let (creds, host) = rest.split_once('@')?;
-        let user = creds.split(':').next().unwrap_or("");
-        Some(format!("{scheme}://{user}@{host}"))
-    }) {
-        Some(redacted) => redacted,
-        None => url.to_string(),
-    }
+    crate::db_login::redact(url)
 }
 
 /// Parses a saga id argument.
