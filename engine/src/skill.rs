@@ -7,6 +7,7 @@
 
 use crate::error::StepError;
 use crate::retry::RetryPolicy;
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,6 +44,10 @@ pub struct StepContext {
     /// Stable across attempts: `{saga_id}/{step}`, or `{saga_id}/{step}/compensate`. Pass it to
     /// external systems so a re-run has no second effect.
     pub idempotency_key: String,
+    /// When this attempt started, by the engine's [`Clock`](crate::Clock). Steps that need the
+    /// current time read it here rather than from the wall clock, so moving a test's
+    /// `ManualClock` moves their time too.
+    pub now: DateTime<Utc>,
     pub(crate) input: Arc<Value>,
     pub(crate) outputs: Arc<BTreeMap<String, Value>>,
 }

@@ -11,6 +11,7 @@ use crate::skill::{BoxFuture, Skill, StepContext};
 use crate::store::{
     ClaimedSaga, Lease, NewEvent, PgStore, StepChange, StepState, Transition, WakeChange,
 };
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -55,7 +56,13 @@ struct Run {
 
 impl Run {
     /// What the action (or compensation) at `position` sees for this attempt.
-    fn context(&self, position: usize, attempt: i32, compensation: bool) -> StepContext {
+    fn context(
+        &self,
+        position: usize,
+        attempt: i32,
+        compensation: bool,
+        now: DateTime<Utc>,
+    ) -> StepContext {
         let step = self.skill.steps()[position].name_arc();
         let saga_id = self.lease.saga_id;
         let idempotency_key = if compensation {
@@ -70,6 +77,7 @@ impl Run {
             position,
             attempt: attempt.max(1) as u32,
             idempotency_key,
+            now,
             input: self.input.clone(),
             outputs: Arc::new(outputs_of(&self.steps)),
         }
@@ -208,7 +216,7 @@ impl Driver {
 
         let state = &run.steps[position];
         let attempt = state.attempts;
-        let ctx = run.context(position, attempt, false);
+        let ctx = run.context(position, attempt, false, self.clock.now());
         let span = info_span!("step", saga_id = %run.lease.saga_id, skill = %skill.name(), step = %step.name(), attempt);
         let began = std::time::Instant::now();
         let outcome = self
@@ -423,7 +431,7 @@ impl Driver {
         state.compensation_status = CompensationStatus::Running;
         let output = state.output.clone().unwrap_or(Value::Null);
 
-        let ctx = run.context(position, attempt, true);
+        let ctx = run.context(position, attempt, true, self.clock.now());
         let Some(fut) = step.run_compensation(ctx, output) else {
             return Err(StoreError::Corrupt(format!(
                 "step `{}` is marked for compensation but has none",
