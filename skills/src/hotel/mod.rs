@@ -23,16 +23,13 @@
 //!
 //! Read-only queries (not sagas): `search_rooms`, `search_cases`, `get_booking`.
 
-pub mod booking;
-pub mod changes;
-pub mod contact;
+mod effects;
 pub mod holds;
 pub mod input;
 pub mod queries;
 pub mod records;
-pub mod requests;
 mod reversible;
-pub mod stay;
+pub mod skills;
 
 use crate::connectors::Connectors;
 use holds::Holds;
@@ -97,18 +94,18 @@ impl Hotel {
 /// Registers every hotel skill and query.
 pub fn register(registry: &mut Registry, hotel: &Arc<Hotel>) -> Result<(), crate::SetupError> {
     for skill in [
-        contact::upsert_contact(hotel)?,
-        booking::create_booking(hotel)?,
-        booking::manage_booking(hotel)?,
-        changes::extend_stay(hotel)?,
-        changes::upgrade_room(hotel)?,
-        changes::cancel_booking(hotel)?,
-        stay::check_in_guest(hotel)?,
-        stay::process_guest_checkout(hotel)?,
-        stay::compensate_checkout(hotel)?,
-        requests::submit_guest_service_request(hotel)?,
-        requests::submit_maintenance_request(hotel)?,
-        requests::update_room_status(hotel)?,
+        skills::contact::upsert_contact(hotel)?,
+        skills::booking::create_booking(hotel)?,
+        skills::manage::manage_booking(hotel)?,
+        skills::extend::extend_stay(hotel)?,
+        skills::upgrade::upgrade_room(hotel)?,
+        skills::cancel::cancel_booking(hotel)?,
+        skills::check_in::check_in_guest(hotel)?,
+        skills::checkout::process_guest_checkout(hotel)?,
+        skills::reverse_checkout::compensate_checkout(hotel)?,
+        skills::service_request::submit_guest_service_request(hotel)?,
+        skills::maintenance::submit_maintenance_request(hotel)?,
+        skills::room_status::update_room_status(hotel)?,
     ] {
         registry.register(skill)?;
     }
@@ -120,7 +117,7 @@ pub fn register(registry: &mut Registry, hotel: &Arc<Hotel>) -> Result<(), crate
     Ok(())
 }
 
-/// Who may call what (CONTRACT.md section 5): operators may call everything.
+/// Who may call what: operators may call everything.
 pub(crate) mod exposure {
     use super::Exposure;
 

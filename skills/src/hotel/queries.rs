@@ -1,6 +1,6 @@
 //! Read-only queries: `search_rooms`, `search_cases`, `get_booking`. Plain calls, not sagas.
 
-use super::records::{self, Booking, Case, Room};
+use super::records::{self, Booking, Case, Priority, Room, RoomStatus};
 use super::{exposure, input, Hotel};
 use crate::connectors::crm::soql;
 use chrono::NaiveDate;
@@ -8,8 +8,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use stepwise_engine::{Exposure, InputError, Query, SkillInput, StepError};
-
-use super::requests::{Priority, RoomStatus};
 
 pub fn all(hotel: &Arc<Hotel>) -> Vec<Query> {
     vec![search_rooms(hotel), search_cases(hotel), get_booking(hotel)]

@@ -4,6 +4,7 @@
 use crate::connectors::crm::soql;
 use crate::connectors::CrmClient;
 use chrono::NaiveDate;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use stepwise_engine::StepError;
 
@@ -30,6 +31,70 @@ pub mod booking_status {
     pub const CHECKED_IN: &str = "Checked In";
     pub const CHECKED_OUT: &str = "Checked Out";
     pub const CANCELLED: &str = "Cancelled";
+}
+
+/// A room status (the CRM picklist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RoomStatus {
+    Vacant,
+    Occupied,
+    Cleaning,
+    Maintenance,
+    #[serde(rename = "Out of Service")]
+    OutOfService,
+}
+
+impl RoomStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomStatus::Vacant => room_status::VACANT,
+            RoomStatus::Occupied => room_status::OCCUPIED,
+            RoomStatus::Cleaning => room_status::CLEANING,
+            RoomStatus::Maintenance => room_status::MAINTENANCE,
+            RoomStatus::OutOfService => room_status::OUT_OF_SERVICE,
+        }
+    }
+}
+
+// A case's priority (the `Priority` picklist of `Case`); no doc comment, so the input schemas
+// that name it stay as they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Priority {
+    Low,
+    Medium,
+    High,
+    Urgent,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "Low",
+            Priority::Medium => "Medium",
+            Priority::High => "High",
+            Priority::Urgent => "Urgent",
+        }
+    }
+}
+
+// A contact's kind (the `Contact_Type__c` picklist of `Contact`); no doc comment, so the
+// input schema that names it stays as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum ContactType {
+    #[default]
+    Guest,
+    Manager,
+    Vendor,
+}
+
+impl ContactType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactType::Guest => "Guest",
+            ContactType::Manager => "Manager",
+            ContactType::Vendor => "Vendor",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,6 +354,36 @@ pub async fn guest_booking(
         .next()
         .ok_or_else(not_found)?;
     Ok((contact, booking))
+}
+
+/// A guest's booking that is still live (reserved or checked in), with its room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveBooking {
+    pub guest: Contact,
+    pub booking: Booking,
+    pub room: Room,
+}
+
+/// The guest's booking `number`, refused with `booking_not_active` unless it is reserved or
+/// checked in.
+pub async fn live_booking(
+    crm: &CrmClient,
+    email: &str,
+    number: &str,
+) -> Result<LiveBooking, StepError> {
+    let (guest, booking) = guest_booking(crm, email, number).await?;
+    if booking.status != booking_status::RESERVED && booking.status != booking_status::CHECKED_IN {
+        return Err(StepError::permanent(
+            "booking_not_active",
+            format!("booking {} is {}", booking.number, booking.status),
+        ));
+    }
+    let room = room_by_id(crm, &booking.room).await?;
+    Ok(LiveBooking {
+        guest,
+        booking,
+        room,
+    })
 }
 
 /// Bookings of a guest in one status, oldest check-in first.

@@ -1,30 +1,12 @@
 //! `upsert_contact`: find a contact by email, or create it.
 
-use super::records::{self, CONTACT};
-use super::{exposure, ext, input, step, Hotel};
+use crate::hotel::effects::crm::create_contact;
+use crate::hotel::records::{self, ContactType};
+use crate::hotel::{exposure, input, step, Hotel};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::sync::Arc;
 use stepwise_engine::{InputError, Skill, SkillError, SkillInput, StepContext, StepError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-pub enum ContactType {
-    #[default]
-    Guest,
-    Manager,
-    Vendor,
-}
-
-impl ContactType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContactType::Guest => "Guest",
-            ContactType::Manager => "Manager",
-            ContactType::Vendor => "Vendor",
-        }
-    }
-}
 
 /// Input of `upsert_contact`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -113,33 +95,4 @@ async fn run(hotel: Arc<Hotel>, ctx: StepContext) -> Result<ContactOutput, StepE
         contact_type: input.contact_type.as_str().to_string(),
         created: upserted.1,
     })
-}
-
-/// Creates (or finds again, on a re-run) the contact keyed by its email: the CRM's unique
-/// external id `Unique_Email__c` makes the create idempotent. Returns `(id, created)`.
-pub(crate) async fn create_contact(
-    hotel: &Hotel,
-    email: &str,
-    first_name: &str,
-    last_name: &str,
-    contact_type: ContactType,
-    phone: Option<&str>,
-) -> Result<(String, bool), StepError> {
-    let email = email.to_lowercase();
-    let mut fields = json!({
-        "FirstName": first_name,
-        "LastName": last_name,
-        "Email": email,
-        "Contact_Type__c": contact_type.as_str(),
-    });
-    if let (Some(phone), Some(map)) = (phone, fields.as_object_mut()) {
-        map.insert("Phone".into(), phone.into());
-    }
-    let upserted = hotel
-        .connectors
-        .crm
-        .upsert(CONTACT, "Unique_Email__c", &email, &fields)
-        .await
-        .map_err(ext)?;
-    Ok((upserted.id, upserted.created))
 }

@@ -1,0 +1,154 @@
+//! Money: charging and refunding through the payments service, and recording payments in the
+//! CRM's payment ledger (`Payment_Transaction__c`).
+
+use crate::connectors::payments::{PaymentIntent, PaymentRequest, Refund};
+use crate::hotel::records::{self, PAYMENT_TRANSACTION};
+use crate::hotel::{ext, record_key, Hotel};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use stepwise_engine::{StepContext, StepError};
+
+/// Finds or creates the payment customer and creates and confirms a payment under the step's
+/// idempotency key. A declined card is a permanent `card_declined`; a card that needs 3-D
+/// Secure is a permanent `payment_requires_action` telling what the guest must do.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn charge(
+    hotel: &Hotel,
+    ctx: &StepContext,
+    email: &str,
+    name: &str,
+    payment_method: &str,
+    amount: i64,
+    description: &str,
+    booking_number: &str,
+) -> Result<PaymentIntent, StepError> {
+    let payments = &hotel.connectors.payments;
+    let customer = payments
+        .find_or_create_customer(email, name, &format!("{}/customer", ctx.idempotency_key))
+        .await
+        .map_err(ext)?;
+    let metadata = [
+        ("booking_number", booking_number.to_string()),
+        ("saga_id", ctx.saga_id.to_string()),
+    ];
+    let request = PaymentRequest {
+        amount,
+        currency: "usd",
+        customer: &customer.id,
+        payment_method,
+        description,
+        metadata: &metadata,
+    };
+    let intent = payments
+        .create_and_confirm(&request, &ctx.idempotency_key)
+        .await
+        .map_err(|error| {
+            let declined = error.code() == Some("card_declined");
+            let step_error: StepError = error.into();
+            if declined {
+                step_error.with_action(
+                    "The card was declined: ask the guest for another payment method and call again with a new idempotency_key",
+                )
+            } else {
+                step_error
+            }
+        })?;
+    match intent.status.as_str() {
+        "succeeded" => Ok(intent),
+        "requires_action" => Err(StepError::permanent(
+            "payment_requires_action",
+            format!(
+                "payment {} needs the guest to authenticate the card (3-D Secure)",
+                intent.id
+            ),
+        )
+        .with_action(format!(
+            "Ask the guest to complete the card authentication for payment {} in their banking app, \
+             or to use another card; then call again with a new idempotency_key",
+            intent.id
+        ))),
+        other => Err(StepError::permanent(
+            "payment_failed",
+            format!("payment {} ended in status {other}", intent.id),
+        )
+        .with_action("Ask the guest for another payment method")),
+    }
+}
+
+/// Refunds a payment, in full or `amount` cents of it, as the guest asked, under `key` (the
+/// payments service answers a repeated key with its first refund).
+pub(crate) async fn refund(
+    hotel: &Hotel,
+    payment_intent: &str,
+    amount: Option<i64>,
+    key: &str,
+) -> Result<Refund, StepError> {
+    hotel
+        .connectors
+        .payments
+        .refund(payment_intent, amount, "requested_by_customer", key)
+        .await
+        .map_err(ext)
+}
+
+/// Records a payment (or refund) in the CRM, keyed by the step's idempotency key.
+pub(crate) async fn record_payment(
+    hotel: &Hotel,
+    ctx: &StepContext,
+    booking_id: &str,
+    stripe_id: &str,
+    amount: i64,
+    kind: &str,
+) -> Result<String, StepError> {
+    let upserted = hotel
+        .connectors
+        .crm
+        .upsert(
+            PAYMENT_TRANSACTION,
+            "External_ID__c",
+            &record_key(ctx),
+            &json!({
+                "Booking__c": booking_id,
+                "Stripe_Transaction_ID__c": stripe_id,
+                "Amount__c": records::cents_to_dollars(amount),
+                "Type__c": kind,
+                "Status__c": "Completed",
+            }),
+        )
+        .await
+        .map_err(ext)?;
+    Ok(upserted.id)
+}
+
+/// Sets the status of a payment record (`Completed`, `Refunded`).
+pub(crate) async fn set_payment_status(
+    hotel: &Hotel,
+    payment_transaction_id: &str,
+    status: &str,
+) -> Result<(), StepError> {
+    hotel
+        .connectors
+        .crm
+        .update(
+            PAYMENT_TRANSACTION,
+            payment_transaction_id,
+            &json!({"Status__c": status}),
+        )
+        .await
+        .map_err(ext)?;
+    Ok(())
+}
+
+/// Undoes a step that recorded a payment (`{"payment_transaction_id": ...}`): the record is
+/// marked `Refunded`, the refund itself being the charge step's undo.
+pub(crate) async fn mark_payment_refunded(
+    hotel: Arc<Hotel>,
+    _ctx: StepContext,
+    output: Value,
+) -> Result<Value, StepError> {
+    let Some(id) = output.get("payment_transaction_id").and_then(Value::as_str) else {
+        return Ok(json!({"payment_transaction_id": null, "reason": "nothing was recorded"}));
+    };
+    set_payment_status(&hotel, id, "Refunded").await?;
+    Ok(json!({"payment_transaction_id": id, "status": "Refunded"}))
+}
