@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use stepwise_engine::{Engine, PgStore, SystemClock};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
-use stepwise_skills::hotel::Hotel;
+use stepwise_skills::hotel::{calendar, Hotel};
 use stepwise_skills::sandbox::{Sandbox, SandboxHandle};
 use tracing::{info, warn};
 
@@ -51,13 +51,16 @@ impl App {
     }
 
     async fn open_with(pool_size: u32, mode: SandboxMode) -> Result<Self, CliError> {
+        // Configuration errors come before anything is started or connected.
+        let time_zone =
+            calendar::time_zone_from_env().map_err(|e| CliError::usage(e.to_string()))?;
         let target = embedded_pg::resolve_database().await?;
         let store = PgStore::connect(&target.url, pool_size).await?;
         store.migrate().await?;
         let (config, sandbox) = connector_config(mode).await?;
         let connectors = Connectors::new(&config)
             .map_err(|e| CliError::failed(format!("cannot set up the connectors: {e}")))?;
-        let hotel = Hotel::new(connectors, store.pool().clone());
+        let hotel = Hotel::with_time_zone(connectors, store.pool().clone(), time_zone);
         let registry = stepwise_skills::registry_with_hotel(&hotel)
             .map_err(|e| CliError::failed(format!("built-in skills are inconsistent: {e}")))?;
         Ok(Self {

@@ -240,3 +240,22 @@ async fn sigterm_stops_a_worker_gracefully_and_releases_its_sagas(pool: PgPool) 
     .unwrap();
     assert!(interrupted <= 1);
 }
+
+// A time zone the IANA database does not know is a configuration error, reported before any
+// database is touched (the URL below answers nothing).
+#[test]
+fn an_unknown_hotel_time_zone_exits_2_naming_the_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .arg("migrate")
+        .env("STEPWISE_HOTEL_TZ", "Mars/Olympus_Mons")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("STEPWISE_HOTEL_TZ=`Mars/Olympus_Mons`"),
+        "{stderr}"
+    );
+}

@@ -779,3 +779,118 @@ async fn a_contact_upsert_during_a_crm_outage_retries_then_reports_the_outage(po
         .iter()
         .all(|c| c["Email"] != "down@example.com"));
 }
+
+/// The output a saga's step recorded.
+fn step_output(detail: &stepwise_engine::SagaDetail, step: &str) -> Value {
+    detail
+        .steps
+        .iter()
+        .find(|s| s.name == step)
+        .and_then(|s| s.output.clone())
+        .unwrap_or_else(|| panic!("step {step} recorded an output"))
+}
+
+/// Books `room` from `from` to `to` (days from the UTC date) with a deposit, cancels it, and
+/// answers the cancellation and the deposit's refunds.
+async fn book_with_deposit_and_cancel(
+    w: &World,
+    key: &str,
+    room: &str,
+    from: i64,
+    to: i64,
+) -> (stepwise_engine::SagaDetail, i64, Vec<i64>) {
+    let email = format!("{key}@example.com");
+    let mut input = booking_input(&format!("{key}-book"), &email, room, from, to);
+    input["payment_method_id"] = json!("pm_card_visa");
+    let booked = w.run("create_booking", input).await;
+    assert_eq!(status(&booked), SagaStatus::Completed, "{:?}", booked.error);
+    let out = booked.output.unwrap();
+    let deposit = out["deposit_amount"].as_i64().unwrap();
+    let intent = out["deposit_payment_intent_id"].clone();
+    let cancelled = w
+        .run(
+            "cancel_booking",
+            json!({"idempotency_key": format!("{key}-cancel"), "guest_email": email,
+                   "booking_number": out["booking_number"]}),
+        )
+        .await;
+    assert_eq!(
+        status(&cancelled),
+        SagaStatus::Completed,
+        "{:?}",
+        cancelled.error
+    );
+    let refunds = objects(&w.ledger().await, "refund")
+        .into_iter()
+        .filter(|r| r["payment_intent"] == intent)
+        .map(|r| r["amount"].as_i64().unwrap())
+        .collect();
+    (cancelled, deposit, refunds)
+}
+
+// The hotel's "today" is the date on its own wall, from the engine's clock: at 03:00 UTC a hotel
+// in Los Angeles (STEPWISE_HOTEL_TZ=America/Los_Angeles) is still on the evening before.
+#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+async fn check_in_and_cancellation_policy_use_the_hotels_local_date(pool: PgPool) {
+    let utc_date = today();
+    let three_am_utc = utc_date.and_hms_opt(3, 0, 0).unwrap().and_utc();
+    let local_date = utc_date.pred_opt().unwrap();
+    let w = World::in_time_zone(pool, "America/Los_Angeles", three_am_utc).await;
+    let ledger = w.ledger().await;
+    let rooms = free_vacant_rooms(&ledger, -1, 6);
+    assert!(rooms.len() >= 3, "free rooms: {rooms:?}");
+
+    // A reservation arriving on the local date checks in without a date given: UTC's date
+    // would find no reservation arriving "today".
+    let booked = w
+        .run(
+            "create_booking",
+            booking_input("tz-stay", "tz.stay@example.com", &rooms[0], -1, 1),
+        )
+        .await;
+    assert_eq!(status(&booked), SagaStatus::Completed, "{:?}", booked.error);
+    let checked_in = w
+        .run(
+            "check_in_guest",
+            json!({"idempotency_key": "tz-ci", "guest_email": "tz.stay@example.com"}),
+        )
+        .await;
+    assert_eq!(
+        status(&checked_in),
+        SagaStatus::Completed,
+        "{:?}",
+        checked_in.error
+    );
+    assert_eq!(
+        step_output(&checked_in, "find_reservation")["check_in_date"],
+        local_date.to_string(),
+        "the default date is recorded"
+    );
+    assert_eq!(
+        checked_in.output.unwrap()["check_in_date"],
+        local_date.to_string()
+    );
+
+    // Arrival on UTC's tomorrow is two local days away: the deposit comes back in full.
+    let (cancelled, deposit, refunds) =
+        book_with_deposit_and_cancel(&w, "tz-early", &rooms[1], 1, 3).await;
+    let loaded = step_output(&cancelled, "load_booking");
+    assert_eq!(loaded["today"], local_date.to_string());
+    assert!(
+        loaded["policy"].as_str().unwrap().contains("in full"),
+        "{loaded}"
+    );
+    assert_eq!(refunds, vec![deposit]);
+
+    // Nine hours later Los Angeles has reached UTC's date: the same arrival is one day away,
+    // and half the deposit comes back.
+    w.clock
+        .set(utc_date.and_hms_opt(12, 0, 0).unwrap().and_utc());
+    let (cancelled, deposit, refunds) =
+        book_with_deposit_and_cancel(&w, "tz-late", &rooms[2], 1, 3).await;
+    assert_eq!(
+        step_output(&cancelled, "load_booking")["today"],
+        utc_date.to_string()
+    );
+    assert_eq!(refunds, vec![deposit / 2]);
+}

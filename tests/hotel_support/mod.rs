@@ -2,6 +2,7 @@
 //! over real HTTP to a sandbox started by the test, driven deterministically by a manual clock.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use stepwise_engine::{
     Worker, WorkerConfig,
 };
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
-use stepwise_skills::hotel::Hotel;
+use stepwise_skills::hotel::{calendar, Hotel};
 use stepwise_skills::sandbox::{Sandbox, SandboxHandle};
 use uuid::Uuid;
 
@@ -26,15 +27,26 @@ pub struct World {
 }
 
 impl World {
+    /// A hotel on UTC whose clock starts at the wall clock's time.
     pub async fn new(pool: PgPool) -> Self {
+        Self::in_time_zone(pool, "UTC", chrono::Utc::now()).await
+    }
+
+    /// A hotel in `time_zone` (an IANA name, as `STEPWISE_HOTEL_TZ` takes it) whose clock
+    /// starts at `now`.
+    pub async fn in_time_zone(pool: PgPool, time_zone: &str, now: DateTime<Utc>) -> Self {
         let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), 7)
             .await
             .expect("sandbox starts");
         let config =
             ConnectorConfig::sandbox(&sandbox.base_url()).with_timeout(Duration::from_secs(3));
-        let hotel = Hotel::new(Connectors::new(&config).expect("connectors"), pool.clone());
+        let hotel = Hotel::with_time_zone(
+            Connectors::new(&config).expect("connectors"),
+            pool.clone(),
+            calendar::parse_time_zone(time_zone).expect("a known time zone"),
+        );
         let registry = stepwise_skills::registry_with_hotel(&hotel).expect("skills register");
-        let clock = ManualClock::new(chrono::Utc::now());
+        let clock = ManualClock::new(now);
         let engine = Engine::new(
             PgStore::new(pool),
             Arc::new(registry),

@@ -23,6 +23,7 @@
 //!
 //! Read-only queries (not sagas): `search_rooms`, `search_cases`, `get_booking`.
 
+pub mod calendar;
 mod effects;
 pub mod holds;
 pub mod input;
@@ -32,6 +33,8 @@ mod reversible;
 pub mod skills;
 
 use crate::connectors::Connectors;
+use chrono::NaiveDate;
+use chrono_tz::Tz;
 use holds::Holds;
 use serde::Serialize;
 use serde_json::Value;
@@ -43,19 +46,39 @@ use stepwise_engine::{
     Exposure, Registry, RegistryError, RetryPolicy, Step, StepContext, StepError,
 };
 
-/// What the hotel skills work with: the connectors and our own database (room holds).
+/// What the hotel skills work with: the connectors, our own database (room holds) and the
+/// hotel's time zone.
 #[derive(Debug, Clone)]
 pub struct Hotel {
     pub connectors: Connectors,
     pub holds: Holds,
+    time_zone: Tz,
 }
 
 impl Hotel {
+    /// A hotel whose days are UTC days ([`calendar::DEFAULT_TIME_ZONE`]).
     pub fn new(connectors: Connectors, pool: PgPool) -> Arc<Self> {
+        Self::with_time_zone(connectors, pool, calendar::DEFAULT_TIME_ZONE)
+    }
+
+    /// A hotel whose "today" is the date in `time_zone` (see [`calendar`]).
+    pub fn with_time_zone(connectors: Connectors, pool: PgPool, time_zone: Tz) -> Arc<Self> {
         Arc::new(Self {
             connectors,
             holds: Holds::new(pool),
+            time_zone,
         })
+    }
+
+    pub fn time_zone(&self) -> Tz {
+        self.time_zone
+    }
+
+    /// The hotel's date when the step's attempt started (the engine's clock, in the hotel's
+    /// time zone). Steps that default to "today" record the date they used in their output,
+    /// so a re-run and later steps see the same date.
+    pub fn today(&self, ctx: &StepContext) -> NaiveDate {
+        calendar::local_date(self.time_zone, ctx.now)
     }
 }
 
@@ -199,12 +222,6 @@ pub(crate) fn recorded<T: serde::de::DeserializeOwned>(output: Value) -> Result<
 /// The external id under which a step creates its CRM record.
 pub(crate) fn record_key(ctx: &StepContext) -> String {
     crate::connectors::external_id(&ctx.idempotency_key)
-}
-
-/// Today's date (UTC). Steps that default to "today" record the date they used in their
-/// output, so a re-run later steps see the same date.
-pub(crate) fn today() -> chrono::NaiveDate {
-    chrono::Utc::now().date_naive()
 }
 
 /// Turns a connector failure into a step failure.

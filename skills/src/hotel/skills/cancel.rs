@@ -4,7 +4,7 @@
 use crate::hotel::effects::payments::{refund, set_payment_status};
 use crate::hotel::effects::sms::text_guest;
 use crate::hotel::records::{self, booking_status, Booking, LiveBooking, BOOKING, OPPORTUNITY};
-use crate::hotel::{exposure, ext, input, step, today, undo, Hotel};
+use crate::hotel::{exposure, ext, input, step, undo, Hotel};
 use chrono::NaiveDate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -112,7 +112,7 @@ async fn load_cancellable(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, 
     }
     let mut value = serde_json::to_value(&current)
         .map_err(|e| StepError::permanent("unserializable_output", e.to_string()))?;
-    let day = today();
+    let day = hotel.today(&ctx);
     let (refunds, policy) = refund_plan(&hotel, &current.booking, day).await?;
     if let Some(map) = value.as_object_mut() {
         map.insert("today".into(), json!(day));

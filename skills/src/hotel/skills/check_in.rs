@@ -4,7 +4,7 @@
 use crate::hotel::effects::crm::{restore_opportunity, set_stage, stage_of, StageChange};
 use crate::hotel::records::{self, booking_status, room_status, Booking, Contact, Room};
 use crate::hotel::reversible::{reversible, Change};
-use crate::hotel::{exposure, input, step, today, undo, Hotel};
+use crate::hotel::{exposure, input, step, undo, Hotel};
 use chrono::NaiveDate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,7 @@ pub fn check_in_guest(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
 async fn find_reservation(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Reservation, StepError> {
     let input: CheckInInput = ctx.input()?;
     let crm = &hotel.connectors.crm;
-    let date = input.check_in_date.unwrap_or_else(today);
+    let date = input.check_in_date.unwrap_or_else(|| hotel.today(&ctx));
     let guest = records::guest(crm, &input.guest_email).await?;
     let reserved =
         records::guest_bookings_in_status(crm, &guest.id, booking_status::RESERVED).await?;

@@ -5,7 +5,7 @@ use crate::hotel::effects::payments::{charge, mark_payment_refunded, record_paym
 use crate::hotel::effects::room_holds::{release, HoldTaken};
 use crate::hotel::holds::NewHold;
 use crate::hotel::records::{self, booking_status, room_status, LiveBooking, Room, BOOKING, ROOM};
-use crate::hotel::{exposure, ext, input, step, today, undo, Hotel};
+use crate::hotel::{exposure, ext, input, step, undo, Hotel};
 use chrono::NaiveDate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -126,7 +126,7 @@ async fn plan_upgrade(hotel: Arc<Hotel>, ctx: StepContext) -> Result<UpgradePlan
         ));
     }
     let from = if checked_in {
-        today().max(current.booking.check_in)
+        hotel.today(&ctx).max(current.booking.check_in)
     } else {
         current.booking.check_in
     };
