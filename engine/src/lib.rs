@@ -24,7 +24,8 @@
 //!   versions it has registered, and the claim itself starts the saga's waiting step. The
 //!   worker that commits step k starts step k+1 in the same commit and runs it while it holds
 //!   the lease.
-//! - **Time** comes from a [`Clock`]; tests use [`ManualClock`].
+//! - **Time** comes from a [`Clock`]; tests use [`ManualClock`]. Steps see it too, as the
+//!   start of their attempt ([`StepContext::now`]).
 //!
 //! ## Tables (schema `stepwise`, see `migrations/`)
 //!

@@ -1,5 +1,48 @@
 //! Stepwise skills: the Dewy Resort skills, their connectors, the external-systems sandbox,
 //! and the synthetic diagnostic skill used by tests, benchmarks and chaos runs.
+//!
+//! # Layout
+//!
+//! ```text
+//! synthetic.rs          synthetic_chain, the diagnostic skill
+//! connectors/           HTTP clients of the hotel's external systems: payments (Stripe-style),
+//!                       crm (Salesforce-style CRM/PMS), sms (Twilio-style); errors classified
+//!                       retryable or permanent where they happen
+//! hotel/
+//!   mod.rs              Hotel (connectors, room holds, time zone), register(), the step
+//!                       helpers every skill uses (step, undo, retry policies, exposures)
+//!   skills/             one file per skill: its input, steps, undos and output
+//!     contact.rs          upsert_contact
+//!     booking.rs          create_booking
+//!     manage.rs           manage_booking
+//!     extend.rs           extend_stay
+//!     upgrade.rs          upgrade_room
+//!     cancel.rs           cancel_booking (and the cancellation policy)
+//!     check_in.rs         check_in_guest
+//!     checkout.rs         process_guest_checkout
+//!     reverse_checkout.rs compensate_checkout
+//!     service_request.rs  submit_guest_service_request
+//!     maintenance.rs      submit_maintenance_request
+//!     room_status.rs      update_room_status (and the legal transitions)
+//!   effects/            what several skills do, each under the step's idempotency key:
+//!     payments.rs         charge, refund, payment records in the CRM
+//!     crm.rs              contacts, opportunity stages, room statuses (with their undos)
+//!     cases.rs            open and close cases
+//!     sms.rs              text a guest or vendor (best effort)
+//!     room_holds.rs       a step's room hold and its release
+//!   reversible.rs       a status change and its undo, both from the recorded output
+//!   records.rs          the CRM records, picklists and the lookups skills share
+//!   queries.rs          search_rooms, search_cases, get_booking (read-only, not sagas)
+//!   input.rs            input rules serde cannot express (emails, names, dates...)
+//!   holds.rs            room holds in our own database (schema `hotel`)
+//!   calendar.rs         the hotel's "today": the engine's clock in STEPWISE_HOTEL_TZ
+//! sandbox/              the external systems' stand-in, served over real HTTP
+//! ```
+//!
+//! A skill file reads top to bottom as the saga runs: the input type and its checks, the
+//! builder listing the steps in order (each step's name is a durable contract, stored with
+//! every saga), then one function per step and per undo. A step that defaults to "today" asks
+//! [`hotel::Hotel::today`] and records the date it used in its output.
 
 pub mod connectors;
 pub mod hotel;
