@@ -3,7 +3,7 @@
 use crate::clock::SharedClock;
 use crate::error::{StartError, StoreError};
 use crate::executor::{Worker, WorkerConfig};
-use crate::model::{SagaDetail, SagaFilter, SagaSummary};
+use crate::model::{SagaDetail, SagaFilter, SagaStatus, SagaSummary};
 use crate::registry::Registry;
 use crate::store::{InsertConflict, NewSaga, PgStore, StartOutcome};
 use serde_json::Value;
@@ -108,6 +108,15 @@ impl Engine {
 
     pub async fn detail(&self, id: Uuid) -> Result<Option<SagaDetail>, StoreError> {
         self.store.detail(id).await
+    }
+
+    /// The status of each of `ids` that exists (see [`PgStore::saga_statuses`]): how other
+    /// crates ask about sagas without reading the engine's tables.
+    pub async fn saga_statuses(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, SagaStatus>, StoreError> {
+        self.store.saga_statuses(ids).await
     }
 
     pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaSummary>, StoreError> {

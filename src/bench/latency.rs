@@ -4,10 +4,9 @@
 //! histogram in microseconds.
 
 use super::BenchError;
-use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use sqlx::PgPool;
+use stepwise_engine::PgStore;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -21,27 +20,16 @@ pub struct LatencySummary {
     pub done_max: Option<f64>,
 }
 
-/// (created, first step started, terminal) of one saga.
-type TimesRow = (DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>);
-
 /// Reads the latencies of `ids` (all terminal) and summarizes them in milliseconds.
-pub async fn of_sagas(pool: &PgPool, ids: &[Uuid]) -> Result<LatencySummary, BenchError> {
-    let rows: Vec<TimesRow> = sqlx::query_as(
-        "SELECT s.created_at, st.started_at, s.updated_at
-         FROM stepwise.sagas s
-         JOIN stepwise.steps st ON st.saga_id = s.id AND st.position = 0
-         WHERE s.id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
+pub async fn of_sagas(store: &PgStore, ids: &[Uuid]) -> Result<LatencySummary, BenchError> {
+    let rows = store.saga_times(ids).await?;
     let mut first = histogram()?;
     let mut done = histogram()?;
-    for (created, started, finished) in &rows {
-        if let Some(started) = started {
-            record(&mut first, *started - *created)?;
+    for times in &rows {
+        if let Some(started) = times.first_step_started_at {
+            record(&mut first, started - times.created_at)?;
         }
-        record(&mut done, *finished - *created)?;
+        record(&mut done, times.updated_at - times.created_at)?;
     }
     Ok(LatencySummary {
         samples: rows.len() as u64,

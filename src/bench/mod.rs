@@ -209,7 +209,7 @@ pub struct BenchReport {
     pub synchronous_commit: String,
     pub per_step: PerStep,
     pub peak_rss_mib: Option<f64>,
-    pub tables: Vec<pg::TableHealth>,
+    pub tables: Vec<stepwise_engine::store::TableHealth>,
     pub soak: Option<soak::SoakReport>,
     pub machine: MachineReport,
 }
@@ -280,7 +280,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     workers.stop().await;
-    let idle = latency::of_sagas(&pool, &idle_ids).await?;
+    let idle = latency::of_sagas(engine.store(), &idle_ids).await?;
 
     // 3. Throughput: start N sagas, then let the workers drain them.
     progress.phase("starting sagas", 0);
@@ -329,7 +329,7 @@ pub async fn run(
     let silent: Arc<dyn Progress> = Arc::new(Silent);
     workload::drain(&engine, half_n as u64, &silent, Duration::from_secs(120)).await?;
     workers.stop().await;
-    let half_load = latency::of_sagas(&pool, &half_ids).await?;
+    let half_load = latency::of_sagas(engine.store(), &half_ids).await?;
 
     // 5. Soak.
     let soak = match config.soak_minutes {
@@ -339,7 +339,7 @@ pub async fn run(
         _ => None,
     };
 
-    let tables = pg::table_health(&pool).await?;
+    let tables = engine.store().table_health().await?;
     let (efficiency_basis, ceiling) = if config.batch_commits {
         ("l1b", limit.l1b_steps_per_s)
     } else {

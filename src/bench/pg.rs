@@ -162,45 +162,6 @@ pub async fn server_pids(pool: &PgPool) -> Result<Vec<u32>, BenchError> {
 }
 
 /// Health of one of the engine's tables.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableHealth {
-    pub table: String,
-    pub live_tuples: i64,
-    pub dead_tuples: i64,
-    pub updates: i64,
-    pub hot_updates: i64,
-    /// Share of updates that were HOT (no index touched), 0..1.
-    pub hot_ratio: Option<f64>,
-    pub autovacuum_count: i64,
-}
-
-pub async fn table_health(pool: &PgPool) -> Result<Vec<TableHealth>, BenchError> {
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(pool)
-        .await?;
-    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT relname::text, n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, autovacuum_count
-         FROM pg_stat_user_tables
-         WHERE schemaname = 'stepwise' AND (relname IN ('sagas', 'steps') OR relname LIKE 'events%')
-           AND n_live_tup + n_dead_tup > 0
-         ORDER BY relname",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(table, live, dead, upd, hot, av)| TableHealth {
-            table,
-            live_tuples: live,
-            dead_tuples: dead,
-            updates: upd,
-            hot_updates: hot,
-            hot_ratio: (upd > 0).then(|| hot as f64 / upd as f64),
-            autovacuum_count: av,
-        })
-        .collect())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

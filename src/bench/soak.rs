@@ -2,13 +2,13 @@
 //! sagas in flight, so the workers never wait for work; each minute records the steps done
 //! (sagas finished that minute x steps per saga) and the dead tuples of the hot tables.
 
-use super::pg::{table_health, TableHealth};
 use super::workload::{start_many, unfinished, Workers};
 use super::{BenchConfig, BenchError, Progress};
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
+use stepwise_engine::store::TableHealth;
 use stepwise_engine::Engine;
 use tokio::time::Instant;
 
@@ -66,11 +66,9 @@ pub async fn run(
                 let seconds = minute_start.elapsed().as_secs_f64();
                 minute_start = Instant::now();
                 let now_finished = finished(engine).await?;
-                let health = table_health(engine.store().pool()).await?;
+                let health = engine.store().table_health().await?;
                 if manual_vacuum {
-                    sqlx::raw_sql("VACUUM (ANALYZE) stepwise.sagas, stepwise.steps")
-                        .execute(engine.store().pool())
-                        .await?;
+                    engine.store().vacuum_analyze().await?;
                 }
                 let done = now_finished - finished_before;
                 finished_before = now_finished;
@@ -110,9 +108,5 @@ pub async fn run(
 
 /// Sagas that reached a terminal state so far.
 async fn finished(engine: &Engine) -> Result<i64, BenchError> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM stepwise.sagas WHERE status IN ('completed', 'compensated', 'failed')",
-    )
-    .fetch_one(engine.store().pool())
-    .await?)
+    Ok(engine.store().finished_count().await?)
 }

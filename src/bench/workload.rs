@@ -91,24 +91,9 @@ impl Workers {
     }
 }
 
-/// How many sagas are not terminal yet.
-///
-/// Read through the partial index of unfinished sagas: without statistics (a fresh database,
-/// or a server with autovacuum off) the planner would scan every saga ever run, and this is
-/// polled many times a second. Rolled back, so it adds nothing to the commit counts.
+/// How many sagas are not terminal yet (see `PgStore::unfinished_count`).
 pub async fn unfinished(engine: &Engine) -> Result<i64, BenchError> {
-    let mut tx = engine.store().pool().begin().await?;
-    sqlx::query("SET LOCAL enable_seqscan = off")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
-        .execute(&mut *tx)
-        .await?;
-    let n = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas WHERE wake_at IS NOT NULL")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.rollback().await?;
-    Ok(n)
+    Ok(engine.store().unfinished_count().await?)
 }
 
 /// Waits until no saga is left unfinished, reporting progress over `total`. Fails if nothing
@@ -142,14 +127,7 @@ pub async fn drain(
 
 /// Steps actually executed for `ids`: every attempt of an action or a compensation.
 pub async fn steps_executed(engine: &Engine, ids: &[Uuid]) -> Result<i64, BenchError> {
-    let n: Option<i64> = sqlx::query_scalar(
-        "SELECT sum(attempts + compensation_attempts)::bigint FROM stepwise.steps
-         WHERE saga_id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_one(engine.store().pool())
-    .await?;
-    Ok(n.unwrap_or(0))
+    Ok(engine.store().attempts_executed(ids).await?)
 }
 
 /// When the last of `ids` reached its terminal state (engine clock).
@@ -157,10 +135,5 @@ pub async fn last_done(
     engine: &Engine,
     ids: &[Uuid],
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, BenchError> {
-    Ok(
-        sqlx::query_scalar("SELECT max(updated_at) FROM stepwise.sagas WHERE id = ANY($1)")
-            .bind(ids)
-            .fetch_one(engine.store().pool())
-            .await?,
-    )
+    Ok(engine.store().last_updated(ids).await?)
 }

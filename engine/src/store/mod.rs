@@ -8,12 +8,14 @@ mod group_commit;
 mod operator;
 mod queries;
 mod rows;
+mod stats;
 
 pub use operator::{HistoryPartition, OperatorEvent, PruneBatch, ReplayConflict, ReplaySaga};
 pub use queries::{
     ClaimedSaga, Committed, InsertConflict, KnownSkills, Lease, NewEvent, NewSaga, StartOutcome,
     StepChange, StepState, Transition, WakeChange,
 };
+pub use stats::{SagaTimes, TableHealth};
 
 use crate::error::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -10,6 +10,7 @@ use crate::model::{
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -776,6 +777,21 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(SagaSummary::try_from).collect()
+    }
+
+    /// The status of each of `ids` that exists (a pruned or unknown id is absent from the map).
+    pub async fn saga_statuses(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, SagaStatus>, StoreError> {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, status FROM stepwise.sagas WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(id, s)| Ok((id, parse("saga status", &s)?)))
+            .collect()
     }
 
     /// How many sagas are in each status (for `sagas list` and metrics).

@@ -7,12 +7,15 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::types::PgRange;
 use sqlx::PgPool;
 use std::ops::Bound;
-use stepwise_engine::StepError;
+use stepwise_engine::{PgStore, SagaStatus, StepError};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub struct Holds {
     pool: PgPool,
+    /// The engine's store, asked for the status of the sagas that took holds (the engine's
+    /// tables are its own).
+    sagas: PgStore,
 }
 
 /// One hold to take.
@@ -30,7 +33,10 @@ const EXCLUSION_VIOLATION: &str = "23P01";
 
 impl Holds {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            sagas: PgStore::new(pool.clone()),
+            pool,
+        }
     }
 
     /// Holds the room for `[from, to)`; `room_unavailable` (permanent) when another live hold
@@ -144,17 +150,24 @@ impl Holds {
             start: Bound::Included(hold.from),
             end: Bound::Excluded(hold.to),
         };
-        sqlx::query_as(
-            "SELECT h.id, h.booking_ref FROM hotel.room_holds h
-             JOIN stepwise.sagas s ON s.id = h.saga_id
-             WHERE h.room_number = $1 AND h.nights && $2 AND h.released_at IS NULL
-               AND s.status = 'completed'",
+        let overlapping: Vec<(i64, String, Uuid)> = sqlx::query_as(
+            "SELECT id, booking_ref, saga_id FROM hotel.room_holds
+             WHERE room_number = $1 AND nights && $2 AND released_at IS NULL",
         )
         .bind(hold.room_number)
         .bind(nights)
         .fetch_all(&self.pool)
         .await
-        .map_err(database_error)
+        .map_err(database_error)?;
+        let saga_ids: Vec<Uuid> = overlapping.iter().map(|(_, _, saga)| *saga).collect();
+        let statuses = self.sagas.saga_statuses(&saga_ids).await.map_err(|e| {
+            StepError::retryable("database_unavailable", format!("room holds: {e}"))
+        })?;
+        Ok(overlapping
+            .into_iter()
+            .filter(|(_, _, saga)| statuses.get(saga) == Some(&SagaStatus::Completed))
+            .map(|(id, booking_ref, _)| (id, booking_ref))
+            .collect())
     }
 
     /// Releases one hold by id (reconciliation of a hold whose booking is gone).

@@ -1,0 +1,136 @@
+//! Read-only statistics over the engine's tables for benchmarks and diagnostics: counts, the
+//! attempts a set of sagas made, their timings, and PostgreSQL's per-table health counters.
+//! Everything here is read through the store so that no other crate queries the engine's
+//! tables; the one write is [`PgStore::vacuum_analyze`], a maintenance command.
+
+use super::PgStore;
+use crate::error::StoreError;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// When one saga was created, started its first step, and last changed (its end, once
+/// terminal).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SagaTimes {
+    pub created_at: DateTime<Utc>,
+    pub first_step_started_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// PostgreSQL's activity counters of one of the engine's tables (`pg_stat_user_tables`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TableHealth {
+    pub table: String,
+    pub live_tuples: i64,
+    pub dead_tuples: i64,
+    pub updates: i64,
+    pub hot_updates: i64,
+    /// Share of updates that were HOT (no index touched), 0..1.
+    pub hot_ratio: Option<f64>,
+    pub autovacuum_count: i64,
+}
+
+impl PgStore {
+    /// How many sagas are not terminal yet.
+    ///
+    /// Read through the partial index of unfinished sagas: without statistics (a fresh
+    /// database, or a server with autovacuum off) the planner would scan every saga ever run,
+    /// and callers poll this many times a second. Rolled back, so it adds nothing to the
+    /// server's commit counts.
+    pub async fn unfinished_count(&self) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas WHERE wake_at IS NOT NULL")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        Ok(n)
+    }
+
+    /// How many sagas reached a terminal state.
+    pub async fn finished_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM stepwise.sagas WHERE status IN ('completed', 'compensated', 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Every attempt of an action or a compensation that `ids` made.
+    pub async fn attempts_executed(&self, ids: &[Uuid]) -> Result<i64, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(attempts + compensation_attempts)::bigint FROM stepwise.steps
+             WHERE saga_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// The latest `updated_at` of `ids` (for terminal sagas: when the last one ended).
+    pub async fn last_updated(&self, ids: &[Uuid]) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT max(updated_at) FROM stepwise.sagas WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The timings of each of `ids` that exists, in no particular order.
+    pub async fn saga_times(&self, ids: &[Uuid]) -> Result<Vec<SagaTimes>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT s.created_at, st.started_at AS first_step_started_at, s.updated_at
+             FROM stepwise.sagas s
+             JOIN stepwise.steps st ON st.saga_id = s.id AND st.position = 0
+             WHERE s.id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// `VACUUM (ANALYZE)` of the sagas and steps tables (the history is append-only).
+    pub async fn vacuum_analyze(&self) -> Result<(), StoreError> {
+        sqlx::raw_sql("VACUUM (ANALYZE) stepwise.sagas, stepwise.steps")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The counters of the sagas, steps and history tables (partitions included) that hold
+    /// rows, fresh (the statistics snapshot is cleared first).
+    pub async fn table_health(&self) -> Result<Vec<TableHealth>, StoreError> {
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&self.pool)
+            .await?;
+        let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT relname::text, n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, autovacuum_count
+             FROM pg_stat_user_tables
+             WHERE schemaname = 'stepwise' AND (relname IN ('sagas', 'steps') OR relname LIKE 'events%')
+               AND n_live_tup + n_dead_tup > 0
+             ORDER BY relname",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(table, live, dead, upd, hot, av)| TableHealth {
+                table,
+                live_tuples: live,
+                dead_tuples: dead,
+                updates: upd,
+                hot_updates: hot,
+                hot_ratio: (upd > 0).then(|| hot as f64 / upd as f64),
+                autovacuum_count: av,
+            })
+            .collect())
+    }
+}
