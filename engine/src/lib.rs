@@ -62,6 +62,7 @@ pub mod registry;
 pub mod retry;
 pub mod skill;
 pub mod store;
+pub mod synthetic;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use engine::{Engine, StartRequest};

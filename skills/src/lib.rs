@@ -47,7 +47,9 @@
 pub mod connectors;
 pub mod hotel;
 pub mod sandbox;
-pub mod synthetic;
+
+/// The diagnostic skill `synthetic_chain` (defined by the engine, which it needs alone).
+pub use stepwise_engine::synthetic;
 
 use stepwise_engine::{Registry, RegistryError, SkillError};
 

@@ -6,14 +6,15 @@
 //! it succeeds. "In total" counts every attempt recorded for that step over the saga's life,
 //! operator retries included. `max_attempts` overrides the retry policy of every step and
 //! compensation. Each output records the step's index and the attempt that succeeded.
+//!
+//! It lives in the engine because it knows nothing but the engine: the engine's own tests use
+//! it, and applications register it next to their skills (`stepwise skills` lists it).
 
+use crate::{Exposure, InputError, RetryPolicy, Skill, SkillError, SkillInput, Step, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
-use stepwise_engine::{
-    Exposure, InputError, RetryPolicy, Skill, SkillError, SkillInput, Step, StepError,
-};
 
 pub const NAME: &str = "synthetic_chain";
 /// The longest chain a synthetic saga may ask for.
@@ -90,7 +91,7 @@ fn policy() -> RetryPolicy {
         initial_delay: Duration::from_millis(10),
         multiplier: 2.0,
         max_delay: Duration::from_millis(500),
-        jitter: stepwise_engine::Jitter::Full,
+        jitter: crate::Jitter::Full,
     }
 }
 
