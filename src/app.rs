@@ -5,9 +5,10 @@
 
 use crate::embedded_pg::{self, DatabaseTarget};
 use crate::exit::CliError;
+use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use stepwise_engine::{Engine, PgStore, SystemClock};
+use stepwise_engine::{Engine, PgStore, StoreError, SystemClock};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
 use stepwise_skills::hotel::{calendar, Hotel};
 use stepwise_skills::sandbox::{Sandbox, SandboxHandle};
@@ -56,7 +57,7 @@ impl App {
             calendar::time_zone_from_env().map_err(|e| CliError::usage(e.to_string()))?;
         let target = embedded_pg::resolve_database().await?;
         let store = PgStore::connect(&target.url, pool_size).await?;
-        store.migrate().await?;
+        migrate(store.pool()).await?;
         let (config, sandbox) = connector_config(mode).await?;
         let connectors = Connectors::new(&config)
             .map_err(|e| CliError::failed(format!("cannot set up the connectors: {e}")))?;
@@ -85,6 +86,20 @@ impl App {
             }
         }
     }
+}
+
+/// Applies every crate's migrations, each into its own schema with its own history: the
+/// engine's (`stepwise`, refusing a 0.x database), then the hotel skills' (`hotel`), then the
+/// MCP facade's (`mcp`).
+pub async fn migrate(pool: &PgPool) -> Result<(), CliError> {
+    PgStore::new(pool.clone()).migrate().await?;
+    stepwise_engine::migrations::apply_all(
+        pool,
+        &[stepwise_skills::MIGRATIONS, stepwise_mcp::MIGRATIONS],
+    )
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
 }
 
 /// The connector configuration from the environment, or a sandbox: started here

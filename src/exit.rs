@@ -1,6 +1,6 @@
 //! Exit codes of the CLI (CONTRACT.md section 3) and the error type that carries them.
 
-use stepwise_engine::{StartError, StoreError};
+use stepwise_engine::{MigrationError, StartError, StoreError};
 
 /// What kind of failure ended a command; the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,8 @@ impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) => Self::not_found(e.to_string()),
-            StoreError::Database(_) | StoreError::Migrate(_) => Self::usage(format!(
+            StoreError::Migration(MigrationError::OldLayout { .. }) => Self::usage(e.to_string()),
+            StoreError::Database(_) | StoreError::Migration(_) => Self::usage(format!(
                 "{e} (check DATABASE_URL and that PostgreSQL is running)"
             )),
             other => Self::failed(other.to_string()),

@@ -8,8 +8,11 @@ use sqlx::PgPool;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn start_is_idempotent_and_conflicts_exit_4(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let url = database_url(&pool).await;
     let input = r#"{"steps":2}"#;
     let first = stepwise(
@@ -79,8 +82,11 @@ async fn start_is_idempotent_and_conflicts_exit_4(pool: PgPool) {
     assert!(String::from_utf8_lossy(&conflict.stderr).contains("different input"));
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn usage_errors_exit_2_and_unknown_things_exit_3(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let url = database_url(&pool).await;
     let bad_json = stepwise(&url, &["start", "synthetic_chain", "--input", "{nope"]);
     assert_eq!(bad_json.status.code(), Some(2));
@@ -106,8 +112,11 @@ async fn usage_errors_exit_2_and_unknown_things_exit_3(pool: PgPool) {
     assert_eq!(rows, 0, "failed starts wrote nothing");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_waited_saga_that_ends_compensated_exits_1_and_show_tells_the_story(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let url = database_url(&pool).await;
     let mut worker = Command::new(env!("CARGO_BIN_EXE_stepwise"))
         .args(["worker", "--worker-id", "cli-test-worker"])
@@ -171,8 +180,11 @@ async fn a_waited_saga_that_ends_compensated_exits_1_and_show_tells_the_story(po
     assert_eq!(json_of(&list)["sagas"][0]["id"], summary["id"]);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn sigterm_stops_a_worker_gracefully_and_releases_its_sagas(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let url = database_url(&pool).await;
     let start = stepwise(
         &url,

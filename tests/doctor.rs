@@ -47,6 +47,8 @@ async fn doctor_is_healthy_on_a_migrated_database_and_sees_migrations_out_of_ste
         "database",
         "server_version",
         "migrations:stepwise",
+        "migrations:hotel",
+        "migrations:mcp",
         "synchronous_commit",
         "clock",
         "webhook_secret",
@@ -58,8 +60,11 @@ async fn doctor_is_healthy_on_a_migrated_database_and_sees_migrations_out_of_ste
             "{found}"
         );
     }
-    assert_eq!(check(&report, "migrations:stepwise")["status"], "ok");
-    assert_eq!(check(&report, "migrations:stepwise")["fix"], Value::Null);
+    for schema in ["stepwise", "hotel", "mcp"] {
+        let name = format!("migrations:{schema}");
+        assert_eq!(check(&report, &name)["status"], "ok");
+        assert_eq!(check(&report, &name)["fix"], Value::Null);
+    }
     // No service configured: the services check says what commands then do.
     assert!(check(&report, "services")["detail"]
         .as_str()
@@ -68,7 +73,7 @@ async fn doctor_is_healthy_on_a_migrated_database_and_sees_migrations_out_of_ste
 
     // A version this binary does not know, as a newer stepwise would leave it.
     sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+        "INSERT INTO stepwise._sqlx_migrations (version, description, success, checksum, execution_time) \
          VALUES (99990101000000, 'from the future', true, '\\x00', 0)",
     )
     .execute(&pool)

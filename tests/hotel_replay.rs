@@ -11,8 +11,11 @@ use sqlx::PgPool;
 use stepwise_engine::operator::OperatorRequest;
 use stepwise_engine::SagaStatus;
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_saga_whose_undo_failed_is_finished_by_an_operator_retry(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let room_number = free_vacant_rooms(&w.ledger().await, 80, 82)[0].clone();
     // Opportunity updates by id fail (the create is an upsert by external id, unaffected):
@@ -67,8 +70,11 @@ async fn a_saga_whose_undo_failed_is_finished_by_an_operator_retry(pool: PgPool)
     assert!(w.hotel.holds.live(&room_number).await.unwrap().is_empty());
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn checkouts_compensated_in_a_payments_outage_are_restarted_or_forked_after_it(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let stays = checked_in_stays(&w.ledger().await);
     let (first, second) = (stays[0].clone(), stays[1].clone());

@@ -11,8 +11,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 use stepwise_engine::{JitterSource, SagaStatus, StartError, WorkerConfig};
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn checkouts_under_flaky_payments_charge_once_and_refund_every_compensated_one(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let stays = checked_in_stays(&w.ledger().await);
     assert!(
@@ -94,8 +97,11 @@ async fn checkouts_under_flaky_payments_charge_once_and_refund_every_compensated
     assert!(faulted > 0, "the sandbox did inject errors");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_charge_re_run_after_a_lost_commit_is_replayed_not_repeated(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let (email, number, _) = checked_in_stays(&w.ledger().await)[0].clone();
     // Payment calls take a while, so the first worker is still inside the call when its lease
@@ -160,8 +166,11 @@ async fn a_charge_re_run_after_a_lost_commit_is_replayed_not_repeated(pool: PgPo
     assert_eq!(charge_step.attempts, 2);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn twenty_racing_bookings_of_one_room_leave_exactly_one(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let before = w.ledger().await;
     let room_number = free_vacant_rooms(&before, 60, 64)[0].clone();
@@ -212,8 +221,11 @@ async fn twenty_racing_bookings_of_one_room_leave_exactly_one(pool: PgPool) {
     assert_eq!(w.hotel.holds.live(&room_number).await.unwrap().len(), 1);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool.clone()).await;
     let room_number = free_vacant_rooms(&w.ledger().await, 70, 72)[0].clone();
     let cases = [

@@ -10,8 +10,11 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use stepwise_engine::SagaStatus;
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_booking_lives_through_changes_upgrade_and_cancellation(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let ledger = w.ledger().await;
     let rooms = free_vacant_rooms(&ledger, 40, 50);
@@ -159,8 +162,11 @@ async fn a_booking_lives_through_changes_upgrade_and_cancellation(pool: PgPool) 
     );
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_stay_from_check_in_to_checkout_and_its_reversal(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let ledger = w.ledger().await;
     let room_number = free_vacant_rooms(&ledger, 0, 2)[0].clone();
@@ -284,8 +290,11 @@ async fn a_stay_from_check_in_to_checkout_and_its_reversal(pool: PgPool) {
     assert_eq!(refund["amount"], payment["amount"]);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_declined_card_at_checkout_changes_nothing_and_says_why(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let ledger = w.ledger().await;
     let (email, number, room_number) = checked_in_stays(&ledger)[0].clone();
@@ -312,8 +321,11 @@ async fn a_declined_card_at_checkout_changes_nothing_and_says_why(pool: PgPool) 
         .all(|p| p["status"] != "succeeded"));
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_failure_after_the_charge_refunds_it_and_restores_booking_and_room(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let ledger = w.ledger().await;
     let (email, number, room_number) = checked_in_stays(&ledger)[0].clone();
@@ -355,8 +367,11 @@ async fn a_failure_after_the_charge_refunds_it_and_restores_booking_and_room(poo
     assert_eq!(room(&ledger, &room_number)["Status__c"], "Occupied");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_declined_deposit_cancels_the_booking_and_frees_the_room(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let room_number = free_vacant_rooms(&w.ledger().await, 30, 32)[0].clone();
     let mut input = booking_input("bk-declined", "decl@example.com", &room_number, 30, 32);
@@ -393,8 +408,11 @@ async fn a_declined_deposit_cancels_the_booking_and_frees_the_room(pool: PgPool)
     assert_eq!(status(&again), SagaStatus::Completed, "{:?}", again.error);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_declined_upgrade_payment_moves_the_guest_back(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let ledger = w.ledger().await;
     let rooms = free_vacant_rooms(&ledger, 20, 22);
@@ -437,8 +455,11 @@ async fn a_declined_upgrade_payment_moves_the_guest_back(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn failures_midway_undo_extensions_changes_check_ins_and_cancellations(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let ledger = w.ledger().await;
     let room_number = free_vacant_rooms(&ledger, 0, 12)[0].clone();
@@ -521,8 +542,11 @@ async fn failures_midway_undo_extensions_changes_check_ins_and_cancellations(poo
     assert_eq!(room(&ledger, &room_number)["Status__c"], "Vacant");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn check_in_refuses_unknown_guests_missing_reservations_and_busy_rooms(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let unknown = w
         .run(
@@ -542,8 +566,11 @@ async fn check_in_refuses_unknown_guests_missing_reservations_and_busy_rooms(poo
     assert_eq!(status(&none), SagaStatus::Compensated);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn urgent_maintenance_takes_the_room_out_and_texts_a_vendor(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let room_number = rooms_in(&w.ledger().await, "Vacant")[0].clone();
     let saga = w
@@ -612,8 +639,11 @@ async fn urgent_maintenance_takes_the_room_out_and_texts_a_vendor(pool: PgPool) 
     assert_eq!(find(&ledger, "Case", "Id", &case_id)["Status"], "Closed");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn room_status_moves_only_along_legal_transitions(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let ledger = w.ledger().await;
     let cleaning = rooms_in(&ledger, "Cleaning")[0].clone();
@@ -643,8 +673,11 @@ async fn room_status_moves_only_along_legal_transitions(pool: PgPool) {
     assert_eq!(room(&w.ledger().await, &occupied)["Status__c"], "Occupied");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn contacts_are_found_by_email_or_created_once(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let input = json!({"idempotency_key": "uc-1", "email": "Vendor.New@Example.com", "first_name": "Vera",
                        "last_name": "Nguyen", "contact_type": "Vendor", "phone": "+15550109999"});
@@ -672,8 +705,11 @@ async fn contacts_are_found_by_email_or_created_once(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn search_rooms_filters_by_status_and_floor(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let all = w.query("search_rooms", json!({"limit": 100})).await;
     assert_eq!(all["rooms"].as_array().unwrap().len(), 22);
@@ -693,8 +729,11 @@ async fn search_rooms_filters_by_status_and_floor(pool: PgPool) {
         .all(|r| r["floor"] == 2));
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_checkout_reversal_whose_refund_fails_leaves_the_stay_checked_out(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let (email, number, room_number) = checked_in_stays(&w.ledger().await)[0].clone();
     let checkout = w
@@ -731,8 +770,11 @@ async fn a_checkout_reversal_whose_refund_fails_leaves_the_stay_checked_out(pool
     assert!(objects(&ledger, "refund").is_empty());
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn service_requests_are_only_for_the_guests_own_room(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     let ledger = w.ledger().await;
     let stays = checked_in_stays(&ledger);
@@ -755,8 +797,11 @@ async fn service_requests_are_only_for_the_guests_own_room(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_contact_upsert_during_a_crm_outage_retries_then_reports_the_outage(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let w = World::new(pool).await;
     w.faults(json!({"error_rate": 1.0, "services": ["salesforce"]}))
         .await;

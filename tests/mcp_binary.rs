@@ -35,8 +35,11 @@ fn stdio_server(url: &str, principal: Option<&str>) -> tokio::process::Command {
     command
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn stdio_serves_a_desktop_client_with_an_in_process_worker(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let url = database_url(&pool).await;
     let transport = TokioChildProcess::new(stdio_server(&url, None)).unwrap();
     let client = ().serve(transport).await.unwrap();
@@ -64,11 +67,10 @@ async fn stdio_serves_a_desktop_client_with_an_in_process_worker(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(started_by, "operator:local");
-    let audited: (String, String) =
-        sqlx::query_as("SELECT transport, outcome FROM stepwise.mcp_audit")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let audited: (String, String) = sqlx::query_as("SELECT transport, outcome FROM mcp.audit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(audited, ("stdio".to_string(), "ok".to_string()));
 
     // STEPWISE_PRINCIPAL picks the role: a guest has no diagnostic tool.
@@ -136,8 +138,11 @@ async fn rpc_body(response: reqwest::Response) -> Value {
         .unwrap_or_else(|| panic!("no JSON-RPC response in {text}"))
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn http_requires_a_bearer_token_and_serves_calls_with_one(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let url = database_url(&pool).await;
     let created = Command::new(env!("CARGO_BIN_EXE_stepwise"))
         .args([
@@ -162,7 +167,7 @@ async fn http_requires_a_bearer_token_and_serves_calls_with_one(pool: PgPool) {
     let token = created["token"].as_str().unwrap().to_string();
     assert_eq!(created["principal"], "operator:ci");
     // Only a hash is stored.
-    let stored: Vec<u8> = sqlx::query_scalar("SELECT token_sha256 FROM stepwise.mcp_tokens")
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT token_sha256 FROM mcp.tokens")
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -235,7 +240,7 @@ async fn http_requires_a_bearer_token_and_serves_calls_with_one(pool: PgPool) {
     assert_eq!(body["result"]["isError"], false);
 
     let (principal, transport): (String, String) =
-        sqlx::query_as("SELECT principal, transport FROM stepwise.mcp_audit")
+        sqlx::query_as("SELECT principal, transport FROM mcp.audit")
             .fetch_one(&pool)
             .await
             .unwrap();

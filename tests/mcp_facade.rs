@@ -31,8 +31,11 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn tools_list_shows_each_role_only_its_tools(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool, WAIT);
     let guest = connect(&h.facade, "guest:ana@example.com").await;
     assert_eq!(
@@ -158,8 +161,11 @@ async fn tools_list_shows_each_role_only_its_tools(pool: PgPool) {
     assert_eq!(structured(&refused)["error"]["code"], "forbidden");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_saga_tool_runs_end_to_end_and_is_audited(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool.clone(), WAIT);
     let operator = connect(&h.facade, "operator:local").await;
     let result = call(
@@ -198,13 +204,11 @@ async fn a_saga_tool_runs_end_to_end_and_is_audited(pool: PgPool) {
         )]
     );
     // The audit is append-only.
-    let update = sqlx::query("UPDATE stepwise.mcp_audit SET outcome = 'error', error_code = 'x'")
+    let update = sqlx::query("UPDATE mcp.audit SET outcome = 'error', error_code = 'x'")
         .execute(&pool)
         .await;
     assert!(update.is_err());
-    let delete = sqlx::query("DELETE FROM stepwise.mcp_audit")
-        .execute(&pool)
-        .await;
+    let delete = sqlx::query("DELETE FROM mcp.audit").execute(&pool).await;
     assert!(delete.is_err());
 
     // Status, list and resource agree.
@@ -232,8 +236,11 @@ async fn a_saga_tool_runs_end_to_end_and_is_audited(pool: PgPool) {
     assert_eq!(value["status"], "completed");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_failed_saga_is_a_tool_error_that_says_what_was_undone(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool, WAIT);
     let operator = connect(&h.facade, "operator:local").await;
     let result = call(
@@ -270,8 +277,11 @@ async fn a_failed_saga_is_a_tool_error_that_says_what_was_undone(pool: PgPool) {
     assert_eq!(e["undone"], json!(["reserve"]));
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn one_key_gives_one_saga_and_other_input_conflicts(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool.clone(), WAIT);
     let operator = connect(&h.facade, "operator:local").await;
     let args = json!({"steps": 2, "idempotency_key": "same"});
@@ -297,10 +307,13 @@ async fn one_key_gives_one_saga_and_other_input_conflicts(pool: PgPool) {
     assert_eq!(outcomes, vec!["ok", "ok", "conflict"]);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn two_principals_with_the_same_key_for_the_same_tool_get_two_sagas_each_seeing_only_its_own(
     pool: PgPool,
 ) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool.clone(), WAIT);
     let ana = connect(&h.facade, "guest:ana@example.com").await;
     let bob = connect(&h.facade, "guest:bob@example.com").await;
@@ -378,8 +391,11 @@ async fn two_principals_with_the_same_key_for_the_same_tool_get_two_sagas_each_s
     );
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_guest_acts_only_on_its_own_data_and_sagas(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool.clone(), WAIT);
     let ana = connect(&h.facade, "guest:ana@example.com").await;
     let bob = connect(&h.facade, "guest:bob@example.com").await;
@@ -457,8 +473,11 @@ async fn a_guest_acts_only_on_its_own_data_and_sagas(pool: PgPool) {
     assert_eq!(refusals.len(), 2);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn malformed_arguments_name_the_field_and_write_nothing(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool.clone(), WAIT);
     let operator = connect(&h.facade, "operator:local").await;
     let cases = [
@@ -510,8 +529,11 @@ async fn malformed_arguments_name_the_field_and_write_nothing(pool: PgPool) {
         .is_err());
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn clients_declaring_tasks_get_the_saga_as_a_task_that_outlives_the_facade(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     // A short wait bound: the saga below outlasts it, so the call answers with a task.
     let h = harness(pool.clone(), Duration::from_millis(200));
     let client = connect_with(
@@ -607,8 +629,11 @@ async fn clients_declaring_tasks_get_the_saga_as_a_task_that_outlives_the_facade
     assert_eq!(structured(&result)["status"], "completed");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn progress_is_notified_while_waiting_and_a_slow_saga_reports_running(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool.clone(), Duration::from_millis(700));
     let handler = TestClient::default();
     let progress = handler.progress.clone();
@@ -667,8 +692,11 @@ async fn progress_is_notified_while_waiting_and_a_slow_saga_reports_running(pool
     }
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn operators_retry_restart_and_fork_through_tools(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool.clone(), WAIT);
     let operator = connect(&h.facade, "operator:ops").await;
     // The undo of step_1 fails twice in total; with two attempts per round the saga ends
@@ -758,8 +786,11 @@ async fn operators_retry_restart_and_fork_through_tools(pool: PgPool) {
     assert_eq!(structured(&refused)["error"]["code"], "forbidden");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn tasks_cancel_compensates_the_saga_and_the_task_ends_cancelled(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool.clone(), Duration::from_millis(200));
     let tasks_client = TestClient {
         tasks: true,
@@ -827,8 +858,11 @@ async fn tasks_cancel_compensates_the_saga_and_the_task_ends_cancelled(pool: PgP
     );
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn reading_a_saga_as_a_resource_or_a_task_is_audited_like_a_tool_call(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let h = harness(pool.clone(), WAIT);
     let with_tasks = TestClient {
         tasks: true,

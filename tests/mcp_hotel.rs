@@ -72,8 +72,11 @@ impl Resort {
     }
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_guest_checks_out_through_the_tool_and_a_declined_card_is_undone(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let resort = Resort::open(pool.clone()).await;
     let ledger = resort.ledger().await;
     let stays = checked_in_stays(&ledger);

@@ -55,8 +55,11 @@ impl Drop for Worker {
     }
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn worker_metrics_endpoint_counts_the_sagas_it_ran(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let url = database_url(&pool).await;
     let addr = format!("127.0.0.1:{}", free_port());
     let worker = Worker(
@@ -209,8 +212,11 @@ async fn fake_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8
     (format!("http://{addr}"), bodies)
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn worker_exports_saga_and_step_spans_over_otlp_when_configured(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let url = database_url(&pool).await;
     let (endpoint, bodies) = fake_collector().await;
     let mut worker = Command::new(env!("CARGO_BIN_EXE_stepwise"))

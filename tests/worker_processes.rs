@@ -34,8 +34,11 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn killed_worker_process_loses_no_saga_and_no_step_succeeds_twice(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let url = database_url(&pool).await;
     let engine = engine_with(pool.clone(), ManualClock::starting_now());
     for i in 0..100 {

@@ -90,8 +90,8 @@ pub enum StartError {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Migration(#[from] crate::migrations::MigrationError),
     #[error("the lease on saga {saga_id} was lost (another worker owns it now)")]
     LostLease { saga_id: Uuid },
     #[error("saga {0} not found")]

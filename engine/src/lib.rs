@@ -27,7 +27,11 @@
 //! - **Time** comes from a [`Clock`]; tests use [`ManualClock`]. Steps see it too, as the
 //!   start of their attempt ([`StepContext::now`]).
 //!
-//! ## Tables (schema `stepwise`, see `migrations/`)
+//! ## Tables (schema `stepwise`, one baseline in `engine/migrations/`)
+//!
+//! The engine owns schema `stepwise` and nothing else; all its SQL is in [`store`], and other
+//! crates ask through its API ([`Engine::saga_statuses`], the statistics in [`store`] such as
+//! [`PgStore::table_health`]), never by querying these tables.
 //!
 //! - `sagas`: one row per saga: skill and version, status, input/output/error, `cursor` (the
 //!   forward step in progress), `wake_at` (when a worker must look: due time, or lease expiry
@@ -44,6 +48,21 @@
 //! `compensation_status`, `event_kind`). The hot path is four plpgsql functions, one round
 //! trip each: `start_saga`, `claim_sagas`, `commit_step` (one saga's step) and
 //! `commit_transitions` (a group commit).
+//!
+//! ## Schemas and migrations
+//!
+//! Each crate that keeps tables owns one schema and embeds its migrations as a
+//! [`SchemaMigrations`] value: the engine's is [`store::MIGRATIONS`] (applied by
+//! [`PgStore::migrate`], which also refuses a database made by the 0.x layout), the hotel
+//! skills' `stepwise_skills::MIGRATIONS` (schema `hotel`), the MCP facade's
+//! `stepwise_mcp::MIGRATIONS` (schema `mcp`). [`migrations`] applies each with its own history
+//! in `<schema>._sqlx_migrations`, so one crate's migrations never block another's; the
+//! composition root applies them in that order.
+//!
+//! ## The diagnostic skill
+//!
+//! [`synthetic`] defines `synthetic_chain`, a chain of no-op steps that fail on demand, used by
+//! the engine's own tests (`engine/tests/`, against PostgreSQL), benchmarks and chaos runs.
 //!
 //! ## States
 //!

@@ -1,6 +1,6 @@
 //! The audit of every tool call, and of the reads and cancels of a saga outside tool calls
 //! (`resources/read`, `tasks/get`, `tasks/cancel`, recorded under those names as the `tool`):
-//! `stepwise.mcp_audit`, append-only (a trigger refuses UPDATE, DELETE and TRUNCATE).
+//! `mcp.audit`, append-only (a trigger refuses UPDATE, DELETE and TRUNCATE).
 //! Operators query it with `stepwise audit`.
 
 use chrono::{DateTime, Utc};
@@ -80,7 +80,7 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-/// `stepwise.mcp_audit`.
+/// `mcp.audit`.
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     pool: PgPool,
@@ -99,7 +99,7 @@ impl AuditStore {
             (outcome, None) => Some(outcome.as_str().to_string()),
         };
         sqlx::query(
-            "INSERT INTO stepwise.mcp_audit
+            "INSERT INTO mcp.audit
                  (at, principal, transport, tool, saga_id, outcome, error_code, duration_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -120,7 +120,7 @@ impl AuditStore {
     pub async fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, sqlx::Error> {
         sqlx::query_as(
             "SELECT id, at, principal, transport, tool, saga_id, outcome, error_code, duration_ms
-             FROM stepwise.mcp_audit
+             FROM mcp.audit
              WHERE ($1::text IS NULL OR tool = $1)
                AND ($2::text IS NULL OR principal = $2)
                AND ($3::uuid IS NULL OR saga_id = $3)

@@ -7,7 +7,7 @@
 //! argument).
 //!
 //! Tokens are 32 random bytes shown once (`swt_` + 64 hex digits); only their SHA-256 is
-//! stored (`stepwise.mcp_tokens`). All SQL of this module is parameterized and lives in
+//! stored (`mcp.tokens`). All SQL of this module is parameterized and lives in
 //! [`TokenStore`].
 
 use chrono::{DateTime, Utc};
@@ -198,7 +198,7 @@ pub struct CreatedToken {
     pub principal: String,
 }
 
-/// `stepwise.mcp_tokens`.
+/// `mcp.tokens`.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     pool: PgPool,
@@ -218,7 +218,7 @@ impl TokenStore {
         let token = generate_token();
         let id = Uuid::now_v7();
         sqlx::query(
-            "INSERT INTO stepwise.mcp_tokens (id, token_sha256, role, subject, created_at, created_by)
+            "INSERT INTO mcp.tokens (id, token_sha256, role, subject, created_at, created_by)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
@@ -241,7 +241,7 @@ impl TokenStore {
     /// The principal of a valid (known, unrevoked) token.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, AuthError> {
         let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT role, subject FROM stepwise.mcp_tokens
+            "SELECT role, subject FROM mcp.tokens
              WHERE token_sha256 = $1 AND revoked_at IS NULL",
         )
         .bind(hash_token(token).as_slice())
@@ -256,7 +256,7 @@ impl TokenStore {
     pub async fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
         let rows: Vec<TokenRow> = sqlx::query_as(
             "SELECT id, role, subject, created_at, created_by, revoked_at
-             FROM stepwise.mcp_tokens ORDER BY created_at DESC, id",
+             FROM mcp.tokens ORDER BY created_at DESC, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -278,7 +278,7 @@ impl TokenStore {
     /// Revokes a token by id; false if no such unrevoked token.
     pub async fn revoke(&self, id: Uuid) -> Result<bool, AuthError> {
         let done = sqlx::query(
-            "UPDATE stepwise.mcp_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            "UPDATE mcp.tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id)
         .bind(Utc::now())

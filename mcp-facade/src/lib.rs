@@ -34,6 +34,14 @@ pub use audit::{AuditEntry, AuditFilter, AuditRecord, AuditStore, Outcome};
 pub use auth::{Principal, Role, TokenStore};
 pub use server::{Facade, StepwiseServer};
 
+/// The facade's migrations (`mcp-facade/migrations/`), embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The facade's schema `mcp` (tokens, audit) and its migrations, with their own history in
+/// `mcp._sqlx_migrations`. The composition root applies them after the engine's.
+pub const MIGRATIONS: stepwise_engine::SchemaMigrations =
+    stepwise_engine::SchemaMigrations::new("mcp", &MIGRATOR);
+
 use rmcp::ServiceExt;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;

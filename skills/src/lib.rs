@@ -51,7 +51,14 @@ pub mod sandbox;
 /// The diagnostic skill `synthetic_chain` (defined by the engine, which it needs alone).
 pub use stepwise_engine::synthetic;
 
-use stepwise_engine::{Registry, RegistryError, SkillError};
+use stepwise_engine::{Registry, RegistryError, SchemaMigrations, SkillError};
+
+/// The hotel skills' migrations (`skills/migrations/`), embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The hotel skills' schema `hotel` (room holds) and its migrations, with their own history in
+/// `hotel._sqlx_migrations`. The composition root applies them after the engine's.
+pub const MIGRATIONS: SchemaMigrations = SchemaMigrations::new("hotel", &MIGRATOR);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

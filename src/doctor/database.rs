@@ -21,16 +21,24 @@ const CLOCK_FAIL_MS: i64 = 30_000;
 struct MigrationSet {
     name: &'static str,
     migrator: &'static Migrator,
-    /// The history table, schema-qualified when it has a schema of its own.
-    history: &'static str,
+    /// The history table, schema-qualified.
+    history: String,
 }
 
+/// Each crate's schema, in the order the composition root applies them (`app::migrate`).
 fn migration_sets() -> Vec<MigrationSet> {
-    vec![MigrationSet {
-        name: "stepwise",
-        migrator: &stepwise_engine::store::MIGRATOR,
-        history: "_sqlx_migrations",
-    }]
+    [
+        stepwise_engine::store::MIGRATIONS,
+        stepwise_skills::MIGRATIONS,
+        stepwise_mcp::MIGRATIONS,
+    ]
+    .into_iter()
+    .map(|set| MigrationSet {
+        name: set.schema(),
+        migrator: set.migrator(),
+        history: format!("{}._sqlx_migrations", set.schema()),
+    })
+    .collect()
 }
 
 pub async fn checks() -> Vec<Check> {
@@ -118,7 +126,7 @@ struct Applied {
 async fn migrations(conn: &mut PgConnection, set: &MigrationSet) -> Check {
     let name = format!("migrations:{}", set.name);
     let exists: Result<bool, _> = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(set.history)
+        .bind(&set.history)
         .fetch_one(&mut *conn)
         .await;
     let known: BTreeMap<i64, &[u8]> = set

@@ -247,7 +247,7 @@ pub async fn audit_rows(
     pool: &PgPool,
 ) -> Vec<(String, String, Option<uuid::Uuid>, String, Option<String>)> {
     sqlx::query_as(
-        "SELECT principal, tool, saga_id, outcome, error_code FROM stepwise.mcp_audit ORDER BY id",
+        "SELECT principal, tool, saga_id, outcome, error_code FROM mcp.audit ORDER BY id",
     )
     .fetch_all(pool)
     .await

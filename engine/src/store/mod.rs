@@ -5,6 +5,7 @@
 //! [`StoreError::LostLease`] and changes nothing.
 
 mod group_commit;
+mod old_layout;
 mod operator;
 mod queries;
 mod rows;
@@ -18,6 +19,7 @@ pub use queries::{
 pub use stats::{SagaTimes, TableHealth};
 
 use crate::error::StoreError;
+use crate::migrations::SchemaMigrations;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use std::str::FromStr;
@@ -26,8 +28,12 @@ use std::time::Duration;
 /// The channel workers LISTEN on; a NOTIFY means "new or due work may be waiting".
 pub const WORK_CHANNEL: &str = "stepwise_work";
 
-/// The migrations of `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// The engine's migrations (`engine/migrations/`), embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The engine's schema `stepwise` and its migrations, with their history in
+/// `stepwise._sqlx_migrations` (see [`crate::migrations`]). [`PgStore::migrate`] applies them.
+pub const MIGRATIONS: SchemaMigrations = SchemaMigrations::new("stepwise", &MIGRATOR);
 
 /// Handle to the engine's tables. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -71,9 +77,13 @@ impl PgStore {
         &self.pool
     }
 
-    /// Applies pending migrations (safe to run concurrently: sqlx takes an advisory lock).
+    /// Applies the engine's pending migrations (safe to run concurrently, see
+    /// [`crate::migrations`]). A database made by the 0.x layout, with one shared migration
+    /// history, is refused with [`crate::MigrationError::OldLayout`] before anything is
+    /// written.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        old_layout::refuse_old_layout(&self.pool).await?;
+        MIGRATIONS.apply(&self.pool).await?;
         // Saga ids are time-ordered (UUIDv7): keep the history's monthly partitions ahead.
         self.ensure_history_partitions(chrono::Utc::now()).await?;
         Ok(())

@@ -15,8 +15,9 @@ use stepwise_engine::{
 
 const SYN: &str = "synthetic_chain";
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn grouped_commits_run_every_saga_in_order_with_its_history(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool.clone(), clock.clone());
     let mut ids = Vec::new();

@@ -17,8 +17,9 @@ use stepwise_engine::{
 
 const SYN: &str = "synthetic_chain";
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn happy_path_runs_steps_in_order_and_persists_outputs_and_history(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool, clock.clone());
     let id = start(&engine, SYN, json!({"steps": 4}), Some("happy")).await;
@@ -57,8 +58,9 @@ async fn happy_path_runs_steps_in_order_and_persists_outputs_and_history(pool: P
     assert!(saga.events.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn transient_failures_are_retried_at_the_persisted_time_then_succeed(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool, clock.clone());
     let input = json!({"steps": 3, "fail_at": 2, "fail_kind": "transient",
@@ -116,8 +118,9 @@ async fn transient_failures_are_retried_at_the_persisted_time_then_succeed(pool:
     );
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn exhausted_retries_start_compensation(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool, clock.clone());
     let input = json!({"steps": 3, "fail_at": 3, "fail_kind": "transient",
@@ -132,8 +135,9 @@ async fn exhausted_retries_start_compensation(pool: PgPool) {
     assert_eq!(saga.error.as_ref().unwrap()["code"], "synthetic_transient");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn permanent_failure_compensates_succeeded_steps_in_reverse_order(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool, clock.clone());
     let id = start(&engine, SYN, json!({"steps": 5, "fail_at": 4}), None).await;
@@ -172,8 +176,9 @@ async fn permanent_failure_compensates_succeeded_steps_in_reverse_order(pool: Pg
     assert_eq!(history(&saga).last().unwrap(), "saga_compensated");
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn compensation_that_keeps_failing_leaves_the_saga_failed_with_its_story(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool, clock.clone());
     let input = json!({"steps": 3, "fail_at": 3, "compensation_failures": 10, "max_attempts": 2});
@@ -213,8 +218,9 @@ async fn compensation_that_keeps_failing_leaves_the_saga_failed_with_its_story(p
         .all(|e| e.detail.as_ref().unwrap()["code"] == "synthetic_compensation_failure"));
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn expired_lease_is_taken_over_and_the_stale_worker_is_fenced_off(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool, clock.clone());
     let id = start(&engine, SYN, json!({"steps": 2}), None).await;
@@ -273,8 +279,9 @@ async fn expired_lease_is_taken_over_and_the_stale_worker_is_fenced_off(pool: Pg
     assert_eq!(after.events.len(), saga.events.len());
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn two_hundred_concurrent_starts_with_one_key_make_one_saga(pool: PgPool) {
+    common::migrate(&pool).await;
     let engine = engine_with(pool.clone(), ManualClock::starting_now());
     let input = json!({"steps": 2});
     let tasks: Vec<_> = (0..200)
@@ -331,16 +338,18 @@ async fn two_hundred_concurrent_starts_with_one_key_make_one_saga(pool: PgPool) 
     assert_eq!(rows, 1);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn same_key_with_reordered_but_equal_input_returns_the_same_saga(pool: PgPool) {
+    common::migrate(&pool).await;
     let engine = engine_with(pool, ManualClock::starting_now());
     let first = start(&engine, SYN, json!({"steps": 2, "fail_at": 1}), Some("k")).await;
     let again = start(&engine, SYN, json!({"fail_at": 1, "steps": 2}), Some("k")).await;
     assert_eq!(first, again);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn invalid_input_is_rejected_before_anything_is_written(pool: PgPool) {
+    common::migrate(&pool).await;
     let engine = engine_with(pool.clone(), ManualClock::starting_now());
     for input in [
         json!({"steps": 0}),
@@ -369,8 +378,9 @@ async fn invalid_input_is_rejected_before_anything_is_written(pool: PgPool) {
     assert_eq!(rows, 0);
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn cancelling_a_running_saga_compensates_after_the_running_step(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool, clock.clone());
     let id = start(
@@ -417,8 +427,9 @@ async fn cancelling_a_running_saga_compensates_after_the_running_step(pool: PgPo
     assert!(!engine.cancel(id, "operator:alice", None).await.unwrap());
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn cancelling_a_pending_saga_compensates_without_running_anything(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool, clock.clone());
     let id = start(&engine, SYN, json!({"steps": 3}), None).await;
@@ -429,8 +440,9 @@ async fn cancelling_a_pending_saga_compensates_without_running_anything(pool: Pg
     assert!(saga.steps.iter().all(|s| s.status == StepStatus::Skipped));
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_worker_never_claims_a_saga_whose_skill_version_it_lacks(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool.clone(), clock.clone());
     let id = start(&engine, SYN, json!({"steps": 2}), None).await;

@@ -1,7 +1,11 @@
+-- The hotel skills' schema `hotel` (the 0.x migrations squashed; see docs/operators.md).
+
 -- Room holds: the hotel skills' own guarantee that one room is never booked twice for
 -- overlapping nights, also under concurrent calls. The CRM's availability query alone is
 -- check-then-act; this exclusion constraint makes the second of two racing bookings fail.
-CREATE EXTENSION IF NOT EXISTS btree_gist;
+-- btree_gist gives `=` on text a GiST operator class; it is installed where extensions
+-- usually live (`public`), not in the schema being migrated.
+CREATE EXTENSION IF NOT EXISTS btree_gist WITH SCHEMA public;
 
 CREATE SCHEMA IF NOT EXISTS hotel;
 

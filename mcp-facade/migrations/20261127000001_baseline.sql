@@ -1,12 +1,16 @@
--- The MCP facade: bearer tokens for the HTTP transport, and the audit of every tool call.
+-- The MCP facade's schema `mcp`: bearer tokens for the HTTP transport, and the audit of every
+-- tool call (the 0.x migrations squashed; see docs/operators.md). Role names are the skill
+-- catalog's, checked in Rust when a token is made: the facade knows no application's roles.
+
+CREATE SCHEMA IF NOT EXISTS mcp;
 
 -- A token is shown once, when it is created; only its SHA-256 is kept, so a copy of the
 -- database gives no one a usable token. Tokens are random (32 bytes), so a plain hash is
 -- enough: there is nothing to brute-force that a salt would protect.
-CREATE TABLE stepwise.mcp_tokens (
+CREATE TABLE mcp.tokens (
     id           uuid PRIMARY KEY,
     token_sha256 bytea NOT NULL UNIQUE CHECK (octet_length(token_sha256) = 32),
-    role         text NOT NULL CHECK (role IN ('guest', 'staff', 'manager', 'operator')),
+    role         text NOT NULL CHECK (role ~ '^[a-z][a-z0-9_-]*$'),
     subject      text NOT NULL CHECK (length(subject) BETWEEN 1 AND 320 AND subject !~ '[[:space:]]'),
     created_at   timestamptz NOT NULL,
     created_by   text NOT NULL,
@@ -17,10 +21,11 @@ CREATE TABLE stepwise.mcp_tokens (
 -- One row per tool call (and per task or resource request that touches a saga): who, what,
 -- when, which saga, how it ended. Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE.
 -- Retention, when it is needed, is by partitioning on `at` and detaching old partitions.
-CREATE TABLE stepwise.mcp_audit (
+CREATE TABLE mcp.audit (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at          timestamptz NOT NULL,
-    principal   text NOT NULL CHECK (principal ~ '^(guest|staff|manager|operator):[^[:space:]]+$'),
+    -- `role:subject`
+    principal   text NOT NULL CHECK (principal ~ '^[a-z][a-z0-9_-]*:[^[:space:]]+$'),
     transport   text NOT NULL CHECK (transport IN ('stdio', 'http')),
     tool        text NOT NULL CHECK (length(tool) BETWEEN 1 AND 200),
     saga_id     uuid,
@@ -34,15 +39,15 @@ CREATE TABLE stepwise.mcp_audit (
     duration_ms integer NOT NULL CHECK (duration_ms >= 0),
     CHECK ((outcome IN ('ok', 'pending')) = (error_code IS NULL))
 );
-CREATE INDEX mcp_audit_at ON stepwise.mcp_audit (at DESC);
-CREATE INDEX mcp_audit_principal ON stepwise.mcp_audit (principal, at DESC);
-CREATE INDEX mcp_audit_saga ON stepwise.mcp_audit (saga_id) WHERE saga_id IS NOT NULL;
+CREATE INDEX audit_at ON mcp.audit (at DESC);
+CREATE INDEX audit_principal ON mcp.audit (principal, at DESC);
+CREATE INDEX audit_saga ON mcp.audit (saga_id) WHERE saga_id IS NOT NULL;
 
-CREATE FUNCTION stepwise.mcp_audit_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION mcp.audit_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'stepwise.mcp_audit is append-only';
+    RAISE EXCEPTION 'mcp.audit is append-only';
 END $$;
-CREATE TRIGGER mcp_audit_no_update_delete BEFORE UPDATE OR DELETE ON stepwise.mcp_audit
-    FOR EACH ROW EXECUTE FUNCTION stepwise.mcp_audit_is_append_only();
-CREATE TRIGGER mcp_audit_no_truncate BEFORE TRUNCATE ON stepwise.mcp_audit
-    FOR EACH STATEMENT EXECUTE FUNCTION stepwise.mcp_audit_is_append_only();
+CREATE TRIGGER audit_no_update_delete BEFORE UPDATE OR DELETE ON mcp.audit
+    FOR EACH ROW EXECUTE FUNCTION mcp.audit_is_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON mcp.audit
+    FOR EACH STATEMENT EXECUTE FUNCTION mcp.audit_is_append_only();

@@ -69,8 +69,9 @@ async fn start(engine: &Engine, sleep_ms: u64) -> uuid::Uuid {
         .id
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn a_step_that_outlives_its_timeout_fails_retryably_then_compensates(pool: PgPool) {
+    common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine(pool, Duration::from_millis(50), Arc::new(clock.clone()));
     let id = start(&engine, 2_000).await;
@@ -93,8 +94,9 @@ async fn a_step_that_outlives_its_timeout_fails_retryably_then_compensates(pool:
     assert!(kinds.contains(&"compensation_succeeded:prepare".to_string()));
 }
 
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn heartbeats_keep_a_long_step_leased_against_other_workers(pool: PgPool) {
+    common::migrate(&pool).await;
     let engine = engine(pool, Duration::from_secs(10), Arc::new(SystemClock));
     let id = start(&engine, 1_200).await;
     let config = |name: &str| WorkerConfig {
