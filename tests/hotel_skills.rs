@@ -875,8 +875,11 @@ async fn book_with_deposit_and_cancel(
 
 // The hotel's "today" is the date on its own wall, from the engine's clock: at 03:00 UTC a hotel
 // in Los Angeles (STEPWISE_HOTEL_TZ=America/Los_Angeles) is still on the evening before.
-#[sqlx::test(migrator = "stepwise_engine::store::MIGRATOR")]
+#[sqlx::test(migrations = false)]
 async fn check_in_and_cancellation_policy_use_the_hotels_local_date(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
     let utc_date = today();
     let three_am_utc = utc_date.and_hms_opt(3, 0, 0).unwrap().and_utc();
     let local_date = utc_date.pred_opt().unwrap();
