@@ -26,6 +26,9 @@
 //!   the lease.
 //! - **Time** comes from a [`Clock`]; tests use [`ManualClock`]. Steps see it too, as the
 //!   start of their attempt ([`StepContext::now`]).
+//! - **Roles** are data: the [`Registry`] holds the [`Role`]s its composer declares, and
+//!   refuses a skill or query whose [`Exposure`] names an undeclared one. A facade decides what
+//!   callers of a role may do from that data; the engine enforces none of it ([`role`]).
 //!
 //! ## Tables (schema `stepwise`, one baseline in `engine/migrations/`)
 //!
@@ -79,6 +82,7 @@ pub mod operator;
 pub mod query;
 pub mod registry;
 pub mod retry;
+pub mod role;
 pub mod skill;
 pub mod store;
 pub mod synthetic;
@@ -96,6 +100,7 @@ pub use operator::{BulkFilter, OperatorError, OperatorRequest, Progress, PruneRe
 pub use query::Query;
 pub use registry::{Registry, RegistryError};
 pub use retry::{Jitter, RetryPolicy};
+pub use role::{Role, SagaScope};
 pub use skill::{
     Exposure, InputError, Skill, SkillBuilder, SkillError, SkillInput, Step, StepContext,
 };

@@ -71,8 +71,10 @@ pub struct FindNotesOutput {
     pub notes: Vec<String>,
 }
 
+/// The diagnostic skill, the hotel's roles, and the test skills and queries that name them.
 pub fn test_registry() -> Registry {
     let mut registry = stepwise_skills::registry().unwrap();
+    stepwise_skills::hotel::roles::declare(&mut registry).unwrap();
     let note = Skill::builder::<NoteInput>("guest_note", 1, "Records a note about a guest.")
         .exposure(
             Exposure::roles(&["staff", "manager"]).self_service(&["guest"], "guest_email"),

@@ -30,6 +30,7 @@ pub mod input;
 pub mod queries;
 pub mod records;
 mod reversible;
+pub mod roles;
 pub mod skills;
 
 use crate::connectors::Connectors;
@@ -114,8 +115,9 @@ impl Hotel {
     }
 }
 
-/// Registers every hotel skill and query.
+/// Declares the hotel's roles and registers every hotel skill and query.
 pub fn register(registry: &mut Registry, hotel: &Arc<Hotel>) -> Result<(), crate::SetupError> {
+    roles::declare(registry)?;
     for skill in [
         skills::contact::upsert_contact(hotel)?,
         skills::booking::create_booking(hotel)?,
