@@ -305,3 +305,40 @@ async fn http_requires_a_bearer_token_and_serves_calls_with_one(pool: PgPool) {
     server.child.start_kill().unwrap();
     let _ = server.child.wait().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_undeclared_role_is_a_usage_error_listing_the_known_roles(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let url = database_url(&pool).await;
+    let known = "(known roles: guest, manager, operator, staff)";
+    let token = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["tokens", "create", "--role", "admin", "--subject", "ci"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(token.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&token.stderr);
+    assert!(stderr.contains("unknown role `admin`"), "{stderr}");
+    assert!(stderr.contains(known), "{stderr}");
+    let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM mcp.tokens")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tokens, 0, "no token for an unknown role");
+
+    let session = stdio_server(&url, Some("manger:mia"))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(session.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&session.stderr);
+    assert!(
+        stderr.contains("STEPWISE_PRINCIPAL: unknown role `manger`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(known), "{stderr}");
+}

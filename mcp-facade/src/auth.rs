@@ -1,62 +1,30 @@
-//! Who is calling: principals, roles, and the bearer tokens of the HTTP transport.
+//! Who is calling: principals and the bearer tokens of the HTTP transport.
 //!
-//! A principal is `role:subject`: `guest:ana@example.com`, `staff:frontdesk@dewy.example`,
-//! `operator:local`. The role decides which tools exist for the caller; the subject is who the
-//! caller is within the role (for a guest, the guest's email: the facade fills and checks
-//! self-service inputs with it, so a model cannot act for another guest by changing an
+//! A principal is `role:subject`, e.g. `operator:local`. The role is one the catalog declares
+//! (a [`Role`] of the engine's [`Registry`]): a principal naming any other role cannot be
+//! built, so a typo is refused with the list of known roles instead of hiding every tool. The
+//! role's data decides which control tools the caller may use and which sagas it sees; each
+//! skill's exposure decides which skills and queries it may call. The subject is who the caller
+//! is within the role (for a self-service role, e.g. a customer's email: the facade fills and
+//! checks self-service inputs with it, so a model cannot act for someone else by changing an
 //! argument).
 //!
 //! Tokens are 32 random bytes shown once (`swt_` + 64 hex digits); only their SHA-256 is
-//! stored (`mcp.tokens`). All SQL of this module is parameterized and lives in
-//! [`TokenStore`].
+//! stored, by [`crate::store::TokenStore`].
 
-use chrono::{DateTime, Utc};
 use rand::RngCore;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use std::fmt;
-use std::str::FromStr;
-use uuid::Uuid;
-
-/// The roles of CONTRACT.md section 5.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// A hotel guest: acts only on its own bookings and sagas.
-    Guest,
-    /// Front desk.
-    Staff,
-    Manager,
-    /// Runs Stepwise: every tool, plus replays.
-    Operator,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Guest, Role::Staff, Role::Manager, Role::Operator];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Guest => "guest",
-            Role::Staff => "staff",
-            Role::Manager => "manager",
-            Role::Operator => "operator",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use stepwise_engine::{Registry, Role, SagaScope};
 
 /// Why a role, principal or token was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("unknown role `{0}` (expected guest, staff, manager or operator)")]
-    UnknownRole(String),
-    #[error("a principal is `role:subject`, e.g. `staff:frontdesk@dewy.example` (got `{0}`)")]
+    #[error("unknown role `{role}` (known roles: {known})")]
+    UnknownRole { role: String, known: String },
+    #[error("a principal is `role:subject`, e.g. `operator:local` (got `{0}`)")]
     BadPrincipal(String),
     #[error("a subject must be 1 to 320 characters without spaces (got `{0}`)")]
     BadSubject(String),
@@ -64,44 +32,81 @@ pub enum AuthError {
     Database(#[from] sqlx::Error),
 }
 
-impl FromStr for Role {
-    type Err = AuthError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| AuthError::UnknownRole(s.to_string()))
+/// An authenticated caller: a declared role and a subject.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    role: Arc<Role>,
+    subject: String,
+}
+
+impl PartialEq for Principal {
+    fn eq(&self, other: &Self) -> bool {
+        self.role.name() == other.role.name() && self.subject == other.subject
     }
 }
 
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Principal {
-    pub role: Role,
-    pub subject: String,
+impl Eq for Principal {}
+
+impl Hash for Principal {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.role.name().hash(state);
+        self.subject.hash(state);
+    }
 }
 
 impl Principal {
-    pub fn new(role: Role, subject: impl Into<String>) -> Result<Self, AuthError> {
+    /// `subject` acting in the role `role`, which `catalog` must declare.
+    pub fn new(
+        catalog: &Registry,
+        role: &str,
+        subject: impl Into<String>,
+    ) -> Result<Self, AuthError> {
         let subject = subject.into();
+        let role = catalog.role(role).ok_or_else(|| AuthError::UnknownRole {
+            role: role.to_string(),
+            known: catalog.role_names(),
+        })?;
         if subject.is_empty() || subject.len() > 320 || subject.chars().any(char::is_whitespace) {
             return Err(AuthError::BadSubject(subject));
         }
         Ok(Self { role, subject })
     }
 
-    /// `operator:local`, the default of a stdio session.
-    pub fn local_operator() -> Self {
-        Self {
-            role: Role::Operator,
-            subject: "local".to_string(),
+    /// Parses `role:subject` against the roles `catalog` declares.
+    pub fn parse(catalog: &Registry, text: &str) -> Result<Self, AuthError> {
+        let (role, subject) = text
+            .split_once(':')
+            .ok_or_else(|| AuthError::BadPrincipal(text.to_string()))?;
+        Self::new(catalog, role, subject)
+    }
+
+    /// `operator:local`, the default of a stdio session (every registry declares the
+    /// operator).
+    pub fn local_operator(catalog: &Registry) -> Result<Self, AuthError> {
+        Self::new(catalog, Role::OPERATOR, "local")
+    }
+
+    /// The caller's role, as the catalog declares it.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Whether this caller may see and act on a saga started by `started_by`: every saga, or
+    /// only its own when its role says so.
+    pub fn may_see_saga(&self, started_by: &str) -> bool {
+        match self.role.saga_scope() {
+            SagaScope::All => true,
+            SagaScope::Own => started_by == self.to_string(),
         }
     }
 
-    /// Whether this caller may see and act on a saga started by `started_by`.
-    /// Guests only on their own; every other role on all.
-    pub fn may_see_saga(&self, started_by: &str) -> bool {
-        self.role != Role::Guest || started_by == self.to_string()
+    /// The `started_by` a listing of sagas is confined to for this caller, if any.
+    pub fn own_sagas_filter(&self) -> Option<String> {
+        (self.role.saga_scope() == SagaScope::Own).then(|| self.to_string())
     }
 
     /// The idempotency key under which a saga this caller starts is stored. The engine keeps
@@ -133,17 +138,7 @@ impl Principal {
 
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.role, self.subject)
-    }
-}
-
-impl FromStr for Principal {
-    type Err = AuthError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (role, subject) = s
-            .split_once(':')
-            .ok_or_else(|| AuthError::BadPrincipal(s.to_string()))?;
-        Principal::new(role.parse()?, subject)
+        write!(f, "{}:{}", self.role.name(), self.subject)
     }
 }
 
@@ -168,141 +163,51 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-type TokenRow = (
-    Uuid,
-    String,
-    String,
-    DateTime<Utc>,
-    String,
-    Option<DateTime<Utc>>,
-);
-
-/// A token as listed (never the token itself).
-#[derive(Debug, Clone, Serialize)]
-pub struct TokenInfo {
-    pub id: Uuid,
-    pub role: String,
-    pub subject: String,
-    pub created_at: DateTime<Utc>,
-    pub created_by: String,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// A token just created: the only time the secret is available.
-#[derive(Debug, Clone, Serialize)]
-pub struct CreatedToken {
-    pub id: Uuid,
-    pub token: String,
-    pub role: Role,
-    pub subject: String,
-    pub principal: String,
-}
-
-/// `mcp.tokens`.
-#[derive(Debug, Clone)]
-pub struct TokenStore {
-    pool: PgPool,
-}
-
-impl TokenStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    /// Creates a token for `principal`; the returned secret is not stored.
-    pub async fn create(
-        &self,
-        principal: &Principal,
-        created_by: &str,
-    ) -> Result<CreatedToken, AuthError> {
-        let token = generate_token();
-        let id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO mcp.tokens (id, token_sha256, role, subject, created_at, created_by)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id)
-        .bind(hash_token(&token).as_slice())
-        .bind(principal.role.as_str())
-        .bind(&principal.subject)
-        .bind(Utc::now())
-        .bind(created_by)
-        .execute(&self.pool)
-        .await?;
-        Ok(CreatedToken {
-            id,
-            token,
-            role: principal.role,
-            subject: principal.subject.clone(),
-            principal: principal.to_string(),
-        })
-    }
-
-    /// The principal of a valid (known, unrevoked) token.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, AuthError> {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT role, subject FROM mcp.tokens
-             WHERE token_sha256 = $1 AND revoked_at IS NULL",
-        )
-        .bind(hash_token(token).as_slice())
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some((role, subject)) => Ok(Some(Principal::new(role.parse()?, subject)?)),
-            None => Ok(None),
-        }
-    }
-
-    pub async fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
-        let rows: Vec<TokenRow> = sqlx::query_as(
-            "SELECT id, role, subject, created_at, created_by, revoked_at
-             FROM mcp.tokens ORDER BY created_at DESC, id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, role, subject, created_at, created_by, revoked_at)| TokenInfo {
-                    id,
-                    role,
-                    subject,
-                    created_at,
-                    created_by,
-                    revoked_at,
-                },
-            )
-            .collect())
-    }
-
-    /// Revokes a token by id; false if no such unrevoked token.
-    pub async fn revoke(&self, id: Uuid) -> Result<bool, AuthError> {
-        let done = sqlx::query(
-            "UPDATE mcp.tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .bind(Utc::now())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A catalog of a shop, not a hotel: the facade knows only what is declared.
+    fn catalog() -> Registry {
+        let mut registry = Registry::new();
+        registry
+            .declare_role(Role::new("customer", "Self-service.").own_sagas_only())
+            .unwrap();
+        registry
+            .declare_role(Role::new("clerk", "Serves anyone."))
+            .unwrap();
+        registry
+    }
+
+    fn principal(text: &str) -> Principal {
+        Principal::parse(&catalog(), text).unwrap()
+    }
+
     #[test]
-    fn principals_parse_and_print() {
-        let p: Principal = "guest:ana@example.com".parse().unwrap();
-        assert_eq!(p.role, Role::Guest);
-        assert_eq!(p.subject, "ana@example.com");
-        assert_eq!(p.to_string(), "guest:ana@example.com");
-        assert!("admin:x".parse::<Principal>().is_err());
-        assert!("staff".parse::<Principal>().is_err());
-        assert!("staff:".parse::<Principal>().is_err());
-        assert!("staff:a b".parse::<Principal>().is_err());
+    fn principals_parse_and_print_against_the_declared_roles() {
+        let p = principal("customer:ana@example.com");
+        assert_eq!(p.role().name(), "customer");
+        assert_eq!(p.subject(), "ana@example.com");
+        assert_eq!(p.to_string(), "customer:ana@example.com");
+        assert_eq!(p, principal("customer:ana@example.com"));
+        assert_eq!(
+            Principal::local_operator(&catalog()).unwrap().to_string(),
+            "operator:local"
+        );
+        let catalog = catalog();
+        for bad in ["clerk", "clerk:", "clerk:a b", ":x"] {
+            assert!(Principal::parse(&catalog, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_undeclared_role_is_refused_with_the_known_roles() {
+        let error = Principal::parse(&catalog(), "guest:ana@example.com").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unknown role `guest` (known roles: clerk, customer, operator)"
+        );
     }
 
     #[test]
@@ -317,35 +222,40 @@ mod tests {
     }
 
     #[test]
-    fn guests_see_only_their_sagas() {
-        let guest: Principal = "guest:ana@example.com".parse().unwrap();
-        assert!(guest.may_see_saga("guest:ana@example.com"));
-        assert!(!guest.may_see_saga("guest:bob@example.com"));
-        assert!(!guest.may_see_saga("staff:frontdesk"));
-        let staff: Principal = "staff:frontdesk".parse().unwrap();
-        assert!(staff.may_see_saga("guest:bob@example.com"));
+    fn own_saga_roles_see_only_their_sagas() {
+        let ana = principal("customer:ana@example.com");
+        assert!(ana.may_see_saga("customer:ana@example.com"));
+        assert!(!ana.may_see_saga("customer:bob@example.com"));
+        assert!(!ana.may_see_saga("clerk:frontdesk"));
+        assert_eq!(
+            ana.own_sagas_filter().as_deref(),
+            Some("customer:ana@example.com")
+        );
+        let clerk = principal("clerk:frontdesk");
+        assert!(clerk.may_see_saga("customer:bob@example.com"));
+        assert_eq!(clerk.own_sagas_filter(), None);
     }
 
     #[test]
     fn idempotency_keys_are_scoped_by_principal_unambiguously() {
-        let ana: Principal = "guest:ana@example.com".parse().unwrap();
-        let bob: Principal = "guest:bob@example.com".parse().unwrap();
-        assert_eq!(ana.scoped_key("k-1"), "guest:ana@example.com/k-1");
+        let ana = principal("customer:ana@example.com");
+        let bob = principal("customer:bob@example.com");
+        assert_eq!(ana.scoped_key("k-1"), "customer:ana@example.com/k-1");
         assert_ne!(ana.scoped_key("k-1"), bob.scoped_key("k-1"));
         assert_eq!(ana.own_key(&ana.scoped_key("k-1")), Some("k-1"));
         assert_eq!(bob.own_key(&ana.scoped_key("k-1")), None);
-        assert_eq!(ana.shown_key("guest:ana@example.com/a/b"), "a/b");
+        assert_eq!(ana.shown_key("customer:ana@example.com/a/b"), "a/b");
         assert_eq!(
-            bob.shown_key("guest:ana@example.com/k-1"),
-            "guest:ana@example.com/k-1"
+            bob.shown_key("customer:ana@example.com/k-1"),
+            "customer:ana@example.com/k-1"
         );
         // A `/` in a subject cannot move the boundary between scope and key.
-        let slashed: Principal = "staff:a/b".parse().unwrap();
-        let plain: Principal = "staff:a".parse().unwrap();
+        let slashed = principal("clerk:a/b");
+        let plain = principal("clerk:a");
         assert_ne!(slashed.scoped_key("c"), plain.scoped_key("b/c"));
-        assert_eq!(slashed.scoped_key("c"), "staff:a%2Fb/c");
+        assert_eq!(slashed.scoped_key("c"), "clerk:a%2Fb/c");
         assert_eq!(plain.own_key(&slashed.scoped_key("c")), None);
-        let percent: Principal = "staff:a%2Fb".parse().unwrap();
+        let percent = principal("clerk:a%2Fb");
         assert_ne!(percent.scoped_key("c"), slashed.scoped_key("c"));
     }
 }

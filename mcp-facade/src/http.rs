@@ -4,8 +4,9 @@
 //! A request without a valid token gets `401` with `WWW-Authenticate: Bearer`; a valid token's
 //! principal is attached to the request, and the MCP server reads it from there for every call.
 
-use crate::auth::TokenStore;
+use crate::auth::AuthError;
 use crate::server::{Facade, StepwiseServer};
+use crate::store::TokenStore;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -17,11 +18,13 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use stepwise_engine::Registry;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 struct AuthState {
     tokens: TokenStore,
+    catalog: Arc<Registry>,
 }
 
 fn unauthorized(description: &str) -> Response {
@@ -64,12 +67,17 @@ async fn authenticate(
     let Some(token) = token else {
         return unauthorized("a bearer token is required");
     };
-    match state.tokens.authenticate(&token).await {
+    match state.tokens.authenticate(&token, &state.catalog).await {
         Ok(Some(principal)) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
         Ok(None) => unauthorized("the token is unknown or revoked"),
+        // A token made for a role this server's catalog does not declare (any more).
+        Err(e @ AuthError::UnknownRole { .. }) => {
+            tracing::warn!(error = %e, "refused a token whose role is not declared");
+            unauthorized("the token's role is not known to this server")
+        }
         Err(e) => {
             tracing::error!(error = %e, "could not check a bearer token");
             (StatusCode::SERVICE_UNAVAILABLE, "could not check the token").into_response()
@@ -113,6 +121,7 @@ pub fn router(
     );
     let auth = AuthState {
         tokens: TokenStore::new(facade.engine().store().pool().clone()),
+        catalog: facade.engine().registry().clone(),
     };
     Router::new()
         .nest_service("/mcp", mcp)

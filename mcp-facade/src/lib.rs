@@ -2,8 +2,22 @@
 //!
 //! The MCP facade of Stepwise, on rmcp (the official Rust MCP SDK, pinned at 3.11.0). It serves
 //! whatever [`Registry`](stepwise_engine::Registry) the engine was built with and knows no
-//! hotel: tools, schemas and roles come from the skills' and queries' definitions
-//! ([`Exposure`](stepwise_engine::Exposure)).
+//! hotel: tools, schemas and roles come from the catalog's definitions.
+//!
+//! ## Roles are data
+//!
+//! The facade names no role. The catalog declares its roles
+//! ([`Role`](stepwise_engine::Role)): which sagas a role's callers see (all, or only their
+//! own), whether they may call every exposed tool, and whether they may cancel and replay
+//! sagas. Each skill's and query's [`Exposure`](stepwise_engine::Exposure) says which roles
+//! may call it, and which may call it only on their own data (the input field holding the
+//! caller's subject). The registry refuses an exposure naming an undeclared role, and a
+//! [`Principal`] can only be built for a declared role, so `STEPWISE_PRINCIPAL`, token creation
+//! and token use all check the role against the catalog and list the known ones when it is not
+//! there. The `operator` role (every tool, cancels and replays) is built into every registry by
+//! the engine, because the replays are the engine's own operator actions and every deployment
+//! has someone who runs Stepwise; a composer adds its own roles next to it (the Dewy Resort
+//! skills declare `guest`, `staff` and `manager`). docs/mcp.md has the full table.
 //!
 //! It is thin: a tool call is validated, authorized, turned into a saga start (idempotent on
 //! the caller's `idempotency_key`) or a read, waited for a bounded time, and reported. It never
@@ -11,13 +25,14 @@
 //!
 //! | module | responsibility |
 //! |---|---|
-//! | [`auth`] | principals (`role:subject`), roles, bearer tokens (stored as SHA-256) |
+//! | [`auth`] | principals (`role:subject`, a declared role), bearer token generation |
 //! | [`tools`] | the tool catalog per role, annotations, control tools |
 //! | [`schema`] | JSON Schemas for clients (inlined `$ref`s, object roots), argument checks |
 //! | [`server`] | the rmcp `ServerHandler`: dispatch, skill and query calls, control tools, resources (`saga://{id}`), tasks |
 //! | [`results`] | the saga result and tool errors (what was undone, what to do) |
 //! | [`tasks`] | the MCP tasks extension mapped onto sagas (read from PostgreSQL) |
 //! | [`audit`] | the append-only audit of every call |
+//! | [`store`] | every SQL statement of the facade: tokens (only SHA-256 stored), audit rows |
 //! | [`http`] | streamable HTTP at `/mcp` with bearer auth, `/metrics` |
 //! | [`stdio`](serve_stdio) | the stdio transport |
 
@@ -27,12 +42,14 @@ pub mod http;
 pub mod results;
 pub mod schema;
 pub mod server;
+pub mod store;
 pub mod tasks;
 pub mod tools;
 
-pub use audit::{AuditEntry, AuditFilter, AuditRecord, AuditStore, Outcome};
-pub use auth::{Principal, Role, TokenStore};
+pub use audit::{AuditEntry, Outcome};
+pub use auth::{AuthError, Principal};
 pub use server::{Facade, StepwiseServer};
+pub use store::{AuditFilter, AuditRecord, AuditStore, CreatedToken, TokenInfo, TokenStore};
 
 /// The facade's migrations (`mcp-facade/migrations/`), embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -1,4 +1,4 @@
-//! What a tool call answers: the saga result of CONTRACT.md section 5 and tool errors.
+//! What a tool call answers: the saga result (docs/mcp.md, "Results") and tool errors.
 //!
 //! A saga tool returns `structuredContent`
 //! `{"saga_id","status","skill","output"?,"error"?:{"code","message","action"?},"steps_done","steps_total"}`
@@ -148,7 +148,7 @@ fn list(names: &[String]) -> String {
         .join(", ")
 }
 
-/// The structured saga result of CONTRACT.md section 5, plus a sentence for the text content.
+/// The structured saga result (see the module docs), plus a sentence for the text content.
 pub fn saga_report(detail: &SagaDetail) -> SagaReport {
     let mut out = Map::new();
     out.insert("saga_id".into(), Value::String(detail.id.to_string()));

@@ -6,13 +6,13 @@
 //! key and input return the same saga), and is open-world when it reaches external systems. A
 //! query is read-only, non-destructive and idempotent.
 
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::results::saga_output_schema;
 use crate::schema;
 use rmcp::model::{Tool, ToolAnnotations};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
-use stepwise_engine::{Exposure, Query, Registry, Skill};
+use stepwise_engine::{Exposure, Query, Registry, Role, SagaScope, Skill};
 
 /// The argument every skill tool requires (unless the skill's own input declares it).
 pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
@@ -49,22 +49,23 @@ impl Control {
         }
     }
 
-    /// Who may call it (CONTRACT.md section 5): status and lists for everyone (guests see only
-    /// their own sagas); cancel for guests (their own), managers and operators; replays for
-    /// operators.
-    pub fn allows(self, role: Role) -> bool {
+    /// Whether callers of `role` may use it, from the role's declared data: status and lists
+    /// for every role (on the sagas the role may see); cancel for roles that may cancel;
+    /// replays for roles that may replay.
+    pub fn allows(self, role: &Role) -> bool {
         match self {
             Control::GetSagaStatus | Control::ListSagas => true,
-            Control::CancelSaga => matches!(role, Role::Guest | Role::Manager | Role::Operator),
-            Control::RetrySaga | Control::RestartSaga | Control::ForkSaga => role == Role::Operator,
+            Control::CancelSaga => role.can_cancel(),
+            Control::RetrySaga | Control::RestartSaga | Control::ForkSaga => role.can_replay(),
         }
     }
 
-    fn tool(self) -> Tool {
+    /// The tool as shown to callers of `role`: a role confined to its own sagas is told so.
+    fn tool(self, role: &Role) -> Tool {
         let (description, input, output, annotations) = match self {
             Control::GetSagaStatus => (
                 "The status of a saga started through a tool: its status, output or error (with \
-                 what was undone), and steps done. Guests see only their own sagas.",
+                 what was undone), and steps done.",
                 json!({
                     "type": "object",
                     "properties": {"saga_id": {"type": "string", "format": "uuid", "description": "The saga's id, as returned by the tool that started it."}},
@@ -79,8 +80,7 @@ impl Control {
                     .open_world(false),
             ),
             Control::ListSagas => (
-                "Recent sagas, newest first, optionally by status or skill. Guests see only \
-                 their own.",
+                "Recent sagas, newest first, optionally by status or skill.",
                 json!({
                     "type": "object",
                     "properties": {
@@ -107,8 +107,7 @@ impl Control {
             ),
             Control::CancelSaga => (
                 "Stops a saga that is still running and undoes what it did (its running step \
-                 finishes first). Waits a bounded time and reports what was undone. Guests may \
-                 cancel only their own sagas.",
+                 finishes first). Waits a bounded time and reports what was undone.",
                 json!({
                     "type": "object",
                     "properties": {
@@ -162,6 +161,15 @@ impl Control {
                     .idempotent(false)
                     .open_world(true),
             ),
+        };
+        let description = match (self, role.saga_scope()) {
+            (Control::GetSagaStatus | Control::ListSagas, SagaScope::Own) => {
+                format!("{description} You see only the sagas you started.")
+            }
+            (Control::CancelSaga, SagaScope::Own) => {
+                format!("{description} You may cancel only the sagas you started.")
+            }
+            _ => description.to_string(),
         };
         Tool::new(self.name(), description, object(input))
             .with_raw_output_schema(Arc::new(object(output)))
@@ -245,21 +253,18 @@ pub enum Access {
     SelfService { field: Option<String> },
 }
 
-/// Whether `role` sees a skill or query with this exposure, and how. Operators see everything
-/// exposed; an empty exposure is not a tool at all.
-pub fn access(exposure: &Exposure, role: Role) -> Option<Access> {
+/// Whether `role` sees a skill or query with this exposure, and how. A role declared with
+/// every tool (the operator) sees everything exposed; an empty exposure is not a tool at all.
+/// Own-data access comes only from the exposure's self-service roles and subject field.
+pub fn access(exposure: &Exposure, role: &Role) -> Option<Access> {
     let exposed = !exposure.roles.is_empty() || !exposure.self_service_roles.is_empty();
     if !exposed {
         return None;
     }
-    if role == Role::Operator || exposure.roles.iter().any(|r| r == role.as_str()) {
+    if role.has_every_tool() || exposure.roles.iter().any(|r| r == role.name()) {
         return Some(Access::Full);
     }
-    if exposure
-        .self_service_roles
-        .iter()
-        .any(|r| r == role.as_str())
-    {
+    if exposure.self_service_roles.iter().any(|r| r == role.name()) {
         return Some(Access::SelfService {
             field: exposure.subject_field.clone(),
         });
@@ -298,7 +303,7 @@ impl Catalog {
 
     /// The tools `principal` may call, sorted by name.
     pub fn tools_for(&self, principal: &Principal) -> Vec<Tool> {
-        let role = principal.role;
+        let role = principal.role();
         let mut tools = Vec::new();
         for skill in self.registry.latest_skills() {
             if let Some(access) = access(skill.exposure(), role) {
@@ -312,7 +317,7 @@ impl Catalog {
         }
         for control in Control::ALL {
             if control.allows(role) {
-                tools.push(control.tool());
+                tools.push(control.tool(role));
             }
         }
         tools.sort_by(|a, b| a.name.cmp(&b.name));

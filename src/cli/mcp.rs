@@ -33,13 +33,14 @@ pub struct McpArgs {
 pub const LISTENING: &str = "stepwise mcp: listening on";
 
 pub async fn run(args: McpArgs) -> Result<(), CliError> {
+    // Checked before connecting, against the roles of the catalog this command serves.
+    let catalog = stepwise_skills::catalog()
+        .map_err(|e| CliError::failed(format!("built-in skills are inconsistent: {e}")))?;
     let principal = match std::env::var("STEPWISE_PRINCIPAL") {
-        Ok(text) if !text.trim().is_empty() => text
-            .trim()
-            .parse::<Principal>()
-            .map_err(|e| CliError::usage(format!("STEPWISE_PRINCIPAL: {e}")))?,
-        _ => Principal::local_operator(),
-    };
+        Ok(text) if !text.trim().is_empty() => Principal::parse(&catalog, text.trim()),
+        _ => Principal::local_operator(&catalog),
+    }
+    .map_err(|e| CliError::usage(format!("STEPWISE_PRINCIPAL: {e}")))?;
     let app = App::open_with_sandbox((args.concurrency as u32 / 2).clamp(2, 16) + 4).await?;
     let facade = Facade::new(app.engine.clone(), Facade::wait_from_env());
     let shutdown = CancellationToken::new();

@@ -6,13 +6,14 @@ use crate::app::{cli_actor, App};
 use crate::exit::CliError;
 use clap::Subcommand;
 use serde_json::json;
-use stepwise_mcp::{Principal, Role, TokenStore};
+use stepwise_mcp::{AuthError, Principal, TokenStore};
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
     /// Create a token acting as ROLE:SUBJECT; prints the token (only this once).
     Create {
-        /// guest, staff, manager or operator.
+        /// A role the catalog declares (`stepwise skills --json` shows each tool's roles):
+        /// guest, staff, manager or operator with the built-in skills.
         #[arg(long)]
         role: String,
         /// Who within the role: a guest's email, a staff member's login.
@@ -35,16 +36,18 @@ pub enum TokensCommand {
 }
 
 pub async fn run(command: TokensCommand) -> Result<(), CliError> {
-    // Parse before connecting: usage errors need no database.
+    // Parse before connecting: usage errors need no database. The role must be one the
+    // catalog declares (the table accepts any name; this is where roles are checked).
     let principal = match &command {
         TokensCommand::Create { role, subject, .. } => {
-            let role: Role = role
-                .parse()
-                .map_err(|e| CliError::usage(format!("--role: {e}")))?;
-            Some(
-                Principal::new(role, subject.trim())
-                    .map_err(|e| CliError::usage(format!("--subject: {e}")))?,
-            )
+            let catalog = stepwise_skills::catalog()
+                .map_err(|e| CliError::failed(format!("built-in skills are inconsistent: {e}")))?;
+            let principal =
+                Principal::new(&catalog, role.trim(), subject.trim()).map_err(|e| match e {
+                    AuthError::UnknownRole { .. } => CliError::usage(format!("--role: {e}")),
+                    e => CliError::usage(format!("--subject: {e}")),
+                })?;
+            Some(principal)
         }
         _ => None,
     };
@@ -64,7 +67,7 @@ pub async fn run(command: TokensCommand) -> Result<(), CliError> {
     result
 }
 
-fn db(e: stepwise_mcp::auth::AuthError) -> CliError {
+fn db(e: AuthError) -> CliError {
     CliError::failed(format!("{e}"))
 }
 

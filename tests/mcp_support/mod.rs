@@ -142,9 +142,14 @@ impl Drop for Harness {
 
 /// A facade (waiting up to `wait`) and a running worker over a per-test database.
 pub fn harness(pool: PgPool, wait: Duration) -> Harness {
+    harness_with(pool, wait, test_registry())
+}
+
+/// Like [`harness`], over the catalog `registry`.
+pub fn harness_with(pool: PgPool, wait: Duration, registry: Registry) -> Harness {
     let engine = Engine::new(
         PgStore::new(pool),
-        Arc::new(test_registry()),
+        Arc::new(registry),
         Arc::new(SystemClock),
     );
     let stop = CancellationToken::new();
@@ -192,7 +197,7 @@ pub type Client = RunningService<RoleClient, TestClient>;
 
 /// An in-process client session acting as `principal` (e.g. `guest:ana@example.com`).
 pub async fn connect_with(facade: &Arc<Facade>, principal: &str, handler: TestClient) -> Client {
-    let principal: Principal = principal.parse().unwrap();
+    let principal: Principal = facade.principal(principal).unwrap();
     let (server_io, client_io) = tokio::io::duplex(1 << 20);
     let server = StepwiseServer::with_principal(facade.clone(), principal);
     tokio::spawn(async move {

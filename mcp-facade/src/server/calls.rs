@@ -244,18 +244,25 @@ pub(super) fn enforce_subject(
     };
     match args.get(field.as_str()) {
         None | Some(Value::Null) => {
-            args.insert(field.clone(), Value::String(principal.subject.clone()));
+            args.insert(
+                field.clone(),
+                Value::String(principal.subject().to_string()),
+            );
             Ok(())
         }
-        Some(Value::String(given)) if given.eq_ignore_ascii_case(&principal.subject) => {
-            args.insert(field.clone(), Value::String(principal.subject.clone()));
+        Some(Value::String(given)) if given.eq_ignore_ascii_case(principal.subject()) => {
+            args.insert(
+                field.clone(),
+                Value::String(principal.subject().to_string()),
+            );
             Ok(())
         }
         Some(_) => Err(ToolError {
             field: Some(field.clone()),
             ..ToolError::forbidden(format!(
                 "as a {} you may act only on your own data: `{field}` must be {} (or left out)",
-                principal.role, principal.subject
+                principal.role().name(),
+                principal.subject()
             ))
         }),
     }
@@ -265,7 +272,10 @@ pub(super) fn enforce_subject(
 /// exposure's `caller_field` is always set to the caller's subject.
 pub(super) fn fill_caller_field(principal: &Principal, exposure: &Exposure, args: &mut JsonObject) {
     if let Some(field) = &exposure.caller_field {
-        args.insert(field.clone(), Value::String(principal.subject.clone()));
+        args.insert(
+            field.clone(),
+            Value::String(principal.subject().to_string()),
+        );
     }
 }
 

@@ -78,8 +78,7 @@ impl StepwiseServer {
                         .and_then(Value::as_str)
                         .map(str::to_string),
                     since: None,
-                    started_by: (caller.principal.role == Role::Guest)
-                        .then(|| caller.principal.to_string()),
+                    started_by: caller.principal.own_sagas_filter(),
                     limit,
                 };
                 match self.facade.engine.list(&filter).await {
@@ -204,8 +203,8 @@ impl StepwiseServer {
     }
 }
 
-pub(super) fn not_for_role(tool: &str, role: Role) -> ToolError {
-    ToolError::forbidden(format!("the {role} role may not call `{tool}`"))
+pub(super) fn not_for_role(tool: &str, role: &Role) -> ToolError {
+    ToolError::forbidden(format!("the {} role may not call `{tool}`", role.name()))
 }
 
 pub(super) fn no_such_saga(id: Uuid) -> ToolError {

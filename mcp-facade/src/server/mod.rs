@@ -3,7 +3,7 @@
 //! or finds a saga, waits a bounded time, and reports. It never orchestrates.
 
 use crate::audit::{AuditEntry, AuditStore, Outcome};
-use crate::auth::{Principal, Role};
+use crate::auth::{AuthError, Principal};
 use crate::results::{saga_report, ToolError};
 use crate::schema;
 use crate::tasks;
@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stepwise_engine::{
-    Engine, Exposure, OperatorError, OperatorRequest, Query, SagaDetail, SagaFilter, SagaStatus,
-    Skill, StartError, StartRequest, StoreError,
+    Engine, Exposure, OperatorError, OperatorRequest, Query, Role, SagaDetail, SagaFilter,
+    SagaStatus, Skill, StartError, StartRequest, StoreError,
 };
 use uuid::Uuid;
 
@@ -61,6 +61,11 @@ impl Facade {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Parses `role:subject` against the roles of the facade's catalog.
+    pub fn principal(&self, text: &str) -> Result<Principal, AuthError> {
+        Principal::parse(self.engine.registry(), text)
     }
 
     /// The wait bound from `STEPWISE_MCP_WAIT_MS`, or the default.
@@ -251,7 +256,7 @@ impl StepwiseServer {
         args: JsonObject,
         ctx: &RequestContext<RoleServer>,
     ) -> Call {
-        let role = caller.principal.role;
+        let role = caller.principal.role();
         let Some(target) = self.facade.catalog.target(name) else {
             return Err(McpError::invalid_params(
                 format!("unknown tool `{name}` (tools/list shows the tools you may call)"),
@@ -351,8 +356,7 @@ impl ServerHandler for StepwiseServer {
     ) -> Result<ListResourcesResult, McpError> {
         let caller = self.caller(&ctx)?;
         let filter = SagaFilter {
-            started_by: (caller.principal.role == Role::Guest)
-                .then(|| caller.principal.to_string()),
+            started_by: caller.principal.own_sagas_filter(),
             limit: 20,
             ..SagaFilter::default()
         };
@@ -384,7 +388,7 @@ impl ServerHandler for StepwiseServer {
                 .with_title("Saga status")
                 .with_description(
                     "A saga's status as JSON: status, output or error with what was undone, steps \
-                     done. Guests can read only their own sagas.",
+                     done. A caller whose role is confined to its own sagas reads only those.",
                 )
                 .with_mime_type("application/json"),
         ]))
@@ -437,7 +441,7 @@ impl ServerHandler for StepwiseServer {
                 .await;
         }
         let detail = read?;
-        let answer = if Control::CancelSaga.allows(caller.principal.role) {
+        let answer = if Control::CancelSaga.allows(caller.principal.role()) {
             match self
                 .facade
                 .engine
@@ -453,7 +457,7 @@ impl ServerHandler for StepwiseServer {
             }
         } else {
             Answer::refused(
-                not_for_role("cancel_saga", caller.principal.role),
+                not_for_role("cancel_saga", caller.principal.role()),
                 Some(detail.id),
             )
         };
@@ -461,7 +465,10 @@ impl ServerHandler for StepwiseServer {
         match answer.outcome {
             Outcome::Ok => Ok(()),
             Outcome::Refused => Err(McpError::invalid_request(
-                format!("the {} role may not cancel sagas", caller.principal.role),
+                format!(
+                    "the {} role may not cancel sagas",
+                    caller.principal.role().name()
+                ),
                 None,
             )),
             _ => Err(McpError::internal_error(
