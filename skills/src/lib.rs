@@ -32,7 +32,8 @@
 //!     room_holds.rs       a step's room hold and its release
 //!   reversible.rs       a status change and its undo, both from the recorded output
 //!   records.rs          the CRM records, picklists and the lookups skills share
-//!   queries.rs          search_rooms, search_cases, get_booking (read-only, not sagas)
+//!   queries/            read-only tools (not sagas): rooms.rs search_rooms (by dates),
+//!                       cases.rs search_cases, bookings.rs get_booking
 //!   input.rs            input rules serde cannot express (emails, names, dates...)
 //!   holds.rs            room holds in our own database (schema `hotel`)
 //!   calendar.rs         the hotel's "today": the engine's clock in STEPWISE_HOTEL_TZ

@@ -216,6 +216,15 @@ impl StepwiseServer {
             Err(e) => {
                 let mut error = ToolError::new(e.code.clone(), e.message.clone());
                 error.action = e.action.clone();
+                // A rule the query checks itself (e.g. a date against today) names its field
+                // like input validation does: "`field`: ...".
+                if e.code == "invalid_input" {
+                    error.field = e
+                        .message
+                        .strip_prefix('`')
+                        .and_then(|rest| rest.split_once("`:"))
+                        .map(|(field, _)| field.to_string());
+                }
                 if e.is_retryable() && error.action.is_none() {
                     error.action =
                         Some("A system it depends on did not answer; call again shortly.".into());

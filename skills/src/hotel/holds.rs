@@ -170,6 +170,38 @@ impl Holds {
             .collect())
     }
 
+    /// Rooms with a live hold on some of the nights `[from, to)` that still counts: one whose
+    /// saga has not completed. A completed saga's holds are settled in the CRM (its booking is
+    /// live there, or the hold is stale and the next booking releases it), so availability asks
+    /// the CRM about those.
+    pub async fn rooms_held(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<String>, StepError> {
+        let nights = PgRange {
+            start: Bound::Included(from),
+            end: Bound::Excluded(to),
+        };
+        let held: Vec<(String, Uuid)> = sqlx::query_as(
+            "SELECT room_number, saga_id FROM hotel.room_holds
+             WHERE nights && $1 AND released_at IS NULL",
+        )
+        .bind(nights)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database_error)?;
+        let saga_ids: Vec<Uuid> = held.iter().map(|(_, saga)| *saga).collect();
+        let statuses = self.sagas.saga_statuses(&saga_ids).await.map_err(|e| {
+            StepError::retryable("database_unavailable", format!("room holds: {e}"))
+        })?;
+        Ok(held
+            .into_iter()
+            .filter(|(_, saga)| statuses.get(saga) != Some(&SagaStatus::Completed))
+            .map(|(room, _)| room)
+            .collect())
+    }
+
     /// Releases one hold by id (reconciliation of a hold whose booking is gone).
     pub async fn release_id(&self, id: i64) -> Result<(), StepError> {
         sqlx::query(

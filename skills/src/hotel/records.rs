@@ -143,11 +143,14 @@ pub struct Room {
     pub nightly_rate: Option<f64>,
     #[serde(rename = "Current_Guest__c", default)]
     pub current_guest: Option<String>,
+    /// How many guests the room sleeps.
+    #[serde(rename = "Max_Occupancy__c", default)]
+    pub max_occupancy: Option<f64>,
 }
 
 impl Room {
-    pub const FIELDS: &'static str =
-        "Id, Name, Floor__c, Room_Type__c, Status__c, Nightly_Rate__c, Current_Guest__c";
+    pub const FIELDS: &'static str = "Id, Name, Floor__c, Room_Type__c, Status__c, \
+        Nightly_Rate__c, Current_Guest__c, Max_Occupancy__c";
 
     /// The nightly rate in integer cents.
     pub fn rate_cents(&self) -> i64 {
@@ -527,6 +530,7 @@ mod tests {
             status: room_status::VACANT.into(),
             nightly_rate: None,
             current_guest: None,
+            max_occupancy: None,
         };
         let booking = Booking {
             id: "b".into(),
