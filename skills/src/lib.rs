@@ -1,10 +1,11 @@
 //! Stepwise skills: the Dewy Resort skills, their connectors, the external-systems sandbox,
-//! and the synthetic diagnostic skill used by tests, benchmarks and chaos runs.
+//! and the synthetic diagnostic skill used by tests, benchmarks and chaos runs (defined by the
+//! engine, re-exported here as [`synthetic`]).
 //!
 //! # Layout
 //!
 //! ```text
-//! synthetic.rs          synthetic_chain, the diagnostic skill
+//! ../migrations/        the schema `hotel` (room holds), applied after the engine's
 //! connectors/           HTTP clients of the hotel's external systems: payments (Stripe-style),
 //!                       crm (Salesforce-style CRM/PMS), sms (Twilio-style); errors classified
 //!                       retryable or permanent where they happen
