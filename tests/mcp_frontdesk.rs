@@ -135,3 +135,97 @@ async fn search_rooms_by_dates_leaves_out_held_booked_and_out_of_order_rooms(poo
     assert!(objects(&ledger, "Hotel_Room__c").len() >= 20);
     guest.cancel().await.unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_guest_lists_only_her_bookings_and_cannot_read_another_guests(pool: PgPool) {
+    let desk = desk(pool).await;
+    let ledger = desk.ledger().await;
+    let email = "lucas.jackson@example.com";
+    let contact = hotel_support::find(&ledger, "Contact", "Email", email);
+    let hers: BTreeSet<String> = objects(&ledger, "Booking__c")
+        .into_iter()
+        .filter(|b| b["Guest__c"] == contact["Id"])
+        .map(|b| b["Name"].as_str().unwrap().to_string())
+        .collect();
+    let other = objects(&ledger, "Booking__c")
+        .into_iter()
+        .find(|b| b["Guest__c"] != contact["Id"])
+        .unwrap();
+    let other_number = other["Name"].as_str().unwrap();
+    let other_email = hotel_support::email_of(&ledger, other["Guest__c"].as_str().unwrap());
+
+    let guest = desk.client(&format!("guest:{email}")).await;
+    let listed = call(&guest, "list_bookings", json!({})).await;
+    assert!(!is_error(&listed), "{listed:?}");
+    let bookings = structured(&listed)["bookings"].as_array().unwrap().clone();
+    let numbers: BTreeSet<String> = bookings
+        .iter()
+        .map(|b| b["booking_number"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(numbers, hers);
+    assert!(bookings.iter().all(|b| b["guest_email"] == email));
+    let check_ins: Vec<&str> = bookings
+        .iter()
+        .map(|b| b["check_in_date"].as_str().unwrap())
+        .collect();
+    let mut newest_first = check_ins.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(check_ins, newest_first);
+    let stays: BTreeSet<&str> = bookings
+        .iter()
+        .map(|b| b["stay"].as_str().unwrap())
+        .collect();
+    assert!(
+        stays.contains("upcoming") && stays.contains("past"),
+        "{stays:?}"
+    );
+    for b in &bookings {
+        let expected = match b["status"].as_str().unwrap() {
+            "Reserved" => "upcoming",
+            "Checked In" => "in_house",
+            _ => "past",
+        };
+        assert_eq!(b["stay"], expected, "{b}");
+    }
+
+    // Another guest's bookings: refused by email, invisible by number.
+    let refused = call(&guest, "list_bookings", json!({"guest_email": other_email})).await;
+    let error = error_of(&refused);
+    assert_eq!(error["code"], "forbidden");
+    assert_eq!(error["field"], "guest_email");
+    let by_number = call(
+        &guest,
+        "list_bookings",
+        json!({"booking_number": other_number}),
+    )
+    .await;
+    assert_eq!(structured(&by_number)["bookings"], json!([]));
+    let read = call(
+        &guest,
+        "get_booking",
+        json!({"booking_number": other_number}),
+    )
+    .await;
+    assert_eq!(error_of(&read)["code"], "booking_not_found");
+    guest.cancel().await.unwrap();
+
+    // Staff find any guest's by email or booking number, and must give one of them.
+    let staff = desk.client("staff:frontdesk@dewy.example").await;
+    let found = call(
+        &staff,
+        "list_bookings",
+        json!({"booking_number": other_number}),
+    )
+    .await;
+    let found = structured(&found)["bookings"].as_array().unwrap().clone();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["guest_email"], other_email.to_lowercase());
+    let by_email = call(&staff, "list_bookings", json!({"guest_email": email})).await;
+    assert_eq!(
+        structured(&by_email)["bookings"].as_array().unwrap().len(),
+        hers.len()
+    );
+    let neither = call(&staff, "list_bookings", json!({})).await;
+    assert_eq!(error_of(&neither)["field"], "guest_email");
+    staff.cancel().await.unwrap();
+}

@@ -34,7 +34,8 @@
 //!   reversible.rs       a status change and its undo, both from the recorded output
 //!   records.rs          the CRM records, picklists and the lookups skills share
 //!   queries/            read-only tools (not sagas): rooms.rs search_rooms (by dates),
-//!                       cases.rs search_cases, bookings.rs get_booking
+//!                       cases.rs search_cases, bookings.rs get_booking and
+//!                       list_bookings
 //!   input.rs            input rules serde cannot express (emails, names, dates...)
 //!   holds.rs            room holds in our own database (schema `hotel`)
 //!   calendar.rs         the hotel's "today": the engine's clock in STEPWISE_HOTEL_TZ

@@ -21,7 +21,8 @@
 //! | `submit_maintenance_request` | opens a case; urgent: room to Maintenance and vendor texted | room status restored, case closed |
 //! | `update_room_status` | legal room transitions only (e.g. Cleaning -> Vacant) | status restored |
 //!
-//! Read-only queries (not sagas): `search_rooms`, `search_cases`, `get_booking`.
+//! Read-only queries (not sagas): `search_rooms`, `search_cases`, `get_booking`,
+//! `list_bookings`.
 
 pub mod calendar;
 mod effects;

@@ -292,6 +292,23 @@ pub async fn guest(crm: &CrmClient, email: &str) -> Result<Contact, StepError> {
     })
 }
 
+/// The contact record `id`, or a permanent `guest_not_found`.
+pub async fn contact_by_id(crm: &CrmClient, id: &str) -> Result<Contact, StepError> {
+    let soql = format!(
+        "SELECT {} FROM Contact WHERE Id = {} LIMIT 1",
+        Contact::FIELDS,
+        soql::id_literal(id).map_err(crm_error)?
+    );
+    crm.query(&soql)
+        .await
+        .map_err(crm_error)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            StepError::permanent("guest_not_found", format!("contact record {id} is gone"))
+        })
+}
+
 pub async fn room_by_number(crm: &CrmClient, number: &str) -> Result<Option<Room>, StepError> {
     let soql = format!(
         "SELECT {} FROM Hotel_Room__c WHERE Name = {} LIMIT 1",

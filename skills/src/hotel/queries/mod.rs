@@ -5,7 +5,7 @@ mod bookings;
 mod cases;
 mod rooms;
 
-pub use bookings::{BookingView, GetBookingInput};
+pub use bookings::{BookingView, BookingsOutput, GetBookingInput, ListBookingsInput, Stay};
 pub use cases::{CaseView, CasesOutput, SearchCasesInput};
 pub use rooms::{RoomView, RoomsOutput, SearchRoomsInput};
 
@@ -18,5 +18,6 @@ pub fn all(hotel: &Arc<Hotel>) -> Vec<Query> {
         rooms::search_rooms(hotel),
         cases::search_cases(hotel),
         bookings::get_booking(hotel),
+        bookings::list_bookings(hotel),
     ]
 }
