@@ -294,7 +294,7 @@ impl PgStore {
             compensation_attempts: i32,
             compensation_round_base: i32,
         }
-        // One round trip to `stepwise.claim_sagas` (migration `20261126000400`), one statement
+        // One round trip to `stepwise.claim_sagas` (engine/migrations), one statement
         // inside it with a cached plan: lock the due sagas, take them (the update finds its
         // rows by primary key, so a claim stays O(batch) however many sagas ever ran), start
         // the waiting steps, record takeovers and starts in that order, and return each saga
@@ -874,7 +874,7 @@ pub(super) struct Started {
     pub same_input: bool,
 }
 
-/// Calls `stepwise.start_saga` (migration `20261126000200`): the saga row, its steps, its
+/// Calls `stepwise.start_saga` (engine/migrations): the saga row, its steps, its
 /// `saga_started` event and the NOTIFY, in one round trip. `executor` is the pool for a start,
 /// or the transaction of a replay.
 pub(super) async fn start_saga<'e, E>(
