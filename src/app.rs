@@ -9,9 +9,9 @@ use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use stepwise_engine::{Engine, PgStore, StoreError, SystemClock};
+use stepwise_sandbox::{Sandbox, SandboxHandle};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
 use stepwise_skills::hotel::{calendar, Hotel};
-use stepwise_skills::sandbox::{Sandbox, SandboxHandle};
 use tracing::{info, warn};
 
 /// Where `stepwise sandbox` listens by default, and where connectors look when nothing is

@@ -271,3 +271,58 @@ fn an_unknown_hotel_time_zone_exits_2_naming_the_variable() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_sandbox_command_serves_until_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["sandbox", "--addr", "127.0.0.1:0", "--seed", "3"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("stepwise runs");
+    let stderr = child.stderr.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let first = lines.next().unwrap().unwrap();
+        // Keep draining so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        first
+    })
+    .await
+    .unwrap();
+    let url = url
+        .strip_prefix("sandbox listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {url}"))
+        .to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && !url.ends_with('/'),
+        "{url}"
+    );
+    let health = reqwest::get(format!("{url}/_sandbox/health"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ledger: serde_json::Value = reqwest::get(format!("{url}/_sandbox/ledger"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger["objects"]["Hotel_Room__c"].as_array().unwrap().len(),
+        22
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use stepwise_engine::{Engine, PgStore, SystemClock, WorkerConfig};
 use stepwise_mcp::Facade;
+use stepwise_sandbox::{Sandbox, SandboxHandle};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
 use stepwise_skills::hotel::Hotel;
-use stepwise_skills::sandbox::{Sandbox, SandboxHandle};
 use tokio_util::sync::CancellationToken;
 
 struct Resort {

@@ -1,6 +1,7 @@
-//! Stepwise skills: the Dewy Resort skills, their connectors, the external-systems sandbox,
-//! and the synthetic diagnostic skill used by tests, benchmarks and chaos runs (defined by the
-//! engine, re-exported here as [`synthetic`]).
+//! Stepwise skills: the Dewy Resort skills, their connectors, and the synthetic diagnostic
+//! skill used by tests, benchmarks and chaos runs (defined by the engine, re-exported here as
+//! [`synthetic`]). The external systems' stand-in for tests and the demo is its own crate,
+//! `stepwise-sandbox` (sandbox/).
 //!
 //! # Layout
 //!
@@ -39,7 +40,6 @@
 //!   input.rs            input rules serde cannot express (emails, names, dates...)
 //!   holds.rs            room holds in our own database (schema `hotel`)
 //!   calendar.rs         the hotel's "today": the engine's clock in STEPWISE_HOTEL_TZ
-//! sandbox/              the external systems' stand-in, served over real HTTP
 //! ```
 //!
 //! A skill file reads top to bottom as the saga runs: the input type and its checks, the
@@ -49,7 +49,6 @@
 
 pub mod connectors;
 pub mod hotel;
-pub mod sandbox;
 
 /// The diagnostic skill `synthetic_chain` (defined by the engine, which it needs alone).
 pub use stepwise_engine::synthetic;

@@ -4,7 +4,7 @@ use crate::app::shutdown_signal;
 use crate::exit::CliError;
 use clap::Args;
 use std::net::SocketAddr;
-use stepwise_skills::sandbox::Sandbox;
+use stepwise_sandbox::Sandbox;
 
 #[derive(Debug, Args)]
 pub struct SandboxArgs {

@@ -9,7 +9,7 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::net::SocketAddr;
-use stepwise_skills::sandbox::{Sandbox, SandboxHandle};
+use stepwise_sandbox::{Sandbox, SandboxHandle};
 
 pub type Client = RunningService<RoleClient, ()>;
 

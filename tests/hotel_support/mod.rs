@@ -12,9 +12,9 @@ use stepwise_engine::{
     Engine, JitterSource, ManualClock, PgStore, SagaDetail, SagaStatus, StartError, StartRequest,
     Worker, WorkerConfig,
 };
+use stepwise_sandbox::{Sandbox, SandboxHandle};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
 use stepwise_skills::hotel::{calendar, Hotel};
-use stepwise_skills::sandbox::{Sandbox, SandboxHandle};
 use uuid::Uuid;
 
 pub struct World {

@@ -1,19 +1,45 @@
-//! The external-systems sandbox (CONTRACT.md section 6): one HTTP server standing in for the
-//! hotel's payment provider (Stripe), CRM/property system (Salesforce) and SMS gateway (Twilio),
-//! so every test and the demo cross a real network boundary. It follows each API's own
-//! conventions closely enough that the connectors would work against the real services given a
-//! base URL and credentials. Everything lives in memory behind one mutex; each request runs
-//! atomically. Start it with `stepwise sandbox [--addr 127.0.0.1:8787] [--seed N]`, or in
-//! process with [`Sandbox::start`] (port 0 picks a free port):
+//! Stepwise sandbox: an in-memory stand-in for the Dewy Resort's external systems, served over
+//! real HTTP so every test and the demo cross a network boundary like production does.
+//!
+//! # What it emulates
+//! One HTTP server plays three services under three path prefixes:
+//! - the payment provider, Stripe-style (`/stripe/v1`: customers, payment intents with test
+//!   cards, refunds, `Idempotency-Key` replay);
+//! - the CRM / property system, Salesforce-style (`/salesforce/services/data/v60.0`: the hotel's
+//!   sObjects with their validation rules, and a real SOQL parser);
+//! - the SMS gateway, Twilio-style (`/twilio/2010-04-01`: messages, magic test numbers).
+//!
+//! It follows each API's own conventions (auth headers, form or JSON bodies, error shapes, ids)
+//! closely enough that the skills' connectors work unchanged against the real services given a
+//! base URL and credentials (see "Pointing the connectors at real services" in docs/skills.md).
+//! It also serves test endpoints under `/_sandbox`: a ledger of every object and request (for
+//! exactly-once assertions), seeded fault injection, a 3-D Secure switch, and a reset. Everything
+//! lives in memory behind one mutex; each request runs atomically. The data is seeded like the
+//! Dewy Resort sample, dated relative to today, and a seed number makes ids and history repeat.
+//!
+//! This crate depends on no other Stepwise crate: the skills reach it only over HTTP.
+//!
+//! # How it is used
+//! - `stepwise sandbox [--addr 127.0.0.1:8787] [--seed N]` serves it until SIGTERM/Ctrl-C.
+//! - `stepwise demo` and `stepwise mcp` start one in-process when no external service is
+//!   configured (README, Configuration).
+//! - Tests start their own on a free port with [`Sandbox::start`] (port 0), point the
+//!   connectors at [`SandboxHandle::base_url`], run skills, then read `GET /_sandbox/ledger` (or
+//!   [`SandboxHandle::state`] in process) to assert what happened exactly once, and
+//!   `POST /_sandbox/faults` to make the services fail or hang. Each test owns its sandbox, so
+//!   tests run in parallel without sharing state. This crate's own HTTP tests are in
+//!   `sandbox/tests/`.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), stepwise_skills::sandbox::SandboxError> {
-//! use stepwise_skills::sandbox::Sandbox;
+//! # async fn demo() -> Result<(), stepwise_sandbox::SandboxError> {
+//! use stepwise_sandbox::Sandbox;
 //! let sandbox = Sandbox::start("127.0.0.1:0".parse().expect("addr"), 7).await?;
 //! let base = sandbox.base_url(); // e.g. http://127.0.0.1:41234, no trailing slash
 //! sandbox.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! The rest of this page is the reference of every endpoint.
 //!
 //! # Stripe: `/stripe/v1`
 //! Auth `Authorization: Bearer sk_test_...` (any `sk_test_` key; also Basic with the key as
@@ -250,7 +276,7 @@ impl Drop for SandboxHandle {
     }
 }
 
-/// A tiny cancellation flag (the skills crate does not depend on tokio-util).
+/// A tiny cancellation flag (this crate does not depend on tokio-util).
 mod tokio_util_free {
     use std::sync::Arc;
     use tokio::sync::watch;

@@ -699,7 +699,7 @@ pub fn populate(state: &mut SandboxState) -> Result<(), SfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::state::SandboxState;
+    use crate::state::SandboxState;
 
     fn state() -> SandboxState {
         SandboxState::at(3, NaiveDate::from_ymd_opt(2026, 11, 25).expect("date"))

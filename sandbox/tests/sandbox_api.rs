@@ -5,8 +5,8 @@
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use stepwise_skills::sandbox::seed;
-use stepwise_skills::sandbox::{Sandbox, SandboxHandle};
+use stepwise_sandbox::seed;
+use stepwise_sandbox::{Sandbox, SandboxHandle};
 
 const SF: &str = "/salesforce/services/data/v60.0";
 const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
@@ -1236,61 +1236,6 @@ async fn reset_restores_the_seed_and_clears_ledger_faults_and_keys() {
         .unwrap();
     assert_eq!(health.status(), 200);
     env.sandbox.shutdown().await;
-}
-
-#[tokio::test]
-async fn the_sandbox_command_serves_until_sigterm() {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
-        .args(["sandbox", "--addr", "127.0.0.1:0", "--seed", "3"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("stepwise runs");
-    let stderr = child.stderr.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stderr).lines();
-        let first = lines.next().unwrap().unwrap();
-        // Keep draining so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        first
-    })
-    .await
-    .unwrap();
-    let url = url
-        .strip_prefix("sandbox listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {url}"))
-        .to_string();
-    assert!(
-        url.starts_with("http://127.0.0.1:") && !url.ends_with('/'),
-        "{url}"
-    );
-    let health = reqwest::get(format!("{url}/_sandbox/health"))
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
-    let ledger: Value = reqwest::get(format!("{url}/_sandbox/ledger"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        ledger["objects"]["Hotel_Room__c"].as_array().unwrap().len(),
-        22
-    );
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]

@@ -893,7 +893,7 @@ pub fn run<'r>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::salesforce::schema::{BOOKING, CONTACT};
+    use crate::salesforce::schema::{BOOKING, CONTACT};
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 25).expect("date")
@@ -1012,7 +1012,7 @@ mod tests {
 
     #[test]
     fn arbitrary_token_soup_never_panics_and_errors_are_typed() {
-        use crate::sandbox::state::{SandboxState, SplitMix};
+        use crate::state::{SandboxState, SplitMix};
         let state = SandboxState::at(1, today());
         let pieces = [
             "SELECT",
@@ -1090,7 +1090,7 @@ mod tests {
             match parse(&text, today()) {
                 Ok(mut query) => {
                     parsed += 1;
-                    let schema = crate::sandbox::salesforce::schema::object(&query.object);
+                    let schema = crate::salesforce::schema::object(&query.object);
                     if let Some(schema) = schema {
                         if validate(&mut query, schema).is_ok() {
                             run(&query, schema, state.salesforce.all(schema));
