@@ -1,4 +1,4 @@
-//! Exit codes of the CLI (CONTRACT.md section 3) and the error type that carries them.
+//! Exit codes of the CLI (README, "Command line") and the error type that carries them.
 
 use stepwise_engine::{MigrationError, StartError, StoreError};
 

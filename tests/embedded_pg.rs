@@ -1,4 +1,4 @@
-//! The embedded default PostgreSQL (CONTRACT section 2). When run as root (as on the project's
+//! The embedded default PostgreSQL (README, "Configuration"). When run as root (as on the project's
 //! machines) these exercise the privilege drop to the `postgres`/`nobody` account.
 
 use std::fs;

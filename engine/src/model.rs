@@ -1,5 +1,5 @@
 //! The states of sagas and steps, and the views the store returns. Names and JSON shapes are
-//! the public contract (CONTRACT.md sections 3-4).
+//! the public contract (README, "States" and "Command line").
 //!
 //! ```text
 //!            claim                    last step succeeds

@@ -1,7 +1,8 @@
-//! PostgreSQL's own ceiling for durable steps, measured the way `perf/limit.sh` does: pgbench
-//! runs the minimal durable step (advance a saga cursor + insert the step result, one commit)
-//! and a variant with 16 sagas' steps per commit, on a scratch database, each the median of
-//! `runs` runs of `seconds`, after a warm-up.
+//! PostgreSQL's own ceiling for durable steps (BENCHMARKS.md, "Method"): pgbench runs the
+//! minimal durable step (advance a saga cursor + insert the step result, one commit; `sql/`
+//! `step.sql` over `schema.sql`) and a variant with 16 sagas' steps per commit
+//! (`step_batch16.sql`), on a scratch database, each the median of `runs` runs of `seconds`,
+//! after a warm-up.
 //!
 //! - `L1(c)`: steps/s with one step per commit at `c` connections;
 //! - `L1b(c)`: steps/s with 16 sagas' steps per commit.

@@ -2,7 +2,7 @@
 //!
 //! One run, on one PostgreSQL, in this order:
 //! 1. the ceiling: PostgreSQL's own L1(C) and L1b(C) for a minimal durable step, measured with
-//!    pgbench as `perf/limit.sh` does, at the benchmark's connection count C ([`ceiling`]);
+//!    pgbench and the scripts in `sql/`, at the benchmark's connection count C ([`ceiling`]);
 //! 2. idle latency: sagas started one at a time on idle workers;
 //! 3. throughput: N sagas of K no-op steps (the `synthetic_chain` skill) are started, then W
 //!    workers with M sagas in flight over a pool of C connections drain them; commits and WAL
@@ -150,7 +150,8 @@ pub struct LimitReport {
     pub skipped: Option<String>,
 }
 
-/// `latency_ms`: the top-level figures are the idle ones (CONTRACT.md), both phases in full.
+/// `latency_ms`: the top-level figures are the idle ones (BENCHMARKS.md, "Reproduce it"), both
+/// phases in full.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyReport {
     pub first_step_p50: Option<f64>,

@@ -1,4 +1,4 @@
-//! The command line (CONTRACT.md section 3): argument parsing and dispatch.
+//! The command line (README, "Command line"): argument parsing and dispatch.
 
 mod audit;
 mod bench;

@@ -1,4 +1,5 @@
-//! `stepwise sandbox`: the external-systems sandbox (CONTRACT.md section 6) as a server.
+//! `stepwise sandbox`: the external-systems sandbox (the `stepwise-sandbox` crate; docs/skills.md,
+//! "The sandbox") as a server.
 
 use crate::app::shutdown_signal;
 use crate::exit::CliError;
