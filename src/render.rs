@@ -137,6 +137,20 @@ pub fn timeline(saga: &SagaDetail) -> String {
     if let Some(owner) = &saga.lease_owner {
         out.push_str(&format!("  held by {owner}\n"));
     }
+    if let Some(waiting) = &saga.waiting_for {
+        let until = waiting["until"].as_str().unwrap_or("?");
+        match waiting["event"].as_str() {
+            Some(event) => out.push_str(&format!(
+                "  waiting for event `{event}` until {until}{}; `stepwise sagas send {} {event} --data JSON` delivers it\n",
+                waiting["prompt"]
+                    .as_str()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default(),
+                saga.id
+            )),
+            None => out.push_str(&format!("  sleeping until {until}\n")),
+        }
+    }
     let replays: Vec<String> = saga
         .events
         .iter()

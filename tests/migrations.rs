@@ -50,8 +50,17 @@ async fn a_fresh_database_migrates_quietly_into_three_schemas(pool: PgPool) {
         assert!(!stderr.contains("_sqlx_migrations"), "{run} run: {stderr}");
     }
     assert_eq!(schemas(&pool).await, ["hotel", "mcp", "stepwise"]);
-    for schema in ["stepwise", "hotel", "mcp"] {
-        assert_eq!(history(&pool, schema).await.len(), 1, "{schema}");
+    for crate_migrations in [
+        stepwise_engine::store::MIGRATIONS,
+        stepwise_skills::MIGRATIONS,
+        stepwise_mcp::MIGRATIONS,
+    ] {
+        let schema = crate_migrations.schema();
+        assert_eq!(
+            history(&pool, schema).await.len(),
+            crate_migrations.migrator().iter().count(),
+            "{schema}: every migration of its crate, in its own history"
+        );
     }
     let shared: bool = sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NULL")
         .fetch_one(&pool)

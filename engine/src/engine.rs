@@ -5,7 +5,8 @@ use crate::error::{StartError, StoreError};
 use crate::executor::{Worker, WorkerConfig};
 use crate::model::{SagaDetail, SagaFilter, SagaStatus, SagaSummary};
 use crate::registry::Registry;
-use crate::store::{InsertConflict, NewSaga, PgStore, StartOutcome};
+use crate::store::{DeliveryOutcome, InsertConflict, NewSaga, PgStore, StartOutcome};
+use crate::wait::{validate_payload, DeliverError, Delivery};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +105,68 @@ impl Engine {
         self.store
             .request_cancel(id, actor, reason, self.clock.now())
             .await
+    }
+
+    /// Delivers event `event` with `payload` to a saga, durably and idempotently on
+    /// (saga, `delivery_key`): the same key with the same payload again reports `duplicate`
+    /// and does nothing; with another payload it is a [`DeliverError::Conflict`]. The payload
+    /// must match the schema a step of the saga's skill version declares for the event
+    /// ([`crate::Step::awaits`]); otherwise nothing is written. A saga waiting for the event is
+    /// woken at once; an event that comes before its wait is kept until the step reaches it.
+    /// `actor` (who delivered it) goes to the history (`event_received`).
+    pub async fn deliver(
+        &self,
+        saga_id: Uuid,
+        event: &str,
+        payload: Value,
+        delivery_key: &str,
+        actor: &str,
+    ) -> Result<Delivery, DeliverError> {
+        let summary = self
+            .store
+            .summary(saga_id)
+            .await?
+            .ok_or(DeliverError::NotFound(saga_id))?;
+        let unknown = || DeliverError::UnknownEvent {
+            skill: summary.skill.clone(),
+            version: summary.skill_version,
+            event: event.to_string(),
+        };
+        let version = u32::try_from(summary.skill_version).unwrap_or(0);
+        let skill = self
+            .registry
+            .get(&summary.skill, version)
+            .ok_or_else(unknown)?;
+        let schema = skill.event_schema(event).ok_or_else(unknown)?;
+        validate_payload(event, schema, &payload)?;
+        let outcome = self
+            .store
+            .deliver(
+                saga_id,
+                event,
+                &payload,
+                delivery_key,
+                actor,
+                self.clock.now(),
+            )
+            .await?;
+        let delivery = |duplicate, status| Delivery {
+            saga_id,
+            event: event.to_string(),
+            key: delivery_key.to_string(),
+            duplicate,
+            status,
+        };
+        match outcome {
+            DeliveryOutcome::Delivered { status } => Ok(delivery(false, status)),
+            DeliveryOutcome::Duplicate { status } => Ok(delivery(true, status)),
+            DeliveryOutcome::Conflict => Err(DeliverError::Conflict {
+                saga_id,
+                key: delivery_key.to_string(),
+            }),
+            DeliveryOutcome::Terminal { status } => Err(DeliverError::Terminal { saga_id, status }),
+            DeliveryOutcome::NotFound => Err(DeliverError::NotFound(saga_id)),
+        }
     }
 
     pub async fn detail(&self, id: Uuid) -> Result<Option<SagaDetail>, StoreError> {

@@ -86,6 +86,7 @@ pub mod role;
 pub mod skill;
 pub mod store;
 pub mod synthetic;
+pub mod wait;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use engine::{Engine, StartRequest};
@@ -105,3 +106,4 @@ pub use skill::{
     Exposure, InputError, Skill, SkillBuilder, SkillError, SkillInput, Step, StepContext,
 };
 pub use store::{PgStore, StartOutcome};
+pub use wait::{DeliverError, Delivery, Wait};

@@ -58,6 +58,12 @@ struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    skill: String,
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     action: &'static str,
 }
@@ -84,6 +90,7 @@ struct Metrics {
     failed: Family<SkillLabels, Counter>,
     step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
     retries: Family<RetryLabels, Counter>,
+    waits: Family<WaitLabels, Counter>,
     operator_actions: Family<ActionLabels, Counter>,
     queue_depth: Family<QueueLabels, Gauge>,
     queue_lag: FloatGauge,
@@ -101,6 +108,7 @@ impl Metrics {
             failed: Family::default(),
             step_duration: Family::new_with_constructor(step_histogram as fn() -> Histogram),
             retries: Family::default(),
+            waits: Family::default(),
             operator_actions: Family::default(),
             queue_depth: Family::default(),
             queue_lag: FloatGauge::default(),
@@ -135,6 +143,11 @@ impl Metrics {
             "step_retries",
             "Attempts of steps and compensations scheduled again after a retryable failure",
             m.retries.clone(),
+        );
+        registry.register(
+            "step_waits",
+            "Steps that began waiting for an event or a time (the saga became `waiting`)",
+            m.waits.clone(),
         );
         registry.register(
             "operator_actions",
@@ -237,6 +250,17 @@ pub fn step_retry(skill_name: &str, step: &str, kind: AttemptKind) {
             skill: skill_name.to_string(),
             step: step.to_string(),
             kind: kind.label(),
+        })
+        .inc();
+}
+
+/// A step began waiting for an event or a time.
+pub fn step_waits(skill_name: &str, step: &str) {
+    metrics()
+        .waits
+        .get_or_create(&WaitLabels {
+            skill: skill_name.to_string(),
+            step: step.to_string(),
         })
         .inc();
 }

@@ -4,8 +4,12 @@
 //! ```text
 //!            claim                    last step succeeds
 //! pending ──────────▶ running ─────────────────────────────▶ completed
-//!    ▲                 │   │
-//!    └─ retry due ─────┘   │ permanent failure, retries exhausted, or cancel requested
+//!    ▲                 │ ▲ │
+//!    └─ retry due ─────┘ │ │ permanent failure, retries exhausted, or cancel requested
+//!                        │ │   (a wait's deadline without a default: `wait_timed_out`)
+//!  waiting ◀─ a step ────┘ │
+//!   │ waits (event/sleep)  │
+//!   └─ event delivered, deadline, sleep over or cancel: claimed back to running
 //!                          ▼
 //!                    compensating ──── all undone ─────────▶ compensated
 //!                          │
@@ -38,6 +42,8 @@ use uuid::Uuid;
 pub enum SagaStatus {
     Pending,
     Running,
+    /// A step waits for an event or a time: no lease, due at its deadline (non-terminal).
+    Waiting,
     Compensating,
     Completed,
     Compensated,
@@ -157,6 +163,16 @@ pub enum EventKind {
     OperatorRetry,
     OperatorRestart,
     OperatorFork,
+    /// A step began waiting for an event (detail: event, until, prompt).
+    WaitStarted,
+    /// An event was delivered (detail: event, key, actor).
+    EventReceived,
+    /// A wait's deadline passed without its event (detail: event, until, default_used).
+    WaitTimedOut,
+    /// A step began a durable sleep (detail: until).
+    SleepStarted,
+    /// A durable sleep is over (detail: until).
+    SleepEnded,
 }
 
 impl EventKind {
@@ -230,6 +246,9 @@ pub struct SagaDetail {
     pub replay_of: Option<Uuid>,
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub lease_owner: Option<String>,
+    /// What a `waiting` saga awaits: `{"event","until","prompt","schema"}` (`event` null for
+    /// a sleep); null otherwise.
+    pub waiting_for: Option<Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub steps: Vec<StepView>,

@@ -7,6 +7,7 @@
 
 use crate::error::StepError;
 use crate::retry::RetryPolicy;
+use crate::wait::{Wait, WaitBook};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -50,6 +51,8 @@ pub struct StepContext {
     pub now: DateTime<Utc>,
     pub(crate) input: Arc<Value>,
     pub(crate) outputs: Arc<BTreeMap<String, Value>>,
+    /// The step's waits (None in compensations, which cannot wait).
+    pub(crate) waits: Option<Arc<WaitBook>>,
 }
 
 impl StepContext {
@@ -82,6 +85,42 @@ impl StepContext {
     pub fn output_value(&self, step: &str) -> Option<&Value> {
         self.outputs.get(step)
     }
+
+    /// The payload of event `event` delivered to this saga (oldest first, one per wait), or an
+    /// error that suspends the step until it comes or the wait's deadline passes: pass it on
+    /// with `?`. At the deadline: the wait's default payload, or the permanent error
+    /// `wait_timed_out`. The step must declare the event ([`Step::awaits`]). See [`crate::wait`].
+    pub fn await_event(&self, event: &str, wait: Wait) -> Result<Value, StepError> {
+        match &self.waits {
+            Some(book) => book.await_event(event, &wait),
+            None => Err(no_waits_here()),
+        }
+    }
+
+    /// A durable sleep until `instant` (by the engine's clock): returns at once when it has
+    /// passed, else an error that suspends the step until then (pass it on with `?`).
+    pub fn sleep_until(&self, instant: DateTime<Utc>) -> Result<(), StepError> {
+        match &self.waits {
+            Some(book) => book.sleep_until(Some(instant), Duration::ZERO),
+            None => Err(no_waits_here()),
+        }
+    }
+
+    /// A durable sleep of `duration` from the moment the action first reaches it (the end is
+    /// persisted, so running the step again does not extend it).
+    pub fn sleep(&self, duration: Duration) -> Result<(), StepError> {
+        match &self.waits {
+            Some(book) => book.sleep_until(None, duration),
+            None => Err(no_waits_here()),
+        }
+    }
+}
+
+fn no_waits_here() -> StepError {
+    StepError::permanent(
+        "wait_in_compensation",
+        "a compensation cannot wait for an event or a time",
+    )
 }
 
 /// A rejected input, naming the field when there is one.
@@ -118,6 +157,8 @@ pub struct Step {
     retry: RetryPolicy,
     compensation_retry: RetryPolicy,
     timeout: Duration,
+    /// Events the action may wait for, with their payload schemas.
+    awaits: Arc<BTreeMap<String, Value>>,
 }
 
 impl std::fmt::Debug for Step {
@@ -159,7 +200,21 @@ impl Step {
             retry: RetryPolicy::default(),
             compensation_retry: RetryPolicy::default(),
             timeout: Self::DEFAULT_TIMEOUT,
+            awaits: Arc::new(BTreeMap::new()),
         }
+    }
+
+    /// Declares that the action may wait for event `event` ([`StepContext::await_event`]),
+    /// whose payload must match the JSON Schema `schema`. Deliveries are checked against it
+    /// even before the saga reaches the wait; an event no step declares is refused.
+    pub fn awaits(mut self, event: impl Into<String>, schema: Value) -> Self {
+        Arc::make_mut(&mut self.awaits).insert(event.into(), schema);
+        self
+    }
+
+    /// The events this step may wait for, with their payload schemas.
+    pub fn awaited_events(&self) -> &BTreeMap<String, Value> {
+        &self.awaits
     }
 
     /// How to undo this step; it receives the step's recorded output.
@@ -389,6 +444,11 @@ impl Skill {
             .as_ref()
             .map_or(self.steps.len(), |f| f(input).clamp(1, self.steps.len()));
         &self.steps[..n]
+    }
+
+    /// The payload schema of event `event`, if a step declares it ([`Step::awaits`]).
+    pub fn event_schema(&self, event: &str) -> Option<&Value> {
+        self.steps.iter().find_map(|s| s.awaits.get(event))
     }
 
     /// Every step the definition has, in order.

@@ -7,10 +7,16 @@
 //! operator retries included. `max_attempts` overrides the retry policy of every step and
 //! compensation. Each output records the step's index and the attempt that succeeded.
 //!
+//! Waits: `wait_at` makes that step first wait for event `go` (payload schema
+//! `{"type":"object"}`, deadline `wait_timeout_ms`, default 60000; its output records the
+//! payload as `received`); `sleep_at` makes that step first sleep durably for `sleep_ms`.
+//!
 //! It lives in the engine because it knows nothing but the engine: the engine's own tests use
 //! it, and applications register it next to their skills (`stepwise skills` lists it).
 
-use crate::{Exposure, InputError, RetryPolicy, Skill, SkillError, SkillInput, Step, StepError};
+use crate::{
+    Exposure, InputError, RetryPolicy, Skill, SkillError, SkillInput, Step, StepError, Wait,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -53,7 +59,26 @@ pub struct SyntheticInput {
     /// How long each step takes, in milliseconds.
     #[serde(default)]
     pub step_sleep_ms: u64,
+    /// The 1-based step that first waits for event `go`, if any.
+    #[serde(default)]
+    pub wait_at: Option<usize>,
+    /// How long that wait lasts before `wait_timed_out`, in milliseconds.
+    #[serde(default = "default_wait_timeout_ms")]
+    pub wait_timeout_ms: u64,
+    /// The 1-based step that first sleeps durably for `sleep_ms`, if any.
+    #[serde(default)]
+    pub sleep_at: Option<usize>,
+    /// How long that sleep lasts, in milliseconds.
+    #[serde(default)]
+    pub sleep_ms: u64,
 }
+
+fn default_wait_timeout_ms() -> u64 {
+    60_000
+}
+
+/// The event a synthetic step waits for (`wait_at`).
+pub const EVENT: &str = "go";
 
 impl SkillInput for SyntheticInput {
     fn validate(&self) -> Result<(), InputError> {
@@ -67,6 +92,14 @@ impl SkillInput for SyntheticInput {
             if at == 0 || at > self.steps {
                 return Err(InputError::field(
                     "fail_at",
+                    format!("must be a step between 1 and {}", self.steps),
+                ));
+            }
+        }
+        for (field, at) in [("wait_at", self.wait_at), ("sleep_at", self.sleep_at)] {
+            if at.is_some_and(|at| at == 0 || at > self.steps) {
+                return Err(InputError::field(
+                    field,
                     format!("must be a step between 1 and {}", self.steps),
                 ));
             }
@@ -120,6 +153,18 @@ pub fn skill() -> Result<Skill, SkillError> {
         builder = builder.step(
             Step::new(format!("step_{index}"), move |ctx| async move {
                 let input: SyntheticInput = ctx.input()?;
+                if input.sleep_at == Some(index) {
+                    ctx.sleep(Duration::from_millis(input.sleep_ms))?;
+                }
+                let received = if input.wait_at == Some(index) {
+                    Some(ctx.await_event(
+                        EVENT,
+                        Wait::within(Duration::from_millis(input.wait_timeout_ms))
+                            .prompt(format!("step_{index} waits for event `{EVENT}`")),
+                    )?)
+                } else {
+                    None
+                };
                 if input.step_sleep_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(input.step_sleep_ms)).await;
                 }
@@ -143,7 +188,11 @@ pub fn skill() -> Result<Skill, SkillError> {
                         FailKind::Transient => {}
                     }
                 }
-                Ok(json!({"index": index, "attempt": ctx.attempt}))
+                let mut output = json!({"index": index, "attempt": ctx.attempt});
+                if let Some(payload) = received {
+                    output["received"] = payload;
+                }
+                Ok(output)
             })
             .compensate(move |ctx, output| async move {
                 let input: SyntheticInput = ctx.input()?;
@@ -158,6 +207,7 @@ pub fn skill() -> Result<Skill, SkillError> {
                 }
                 Ok(json!({"undid": format!("step_{index}"), "index": index, "output": output, "attempt": ctx.attempt}))
             })
+            .awaits(EVENT, json!({"type": "object"}))
             .retry(policy())
             .compensation_retry(policy()),
         );

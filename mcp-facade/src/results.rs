@@ -183,6 +183,23 @@ pub fn saga_report(detail: &SagaDetail) -> SagaReport {
             out.insert("error".into(), error);
             (text, true)
         }
+        SagaStatus::Waiting => {
+            let waiting = detail.waiting_for.clone().unwrap_or(Value::Null);
+            let what = match waiting["event"].as_str() {
+                Some(event) => format!("event `{event}`"),
+                None => "a time".to_string(),
+            };
+            let text = format!(
+                "{head} is waiting for {what} until {} ({steps_done}/{steps_total} steps done).{}",
+                waiting["until"].as_str().unwrap_or("?"),
+                waiting["prompt"]
+                    .as_str()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default()
+            );
+            out.insert("waiting_for".into(), waiting);
+            (text, false)
+        }
         SagaStatus::Pending | SagaStatus::Running | SagaStatus::Compensating => {
             let text = format!(
                 "{head} is {} ({steps_done}/{steps_total} steps done). It goes on in the background: \

@@ -44,9 +44,10 @@ pub fn detailed_task(detail: &SagaDetail) -> DetailedTask {
     let report = saga_report(detail);
     let message = report.text.clone();
     let payload = match detail.status {
-        SagaStatus::Pending | SagaStatus::Running | SagaStatus::Compensating => {
-            TaskPayload::Working
-        }
+        SagaStatus::Pending
+        | SagaStatus::Running
+        | SagaStatus::Waiting
+        | SagaStatus::Compensating => TaskPayload::Working,
         SagaStatus::Compensated if detail.cancel_requested_at.is_some() => TaskPayload::Cancelled,
         SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed => {
             let result = serde_json::to_value(report.into_result())

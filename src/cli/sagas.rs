@@ -1,5 +1,6 @@
-//! `stepwise sagas list|show|retry|restart|fork|cancel|prune`: inspect sagas and act on them
-//! as an operator. Every action is recorded in the saga's history with `--actor` and `--reason`.
+//! `stepwise sagas list|show|retry|restart|fork|cancel|send|prune`: inspect sagas and act on
+//! them as an operator. Every action is recorded in the saga's history with `--actor` (and
+//! `--reason` where it applies).
 
 use super::{parse_saga_id, print_json};
 use crate::app::App;
@@ -12,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::io::IsTerminal;
 use stepwise_engine::{
-    BulkFilter, OperatorError, OperatorRequest, SagaFilter, SagaStatus, SagaSummary,
+    BulkFilter, DeliverError, OperatorError, OperatorRequest, SagaFilter, SagaStatus, SagaSummary,
 };
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +57,9 @@ pub enum SagasCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Deliver event EVENT to a saga (a waiting step receives it; one that has not reached
+    /// its wait yet gets it when it does). Idempotent on --key.
+    Send(SendArgs),
     /// Delete completed and compensated sagas that finished more than DURATION ago, with their
     /// steps and history (failed ones wait for an operator and are kept).
     Prune(PruneArgs),
@@ -112,6 +116,25 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Print the saga summary (bulk: a report) as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    pub id: String,
+    pub event: String,
+    /// The event's payload, a JSON document checked against the schema the step declares.
+    #[arg(long, default_value = "{}")]
+    pub data: String,
+    /// Delivery key: the same key again with the same payload is a no-op (default: a fresh
+    /// UUID).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Who delivers it, recorded in the history (default: operator:$USER).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Print `{"saga_id","event","key","duplicate","status"}`.
     #[arg(long)]
     pub json: bool,
 }
@@ -236,7 +259,52 @@ async fn dispatch(app: &App, command: SagasCommand) -> Result<(), CliError> {
                 "cancel requested (compensation runs after the current step)",
             )
         }
+        SagasCommand::Send(args) => send(app, args).await,
         SagasCommand::Prune(args) => prune(app, args).await,
+    }
+}
+
+async fn send(app: &App, args: SendArgs) -> Result<(), CliError> {
+    let id = parse_saga_id(&args.id)?;
+    let payload: serde_json::Value = serde_json::from_str(&args.data)
+        .map_err(|e| CliError::usage(format!("--data is not JSON: {e}")))?;
+    let key = args.key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let actor = args.actor.unwrap_or_else(operator_actor);
+    let delivery = app
+        .engine
+        .deliver(id, &args.event, payload, &key, &actor)
+        .await
+        .map_err(deliver_error)?;
+    if args.json {
+        return print_json(&delivery);
+    }
+    println!(
+        "{} `{}` to saga {} (key {:?}); the saga is {}",
+        if delivery.duplicate {
+            "already delivered"
+        } else {
+            "delivered"
+        },
+        delivery.event,
+        delivery.saga_id,
+        delivery.key,
+        delivery.status
+    );
+    Ok(())
+}
+
+/// Exit codes of `sagas send`: 2 an invalid payload or an event the saga does not take,
+/// 3 no such saga, 4 a key reused with another payload or a saga that is over.
+fn deliver_error(e: DeliverError) -> CliError {
+    match e {
+        DeliverError::Invalid { .. } | DeliverError::UnknownEvent { .. } => {
+            CliError::usage(e.to_string())
+        }
+        DeliverError::NotFound(_) => CliError::not_found(e.to_string()),
+        DeliverError::Conflict { .. } | DeliverError::Terminal { .. } => {
+            CliError::conflict(e.to_string())
+        }
+        DeliverError::Store(store) => store.into(),
     }
 }
 

@@ -9,8 +9,10 @@ use crate::model::{CompensationStatus, EventKind, SagaStatus, StepStatus};
 use crate::registry::Registry;
 use crate::skill::{BoxFuture, Skill, StepContext};
 use crate::store::{
-    ClaimedSaga, Lease, NewEvent, PgStore, StepChange, StepState, Transition, WakeChange,
+    ClaimedSaga, Lease, NewEvent, PgStore, StepChange, StepState, StoredDelivery, Transition,
+    WakeChange,
 };
+use crate::wait::{Suspension, WaitBook, SUSPENDED};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde_json::{json, Value};
@@ -52,6 +54,8 @@ struct Run {
     steps: Vec<StepState>,
     /// Whether the step at `cursor` already has its current attempt recorded as started.
     begun: bool,
+    /// Whether the saga was just woken from `waiting`: its step reads its deliveries first.
+    resumed: bool,
 }
 
 impl Run {
@@ -62,6 +66,7 @@ impl Run {
         attempt: i32,
         compensation: bool,
         now: DateTime<Utc>,
+        waits: Option<Arc<WaitBook>>,
     ) -> StepContext {
         let step = self.skill.steps()[position].name_arc();
         let saga_id = self.lease.saga_id;
@@ -80,6 +85,7 @@ impl Run {
             now,
             input: self.input.clone(),
             outputs: Arc::new(outputs_of(&self.steps)),
+            waits,
         }
     }
 }
@@ -132,8 +138,14 @@ impl Driver {
             input: Arc::new(claimed.input),
             cursor: usize::try_from(claimed.cursor).unwrap_or(0),
             cancel_requested: claimed.cancel_requested,
+            begun: claimed.begun
+                || (claimed.resumed
+                    && claimed
+                        .steps
+                        .get(usize::try_from(claimed.cursor).unwrap_or(usize::MAX))
+                        .is_some_and(|s| s.status == StepStatus::Running)),
             steps: claimed.steps,
-            begun: claimed.begun,
+            resumed: claimed.resumed,
         };
         if run.begun && is_first_attempt_of_saga(&run.steps) {
             metrics::saga_started(run.skill.name());
@@ -151,7 +163,9 @@ impl Driver {
                 return self.store.release(&run.lease, self.clock.now()).await;
             }
             let more = match run.status {
-                SagaStatus::Pending | SagaStatus::Running => self.forward(&mut run).await?,
+                SagaStatus::Pending | SagaStatus::Running | SagaStatus::Waiting => {
+                    self.forward(&mut run).await?
+                }
                 SagaStatus::Compensating => self.compensate(&mut run).await?,
                 SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed => false,
             };
@@ -193,7 +207,7 @@ impl Driver {
                     "attempt_interrupted",
                     "the worker running the last allowed attempt stopped",
                 );
-                return self.fail_forward(run, error, true).await;
+                return self.fail_forward(run, error, true, Vec::new()).await;
             }
             let attempt = state.attempts + 1;
             let mut t = Transition::new();
@@ -216,30 +230,20 @@ impl Driver {
 
         let state = &run.steps[position];
         let attempt = state.attempts;
-        let ctx = run.context(position, attempt, false, self.clock.now());
-        let span = info_span!("step", saga_id = %run.lease.saga_id, skill = %skill.name(), step = %step.name(), attempt);
-        let began = std::time::Instant::now();
-        let outcome = self
-            .attempt(&mut run.lease, step.run(ctx), step.timeout_duration())
-            .instrument(span)
-            .await;
-        let result = match outcome {
-            Attempt::Done(result) => {
-                metrics::step_attempt(
-                    skill.name(),
-                    step.name(),
-                    AttemptKind::Action,
-                    result.is_ok(),
-                    began.elapsed(),
-                );
-                result
-            }
-            Attempt::LeaseLost => {
-                return Err(StoreError::LostLease {
-                    saga_id: run.lease.saga_id,
-                })
-            }
+        // A saga woken from a wait reads its deliveries before the step runs; otherwise they
+        // are read only when the step reaches a wait (see `run_action`).
+        let deliveries = if std::mem::take(&mut run.resumed) {
+            Some(self.store.unconsumed_deliveries(run.lease.saga_id).await?)
+        } else {
+            None
         };
+        let (result, book) = self.run_action(run, position, attempt, deliveries).await?;
+        if let Err(error) = &result {
+            if let (true, Some(suspension)) = (error.code == SUSPENDED, book.suspension()) {
+                return self.suspend(run, position, &book, suspension).await;
+            }
+        }
+        let wait_events = book.events();
         match result {
             Ok(output) => {
                 debug!(step = %step.name(), attempt, "step succeeded");
@@ -247,6 +251,15 @@ impl Driver {
                 run.steps[position].status = StepStatus::Succeeded;
                 let mut t = Transition::new();
                 t.cursor = Some(position as i32 + 1);
+                let taken = book.taken();
+                if !taken.is_empty() {
+                    t.steps.push(StepChange::ConsumeDeliveries {
+                        position: position as i32,
+                        step: step.name().to_string(),
+                        ids: taken,
+                    });
+                }
+                t.events.extend(wait_events);
                 t.steps.push(StepChange::Succeeded {
                     position: position as i32,
                     output,
@@ -285,7 +298,7 @@ impl Driver {
                 let in_round = (state.attempts - state.attempts_round_base).max(0) as u32;
                 let last = !error.is_retryable() || !policy.allows_another(in_round);
                 if last {
-                    return self.fail_forward(run, error, false).await;
+                    return self.fail_forward(run, error, false, wait_events).await;
                 }
                 let delay = policy.delay_after(in_round, self.jitter.sample());
                 let retry_at = self.clock.now() + chrono_duration(delay);
@@ -295,6 +308,7 @@ impl Driver {
                 t.status = Some(SagaStatus::Pending);
                 t.wake = WakeChange::Set(retry_at);
                 t.release_lease = true;
+                t.events.extend(wait_events);
                 t.steps.push(StepChange::Failed {
                     position: position as i32,
                     error: error.to_json(),
@@ -314,18 +328,117 @@ impl Driver {
         }
     }
 
+    /// Runs one attempt of the action at `position` with its waits. When the action suspends
+    /// on an event whose deliveries were not read yet, they are read (one query, only then)
+    /// and, if one is there, the action runs again at once with it.
+    async fn run_action(
+        &self,
+        run: &mut Run,
+        position: usize,
+        attempt: i32,
+        mut deliveries: Option<Vec<StoredDelivery>>,
+    ) -> Result<(Result<Value, StepError>, Arc<WaitBook>), StoreError> {
+        let skill = run.skill.clone();
+        let step = &skill.steps()[position];
+        let mut deadlines = run.steps[position].wait_deadlines.clone();
+        loop {
+            let now = self.clock.now();
+            let book = WaitBook::new(
+                step.name(),
+                attempt,
+                now,
+                step.awaited_events().clone(),
+                deadlines.clone(),
+                deliveries.clone(),
+            );
+            let ctx = run.context(position, attempt, false, now, Some(book.clone()));
+            let span = info_span!("step", saga_id = %run.lease.saga_id, skill = %skill.name(), step = %step.name(), attempt);
+            let began = std::time::Instant::now();
+            let outcome = self
+                .attempt(&mut run.lease, step.run(ctx), step.timeout_duration())
+                .instrument(span)
+                .await;
+            let result = match outcome {
+                Attempt::Done(result) => result,
+                Attempt::LeaseLost => {
+                    return Err(StoreError::LostLease {
+                        saga_id: run.lease.saga_id,
+                    })
+                }
+            };
+            let suspension = match &result {
+                Err(e) if e.code == SUSPENDED => book.suspension(),
+                _ => None,
+            };
+            let Some(suspension) = suspension else {
+                metrics::step_attempt(
+                    skill.name(),
+                    step.name(),
+                    AttemptKind::Action,
+                    result.is_ok(),
+                    began.elapsed(),
+                );
+                return Ok((result, book));
+            };
+            if let (Some(event), false) = (&suspension.event_name, book.deliveries_loaded()) {
+                let loaded = self.store.unconsumed_deliveries(run.lease.saga_id).await?;
+                let taken = book.taken();
+                if loaded
+                    .iter()
+                    .any(|d| &d.event == event && !taken.contains(&d.id))
+                {
+                    deliveries = Some(loaded);
+                    deadlines = book.deadline_map();
+                    continue;
+                }
+            }
+            return Ok((result, book));
+        }
+    }
+
+    /// The step waits: the saga becomes `waiting`, without a lease, due at the deadline (or
+    /// the end of the sleep); its attempt goes on when a worker claims it back.
+    async fn suspend(
+        &self,
+        run: &mut Run,
+        position: usize,
+        book: &WaitBook,
+        suspension: Suspension,
+    ) -> Result<bool, StoreError> {
+        debug!(step = %run.steps[position].name, until = %suspension.wake_at, "step waits");
+        let mut t = Transition::new();
+        t.status = Some(SagaStatus::Waiting);
+        t.wake = WakeChange::Set(suspension.wake_at);
+        t.release_lease = true;
+        t.waiting_for = Some(suspension.waiting_for);
+        t.waiting_taken = book.taken();
+        t.steps.push(StepChange::WaitDeadlines {
+            position: position as i32,
+            deadlines: book.deadlines(),
+        });
+        t.events.extend(book.events());
+        t.events.push(suspension.event);
+        self.commit(run, &t).await?;
+        run.status = SagaStatus::Waiting;
+        run.steps[position].wait_deadlines = book.deadline_map();
+        metrics::step_waits(run.skill.name(), &run.steps[position].name);
+        Ok(false)
+    }
+
     /// The step at the cursor failed for good: record it and start compensating.
     async fn fail_forward(
         &self,
         run: &mut Run,
         error: StepError,
         interrupted: bool,
+        wait_events: Vec<NewEvent>,
     ) -> Result<bool, StoreError> {
         let position = run.cursor;
         let state = &run.steps[position];
         let name = state.name.clone();
         warn!(step = %name, attempt = state.attempts, error = %error, "step failed for good; compensating");
         let mut t = Transition::new();
+        t.events.extend(wait_events);
         t.steps.push(StepChange::Failed {
             position: position as i32,
             error: error.to_json(),
@@ -431,7 +544,7 @@ impl Driver {
         state.compensation_status = CompensationStatus::Running;
         let output = state.output.clone().unwrap_or(Value::Null);
 
-        let ctx = run.context(position, attempt, true, self.clock.now());
+        let ctx = run.context(position, attempt, true, self.clock.now(), None);
         let Some(fut) = step.run_compensation(ctx, output) else {
             return Err(StoreError::Corrupt(format!(
                 "step `{}` is marked for compensation but has none",

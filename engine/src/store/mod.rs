@@ -10,6 +10,7 @@ mod operator;
 mod queries;
 mod rows;
 mod stats;
+mod waits;
 
 pub use operator::{HistoryPartition, OperatorEvent, PruneBatch, ReplayConflict, ReplaySaga};
 pub use queries::{
@@ -17,6 +18,7 @@ pub use queries::{
     StepChange, StepState, Transition, WakeChange,
 };
 pub use stats::{SagaTimes, TableHealth};
+pub use waits::{DeliveryOutcome, StoredDelivery};
 
 use crate::error::StoreError;
 use crate::migrations::SchemaMigrations;

@@ -65,6 +65,8 @@ pub struct StepState {
     pub compensation_status: CompensationStatus,
     pub compensation_attempts: i32,
     pub compensation_round_base: i32,
+    /// When the step's waits end (see [`crate::wait`]), by wait.
+    pub wait_deadlines: std::collections::BTreeMap<String, DateTime<Utc>>,
 }
 
 /// A saga a worker just claimed.
@@ -82,6 +84,9 @@ pub struct ClaimedSaga {
     /// Whether the claim started the next attempt of the step at `cursor` (`steps` shows it
     /// `running` with that attempt counted): the worker runs it without another commit.
     pub begun: bool,
+    /// Whether the saga was `waiting` (an event came, a deadline passed or a sleep ended): the
+    /// step at `cursor` goes on with its attempt, without a new one.
+    pub resumed: bool,
     pub steps: Vec<StepState>,
 }
 
@@ -181,6 +186,17 @@ pub enum StepChange {
     },
     /// The saga is over: steps never reached become skipped, interrupted ones failed.
     SkipUnreached,
+    /// The step's wait deadlines (an object by wait), persisted when it suspends.
+    WaitDeadlines {
+        position: i32,
+        deadlines: Value,
+    },
+    /// The step took these deliveries (ids).
+    ConsumeDeliveries {
+        position: i32,
+        step: String,
+        ids: Vec<i64>,
+    },
 }
 
 /// Everything one worker commit changes, applied atomically under the lease.
@@ -197,6 +213,11 @@ pub struct Transition {
     /// Start this step's next attempt in the same commit, unless a cancel was requested: the
     /// worker that commits step k starts k+1 without another round trip.
     pub then_begin: Option<(i32, NewEvent)>,
+    /// The saga starts waiting for this (`status` must be `waiting`); see [`crate::wait`].
+    pub waiting_for: Option<Value>,
+    /// Deliveries the waiting attempt already took (for earlier waits of the same event):
+    /// they do not make the new wait due.
+    pub waiting_taken: Vec<i64>,
 }
 
 impl Transition {
@@ -211,6 +232,8 @@ impl Transition {
             steps: Vec::new(),
             events: Vec::new(),
             then_begin: None,
+            waiting_for: None,
+            waiting_taken: Vec::new(),
         }
     }
 }
@@ -278,6 +301,7 @@ impl PgStore {
             cancel_requested: bool,
             previous_owner: Option<String>,
             begun_attempt: Option<i32>,
+            resumed: bool,
             steps: Option<sqlx::types::Json<Vec<StepJson>>>,
         }
         #[derive(serde::Deserialize)]
@@ -293,6 +317,8 @@ impl PgStore {
             compensation_status: String,
             compensation_attempts: i32,
             compensation_round_base: i32,
+            #[serde(default)]
+            wait_deadlines: std::collections::BTreeMap<String, DateTime<Utc>>,
         }
         // One round trip to `stepwise.claim_sagas` (engine/migrations), one statement
         // inside it with a cached plan: lock the due sagas, take them (the update finds its
@@ -302,7 +328,7 @@ impl PgStore {
         // the caller applies `begun_attempt`.
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "SELECT id, skill, skill_version, status, input, cursor, fencing_token,
-                    cancel_requested, previous_owner, begun_attempt, steps
+                    cancel_requested, previous_owner, begun_attempt, resumed, steps
              FROM stepwise.claim_sagas($1, $2, $3, $4, $5)",
         )
         .bind(now)
@@ -334,6 +360,7 @@ impl PgStore {
                             )?,
                             compensation_attempts: st.compensation_attempts,
                             compensation_round_base: st.compensation_round_base,
+                            wait_deadlines: st.wait_deadlines,
                         })
                     })
                     .collect::<Result<Vec<_>, StoreError>>()?;
@@ -358,6 +385,7 @@ impl PgStore {
                     cancel_requested: r.cancel_requested,
                     expired_owner: r.previous_owner,
                     begun: r.begun_attempt.is_some(),
+                    resumed: r.resumed,
                     steps,
                 })
             })
@@ -376,7 +404,7 @@ impl PgStore {
         now: DateTime<Utc>,
         t: &Transition,
     ) -> Result<Committed, StoreError> {
-        if is_single_statement(t) {
+        if is_single_statement(t) && t.waiting_for.is_none() {
             if let Some(group) = &self.group {
                 return group.commit(lease, now, t).await;
             }
@@ -572,7 +600,8 @@ impl PgStore {
                  lease_owner = CASE WHEN $7 THEN NULL ELSE lease_owner END,
                  output = COALESCE($8, output),
                  error = COALESCE($9, error),
-                 updated_at = $10
+                 updated_at = $10,
+                 waiting_for = $11
              WHERE id = $1 AND fencing_token = $2
              RETURNING cancel_requested_at IS NOT NULL",
         )
@@ -586,6 +615,7 @@ impl PgStore {
         .bind(&t.output)
         .bind(&t.error)
         .bind(now)
+        .bind(&t.waiting_for)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(cancel_requested) = cancel_requested else {
@@ -595,6 +625,24 @@ impl PgStore {
             });
         };
 
+        if let Some(waiting_for) = &t.waiting_for {
+            // A cancel or a delivery of the awaited event that came while the step ran (the
+            // fenced update above waited for the delivery's lock) makes the wait due now.
+            sqlx::query(
+                "UPDATE stepwise.sagas SET wake_at = $2
+                 WHERE id = $1
+                   AND (cancel_requested_at IS NOT NULL
+                        OR EXISTS (SELECT 1 FROM stepwise.deliveries d
+                                   WHERE d.saga_id = $1 AND d.event = $3
+                                     AND d.consumed_at IS NULL AND d.id <> ALL($4)))",
+            )
+            .bind(lease.saga_id)
+            .bind(now)
+            .bind(waiting_for.get("event").and_then(Value::as_str))
+            .bind(&t.waiting_taken)
+            .execute(&mut *tx)
+            .await?;
+        }
         for change in &t.steps {
             apply_step_change(&mut tx, lease.saga_id, now, change).await?;
         }
@@ -668,7 +716,7 @@ impl PgStore {
              SET cancel_requested_at = COALESCE(cancel_requested_at, $2),
                  wake_at = CASE WHEN lease_owner IS NULL THEN LEAST(wake_at, $2) ELSE wake_at END,
                  updated_at = $2
-             WHERE id = $1 AND status IN ('pending', 'running')
+             WHERE id = $1 AND status IN ('pending', 'running', 'waiting')
              RETURNING status",
         )
         .bind(id)
@@ -707,7 +755,8 @@ impl PgStore {
     pub async fn detail(&self, id: Uuid) -> Result<Option<SagaDetail>, StoreError> {
         let Some(saga): Option<DetailRow> = sqlx::query_as(
             "SELECT id, skill, skill_version, status, idempotency_key, input, output, error,
-                    started_by, replay_of, cancel_requested_at, lease_owner, created_at, updated_at
+                    started_by, replay_of, cancel_requested_at, lease_owner, waiting_for,
+                    created_at, updated_at
              FROM stepwise.sagas WHERE id = $1",
         )
         .bind(id)
@@ -745,6 +794,7 @@ impl PgStore {
             replay_of: saga.replay_of,
             cancel_requested_at: saga.cancel_requested_at,
             lease_owner: saga.lease_owner,
+            waiting_for: saga.waiting_for,
             created_at: saga.created_at,
             updated_at: saga.updated_at,
             steps: steps
@@ -942,7 +992,7 @@ fn history_rows(t: &Transition) -> impl Iterator<Item = (&NewEvent, bool)> {
     events.chain(next_event)
 }
 
-async fn insert_events(
+pub(super) async fn insert_events(
     tx: &mut sqlx::PgConnection,
     saga_id: Uuid,
     at: DateTime<Utc>,
@@ -1060,6 +1110,23 @@ async fn apply_step_change(
              WHERE saga_id = $1 AND status IN ('pending', 'running')",
         )
         .bind(saga_id),
+        StepChange::WaitDeadlines {
+            position,
+            deadlines,
+        } => sqlx::query(
+            "UPDATE stepwise.steps SET wait_deadlines = $3 WHERE saga_id = $1 AND position = $2",
+        )
+        .bind(saga_id)
+        .bind(position)
+        .bind(deadlines),
+        StepChange::ConsumeDeliveries { step, ids, .. } => sqlx::query(
+            "UPDATE stepwise.deliveries SET consumed_by = $3, consumed_at = $4
+             WHERE saga_id = $1 AND id = ANY($2) AND consumed_at IS NULL",
+        )
+        .bind(saga_id)
+        .bind(ids)
+        .bind(step)
+        .bind(now),
     };
     query.execute(&mut *tx).await?;
     Ok(())

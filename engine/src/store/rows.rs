@@ -57,6 +57,7 @@ pub(crate) struct DetailRow {
     pub replay_of: Option<Uuid>,
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub lease_owner: Option<String>,
+    pub waiting_for: Option<Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
