@@ -24,6 +24,14 @@
 //!   versions it has registered, and the claim itself starts the saga's waiting step. The
 //!   worker that commits step k starts step k+1 in the same commit and runs it while it holds
 //!   the lease.
+//! - **Waits.** A step may wait for a named event it declares with a payload schema
+//!   ([`Step::awaits`], [`StepContext::await_event`] with a [`Wait`]) or for a time
+//!   ([`StepContext::sleep`]). The action returns an error that suspends it (pass it on with
+//!   `?`); the saga becomes `waiting` (no lease, `wake_at` = the deadline), and when the event
+//!   is delivered ([`Engine::deliver`], idempotent on its key, checked against the schema), the
+//!   deadline passes or the sleep ends, a worker runs the same attempt again and the wait
+//!   returns. A deadline without a default payload fails the step with `wait_timed_out`. See
+//!   [`wait`].
 //! - **Time** comes from a [`Clock`]; tests use [`ManualClock`]. Steps see it too, as the
 //!   start of their attempt ([`StepContext::now`]).
 //! - **Roles** are data: the [`Registry`] holds the [`Role`]s its composer declares, and
@@ -44,6 +52,11 @@
 //! - `steps`: one row per step, created with the saga: status, attempts (over the saga's whole
 //!   life) and the base of the current round (operator retries get a fresh budget), output,
 //!   error, and the same for its compensation.
+//! - `sagas.waiting_for`: what a `waiting` saga awaits (`{"step","event","until","prompt",
+//!   "schema"}`), set exactly while it waits (a CHECK ties it to the status, no lease and a
+//!   wake time); `steps.wait_deadlines`: each wait's deadline, fixed when first reached.
+//! - `deliveries`: events delivered to sagas, unique on (saga, delivery key), with payload,
+//!   actor, time and which step consumed them when.
 //! - `events`: the append-only history (a trigger refuses updates): kind, step, attempt, actor,
 //!   time, detail. Partitioned by month of saga id.
 //!

@@ -16,6 +16,7 @@
 //! | `stepwise_sagas_failed_total` | counter | `skill` |
 //! | `stepwise_step_duration_seconds` | histogram | `skill`, `step`, `kind` (`action`/`compensation`), `outcome` (`succeeded`/`failed`) |
 //! | `stepwise_step_retries_total` | counter | `skill`, `step`, `kind` |
+//! | `stepwise_step_waits_total` | counter | `skill`, `step` (a step began waiting for an event or a time; waiting sagas count as `scheduled` below) |
 //! | `stepwise_operator_actions_total` | counter | `action` (`retry`, `restart`, `fork`, `cancel`, `prune`) |
 //! | `stepwise_queue_depth` | gauge | `state`: `due` (waiting and due now, or lease expired), `scheduled` (waiting for a later time), `leased` (held by a worker) |
 //! | `stepwise_queue_lag_seconds` | gauge | how long the oldest due saga has been due (0 when none) |
