@@ -229,3 +229,175 @@ async fn a_guest_lists_only_her_bookings_and_cannot_read_another_guests(pool: Pg
     assert_eq!(error_of(&neither)["field"], "guest_email");
     staff.cancel().await.unwrap();
 }
+
+async fn set_faults(desk: &Desk, faults: Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/_sandbox/faults", desk.sandbox.base_url()))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+}
+
+fn case_number_of(ledger: &Value, external_id: &str) -> String {
+    hotel_support::find(ledger, "Case", "External_ID__c", external_id)["CaseNumber"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[sqlx::test(migrations = false)]
+async fn cases_are_worked_through_legal_moves_and_guests_only_add_notes_to_their_own(pool: PgPool) {
+    let desk = desk(pool).await;
+    let email = "olivia.brown@example.com";
+    let guest = desk.client(&format!("guest:{email}")).await;
+    let opened = call(
+        &guest,
+        "submit_guest_service_request",
+        json!({"room_number": "203", "type": "Amenities", "priority": "Low",
+               "description": "A kettle, please.", "idempotency_key": "case-open-1"}),
+    )
+    .await;
+    let opened = structured(&opened);
+    assert_eq!(opened["status"], "completed", "{opened}");
+    let number = opened["output"]["case_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The guest adds a note to her case; search_cases shows it.
+    let noted = call(
+        &guest,
+        "manage_case",
+        json!({"case_number": number, "note": "Black tea too, if possible.", "idempotency_key": "case-note-1"}),
+    )
+    .await;
+    let noted = structured(&noted);
+    assert_eq!(noted["status"], "completed", "{noted}");
+    assert!(noted["output"]["note_id"].is_string(), "{noted}");
+    let mine = structured(&call(&guest, "search_cases", json!({})).await);
+    let case = mine["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["case_number"] == number.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(case["notes"][0]["note"], "Black tea too, if possible.");
+    assert_eq!(case["notes"][0]["author"], email);
+
+    // Guests may not change a case, nor touch another's.
+    let changed = call(
+        &guest,
+        "manage_case",
+        json!({"case_number": number, "status": "Working", "idempotency_key": "case-g-2"}),
+    )
+    .await;
+    assert_eq!(error_of(&changed)["field"], "guest_email");
+    let ledger = desk.ledger().await;
+    let leak = case_number_of(&ledger, "seed-case-1");
+    let other = call(
+        &guest,
+        "manage_case",
+        json!({"case_number": leak, "note": "hello", "idempotency_key": "case-g-3"}),
+    )
+    .await;
+    assert_eq!(error_of(&other)["code"], "case_not_found");
+    guest.cancel().await.unwrap();
+
+    let staff = desk.client("staff:frontdesk@dewy.example").await;
+    // An illegal move is refused with the field named, and nothing changes.
+    let illegal = call(
+        &staff,
+        "manage_case",
+        json!({"case_number": number, "status": "Closed", "note": "done", "idempotency_key": "case-s-1"}),
+    )
+    .await;
+    let error = error_of(&illegal);
+    assert_eq!(error["code"], "illegal_case_status", "{error}");
+    assert_eq!(error["field"], "status", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("Working"),
+        "{error}"
+    );
+    assert!(
+        error["action"].as_str().unwrap().contains("Working"),
+        "{error}"
+    );
+
+    // A failure after the note was added removes the note again.
+    set_faults(
+        &desk,
+        json!({"error_rate": 1.0, "services": ["salesforce"],
+               "path_prefix": "/salesforce/services/data/v60.0/sobjects/Case/"}),
+    )
+    .await;
+    let failed = call(
+        &staff,
+        "manage_case",
+        json!({"case_number": number, "status": "Working", "note": "on it", "idempotency_key": "case-s-2"}),
+    )
+    .await;
+    let failed = structured(&failed);
+    assert_eq!(failed["status"], "compensated", "{failed}");
+    assert!(
+        failed["error"]["undone"].to_string().contains("add_note"),
+        "{failed}"
+    );
+    set_faults(&desk, json!({})).await;
+    let ledger = desk.ledger().await;
+    let notes = objects(&ledger, "Case_Note__c");
+    assert_eq!(notes.len(), 1, "only the guest's note stands: {notes:?}");
+    let case_id = hotel_support::find(&ledger, "Case", "CaseNumber", &number)["Id"].clone();
+    assert_eq!(
+        hotel_support::find(&ledger, "Case", "Id", case_id.as_str().unwrap())["Status"],
+        "New"
+    );
+
+    // New -> Working (with a priority) -> Resolved -> Closed.
+    for (i, (args, status)) in [
+        (json!({"status": "Working", "priority": "High"}), "Working"),
+        (
+            json!({"status": "Resolved", "note": "Kettle and tea delivered."}),
+            "Resolved",
+        ),
+        (json!({"status": "Closed"}), "Closed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut args = args;
+        args["case_number"] = json!(number);
+        args["idempotency_key"] = json!(format!("case-move-{i}"));
+        let moved = structured(&call(&staff, "manage_case", args).await);
+        assert_eq!(moved["status"], "completed", "{moved}");
+        assert_eq!(moved["output"]["status"], status, "{moved}");
+    }
+    let ledger = desk.ledger().await;
+    let case = hotel_support::find(&ledger, "Case", "CaseNumber", &number);
+    assert_eq!(case["Status"], "Closed");
+    assert_eq!(case["Priority"], "High");
+
+    // Escalating a case being worked on texts the manager on duty.
+    let escalated = structured(
+        &call(
+            &staff,
+            "manage_case",
+            json!({"case_number": leak, "escalate": true, "idempotency_key": "case-esc-1"}),
+        )
+        .await,
+    );
+    assert_eq!(escalated["status"], "completed", "{escalated}");
+    assert_eq!(escalated["output"]["status"], "Escalated");
+    assert_eq!(escalated["output"]["escalated_to"], "manager@dewy.example");
+    assert_eq!(escalated["output"]["manager_texted"], true);
+    let ledger = desk.ledger().await;
+    let texts: Vec<Value> = objects(&ledger, "message")
+        .into_iter()
+        .filter(|m| m["to"] == "+14155550190")
+        .collect();
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(texts[0]["body"].as_str().unwrap().contains(&leak));
+    staff.cancel().await.unwrap();
+}

@@ -269,9 +269,13 @@ fn failure(detail: &SagaDetail) -> Value {
                 })
             }),
     };
+    let field = field_named(cause_message);
     let mut error = Map::new();
     error.insert("code".into(), Value::String(code));
     error.insert("message".into(), Value::String(message));
+    if let Some(field) = field {
+        error.insert("field".into(), Value::String(field));
+    }
     if let Some(action) = action {
         error.insert("action".into(), Value::String(action));
     }
@@ -319,4 +323,13 @@ pub fn saga_output_schema(skill_output: Option<&Map<String, Value>>) -> Map<Stri
         Value::Object(map) => map,
         _ => Map::new(),
     }
+}
+
+/// The field a step's error names the way input validation does (a message starting with
+/// "`field`: ..."), e.g. a status move the record's current status does not allow.
+pub(crate) fn field_named(message: &str) -> Option<String> {
+    message
+        .strip_prefix('`')
+        .and_then(|rest| rest.split_once("`:"))
+        .map(|(field, _)| field.to_string())
 }

@@ -26,6 +26,7 @@
 //!     service_request.rs  submit_guest_service_request
 //!     maintenance.rs      submit_maintenance_request
 //!     room_status.rs      update_room_status (and the legal transitions)
+//!     case.rs             manage_case (notes, priority, legal status moves, escalation)
 //!   effects/            what several skills do, each under the step's idempotency key:
 //!     payments.rs         charge, refund, payment records in the CRM
 //!     crm.rs              contacts, opportunity stages, room statuses (with their undos)

@@ -219,11 +219,7 @@ impl StepwiseServer {
                 // A rule the query checks itself (e.g. a date against today) names its field
                 // like input validation does: "`field`: ...".
                 if e.code == "invalid_input" {
-                    error.field = e
-                        .message
-                        .strip_prefix('`')
-                        .and_then(|rest| rest.split_once("`:"))
-                        .map(|(field, _)| field.to_string());
+                    error.field = crate::results::field_named(&e.message);
                 }
                 if e.is_retryable() && error.action.is_none() {
                     error.action =

@@ -151,7 +151,7 @@ pub const BOOKING_STATUSES: &[&str] = &[
     "No Show",
 ];
 pub const CASE_PRIORITIES: &[&str] = &["Low", "Medium", "High", "Urgent"];
-pub const CASE_STATUSES: &[&str] = &["New", "Working", "Escalated", "Closed"];
+pub const CASE_STATUSES: &[&str] = &["New", "Working", "Escalated", "Resolved", "Closed"];
 pub const TRANSACTION_TYPES: &[&str] = &["Charge", "Payment", "Refund"];
 pub const TRANSACTION_STATUSES: &[&str] =
     &["Pending", "Completed", "Failed", "Cancelled", "Refunded"];
@@ -320,8 +320,30 @@ pub static SMS_NOTIFICATION: ObjectSchema = ObjectSchema {
     }),
 };
 
+/// A note on a case (Dewy's custom object: who wrote what, when).
+pub static CASE_NOTE: ObjectSchema = ObjectSchema {
+    name: "Case_Note__c",
+    key_prefix: "a05",
+    fields: &[
+        ID,
+        field("Name", Kind::Text(80)).read_only(),
+        field("Case__c", Kind::Ref("Case")).required(),
+        field("Body__c", Kind::Text(4000)).required(),
+        field("Author__c", Kind::Text(255)),
+        EXTERNAL_ID,
+        CREATED,
+        MODIFIED,
+    ],
+    auto_number: Some(AutoNumber {
+        field: "Name",
+        prefix: "CN-",
+        width: 6,
+        start: 1,
+    }),
+};
+
 /// Every sObject, in ledger order.
-pub static OBJECTS: [&ObjectSchema; 7] = [
+pub static OBJECTS: [&ObjectSchema; 8] = [
     &HOTEL_ROOM,
     &CONTACT,
     &BOOKING,
@@ -329,6 +351,7 @@ pub static OBJECTS: [&ObjectSchema; 7] = [
     &CASE,
     &PAYMENT_TRANSACTION,
     &SMS_NOTIFICATION,
+    &CASE_NOTE,
 ];
 
 /// The sObject named `name` (exact API name, case-insensitive like Salesforce).

@@ -109,6 +109,22 @@ impl CrmClient {
         read(response).await.map(|_| ())
     }
 
+    /// Deletes a record; one already deleted is not an error (undos run more than once).
+    pub async fn delete(&self, sobject: &str, id: &str) -> Result<(), ConnectorError> {
+        let url = self.url(&["sobjects", sobject, soql::id(id)?])?;
+        let response = self
+            .http
+            .delete(url)
+            .bearer_auth(&self.access_token)
+            .send()
+            .await
+            .map_err(|e| ConnectorError::transport(Service::Crm, e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        read(response).await.map(|_| ())
+    }
+
     /// Creates the record whose external id `field` is `value`, or updates it: the way every
     /// mutating step creates records, so a re-run step finds its own record.
     pub async fn upsert(

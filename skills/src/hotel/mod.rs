@@ -20,6 +20,7 @@
 //! | `submit_guest_service_request` | opens a case for a staying guest | case closed |
 //! | `submit_maintenance_request` | opens a case; urgent: room to Maintenance and vendor texted | room status restored, case closed |
 //! | `update_room_status` | legal room transitions only (e.g. Cleaning -> Vacant) | status restored |
+//! | `manage_case` | a note, priority, status (New -> Working -> Resolved -> Closed), escalation (texts the manager on duty) | note removed, priority and status restored |
 //!
 //! Read-only queries (not sagas): `search_rooms`, `search_cases`, `get_booking`,
 //! `list_bookings`.
@@ -132,6 +133,7 @@ pub fn register(registry: &mut Registry, hotel: &Arc<Hotel>) -> Result<(), crate
         skills::service_request::submit_guest_service_request(hotel)?,
         skills::maintenance::submit_maintenance_request(hotel)?,
         skills::room_status::update_room_status(hotel)?,
+        skills::case::manage_case(hotel)?,
     ] {
         registry.register(skill)?;
     }

@@ -15,6 +15,7 @@ pub const OPPORTUNITY: &str = "Opportunity";
 pub const CASE: &str = "Case";
 pub const PAYMENT_TRANSACTION: &str = "Payment_Transaction__c";
 pub const SMS_NOTIFICATION: &str = "SMS_Notification__c";
+pub const CASE_NOTE: &str = "Case_Note__c";
 
 /// Room statuses (the `Status__c` picklist of `Hotel_Room__c`).
 pub mod room_status {
@@ -31,6 +32,16 @@ pub mod booking_status {
     pub const CHECKED_IN: &str = "Checked In";
     pub const CHECKED_OUT: &str = "Checked Out";
     pub const CANCELLED: &str = "Cancelled";
+}
+
+/// Case statuses (the `Status` picklist of `Case`): New is open, Working and Escalated in
+/// progress.
+pub mod case_status {
+    pub const NEW: &str = "New";
+    pub const WORKING: &str = "Working";
+    pub const ESCALATED: &str = "Escalated";
+    pub const RESOLVED: &str = "Resolved";
+    pub const CLOSED: &str = "Closed";
 }
 
 /// A room status (the CRM picklist).

@@ -5,6 +5,7 @@ use crate::hotel::records::{self, Case, Priority};
 use crate::hotel::{exposure, input, Hotel};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 use stepwise_engine::{InputError, Query, SkillInput, StepError};
 
@@ -17,7 +18,7 @@ pub struct SearchCasesInput {
     pub guest_email: Option<String>,
     #[serde(default)]
     pub room_number: Option<String>,
-    /// New, Working, Escalated or Closed.
+    /// New, Working, Escalated, Resolved or Closed.
     #[serde(default)]
     pub status: Option<String>,
     #[serde(default)]
@@ -36,10 +37,10 @@ impl SkillInput for SearchCasesInput {
                 .as_deref()
                 .map_or(Ok(()), |r| input::room_number("room_number", r)),
             match self.status.as_deref() {
-                None | Some("New" | "Working" | "Escalated" | "Closed") => Ok(()),
+                None | Some("New" | "Working" | "Escalated" | "Resolved" | "Closed") => Ok(()),
                 Some(_) => Err(InputError::field(
                     "status",
-                    "must be New, Working, Escalated or Closed",
+                    "must be New, Working, Escalated, Resolved or Closed",
                 )),
             },
             match self.limit {
@@ -58,6 +59,16 @@ pub struct CaseView {
     pub case_type: Option<String>,
     pub priority: Option<String>,
     pub status: Option<String>,
+    /// Notes added with manage_case, oldest first.
+    pub notes: Vec<NoteView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct NoteView {
+    pub note: String,
+    /// Who added it.
+    pub author: Option<String>,
+    pub created_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -111,10 +122,12 @@ pub(super) fn search_cases(hotel: &Arc<Hotel>) -> Query {
                     input.limit.unwrap_or(20)
                 );
                 let cases: Vec<Case> = crm.query(&soql).await.map_err(StepError::from)?;
+                let mut notes = notes_of(&hotel, &cases).await?;
                 Ok(CasesOutput {
                     cases: cases
                         .into_iter()
                         .map(|c| CaseView {
+                            notes: notes.remove(&c.id).unwrap_or_default(),
                             case_number: c.number,
                             subject: c.subject,
                             case_type: c.case_type,
@@ -126,4 +139,50 @@ pub(super) fn search_cases(hotel: &Arc<Hotel>) -> Query {
             }
         },
     )
+}
+
+/// The notes of `cases`, by case id, oldest first (one query for all of them).
+async fn notes_of(
+    hotel: &Hotel,
+    cases: &[Case],
+) -> Result<HashMap<String, Vec<NoteView>>, StepError> {
+    #[derive(Deserialize)]
+    struct Note {
+        #[serde(rename = "Case__c")]
+        case: String,
+        #[serde(rename = "Body__c", default)]
+        body: Option<String>,
+        #[serde(rename = "Author__c", default)]
+        author: Option<String>,
+        #[serde(rename = "CreatedDate", default)]
+        created: Option<String>,
+    }
+    let mut by_case: HashMap<String, Vec<NoteView>> = HashMap::new();
+    if cases.is_empty() {
+        return Ok(by_case);
+    }
+    let ids = cases
+        .iter()
+        .map(|c| soql::id_literal(&c.id))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StepError::from)?;
+    let soql = format!(
+        "SELECT Case__c, Body__c, Author__c, CreatedDate FROM Case_Note__c \
+         WHERE Case__c IN ({}) ORDER BY CreatedDate LIMIT 2000",
+        ids.join(", ")
+    );
+    let notes: Vec<Note> = hotel
+        .connectors
+        .crm
+        .query(&soql)
+        .await
+        .map_err(StepError::from)?;
+    for note in notes {
+        by_case.entry(note.case).or_default().push(NoteView {
+            note: note.body.unwrap_or_default(),
+            author: note.author,
+            created_at: note.created,
+        });
+    }
+    Ok(by_case)
 }

@@ -4,6 +4,7 @@
 
 pub mod booking;
 pub mod cancel;
+pub mod case;
 pub mod check_in;
 pub mod checkout;
 pub mod contact;
