@@ -112,7 +112,10 @@ async fn story(app: &App) -> Result<(), CliError> {
 
     let lease = Duration::from_secs(2);
     let worker = Background::start(engine, "demo-worker-1", lease);
-    let hotel = hotel_story(app).await;
+    let hotel = match hotel_story(app).await {
+        Ok(()) => front_desk(app).await,
+        Err(e) => Err(e),
+    };
     let retried = match hotel {
         Ok(()) => start(
             engine,
@@ -212,6 +215,95 @@ async fn hotel_story(app: &App) -> Result<(), CliError> {
                 "demo saga {id} ({skill}) ended {status}, expected {expected}"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The front desk: find a room for given dates, book it, list the guest's bookings, resolve a
+/// case.
+async fn front_desk(app: &App) -> Result<(), CliError> {
+    let engine = &app.engine;
+    println!("\n━━━━ The front desk ━━━━");
+    let (from, to) = (today(7), today(10));
+    let found = query(
+        app,
+        "search_rooms",
+        json!({"check_in_date": from, "check_out_date": to,
+        "number_of_guests": 2, "limit": 100}),
+    )
+    .await?;
+    let rooms = found["rooms"].as_array().cloned().unwrap_or_default();
+    let room = rooms
+        .first()
+        .ok_or_else(|| CliError::failed(format!("no room is free from {from} to {to}")))?;
+    let number = room["room_number"].as_str().unwrap_or_default().to_string();
+    println!(
+        "1. search_rooms {from} to {to} for two: {} rooms free; room {number} ({}) costs {} cents",
+        rooms.len(),
+        room["room_type"].as_str().unwrap_or_default(),
+        room["total_price"]
+    );
+    let booking = json!({"guest_email": DESK_GUEST, "guest_first_name": "Ada",
+        "guest_last_name": "Lovelace", "room_number": number, "check_in_date": from,
+        "check_out_date": to, "number_of_guests": 2});
+    let id = start_skill(engine, "create_booking", booking, "desk-book").await?;
+    expect_completed(engine, id, "create_booking").await?;
+    show(engine, id, "2. Book it").await?;
+    let listed = query(app, "list_bookings", json!({"guest_email": DESK_GUEST})).await?;
+    println!("\n3. list_bookings for {DESK_GUEST}:");
+    for b in listed["bookings"].as_array().into_iter().flatten() {
+        println!(
+            "   {} {} room {} {} -> {}",
+            b["booking_number"].as_str().unwrap_or_default(),
+            b["stay"].as_str().unwrap_or_default(),
+            b["room_number"].as_str().unwrap_or_default(),
+            b["check_in_date"].as_str().unwrap_or_default(),
+            b["check_out_date"].as_str().unwrap_or_default()
+        );
+    }
+    let working = query(
+        app,
+        "search_cases",
+        json!({"status": "Working", "limit": 1}),
+    )
+    .await?;
+    let Some(case_number) = working["cases"][0]["case_number"]
+        .as_str()
+        .map(str::to_string)
+    else {
+        return Err(CliError::failed("no case being worked on to resolve"));
+    };
+    let resolve = json!({"case_number": case_number, "status": "Resolved",
+        "note": "Fixed and checked with the guest."});
+    let id = start_skill(engine, "manage_case", resolve, "desk-case").await?;
+    expect_completed(engine, id, "manage_case").await?;
+    show(
+        engine,
+        id,
+        &format!("4. Resolve case {case_number}, with a note"),
+    )
+    .await?;
+    Ok(())
+}
+
+const DESK_GUEST: &str = "ada.lovelace@example.com";
+
+async fn query(app: &App, name: &str, input: Value) -> Result<Value, CliError> {
+    app.engine
+        .registry()
+        .query(name)
+        .ok_or_else(|| CliError::failed(format!("{name} is not registered")))?
+        .call(input)
+        .await
+        .map_err(|e| CliError::failed(format!("{name}: {e}")))
+}
+
+async fn expect_completed(engine: &Engine, id: Uuid, skill: &str) -> Result<(), CliError> {
+    let status = finish(engine, id, Duration::from_secs(60)).await?;
+    if status != SagaStatus::Completed {
+        return Err(CliError::failed(format!(
+            "demo saga {id} ({skill}) ended {status}, expected completed"
+        )));
     }
     Ok(())
 }
