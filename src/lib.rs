@@ -10,6 +10,7 @@ pub mod demo;
 pub mod doctor;
 pub mod embedded_pg;
 pub mod exit;
+pub mod http;
 pub mod metrics_server;
 pub mod render;
 pub mod telemetry;

@@ -1,5 +1,6 @@
-//! The streamable HTTP transport: `/mcp` behind bearer-token authentication, `/metrics` beside
-//! it (Prometheus text, unauthenticated like any scrape target; it carries no saga data).
+//! The streamable HTTP transport's routes: `/mcp` behind bearer-token authentication, and
+//! `/metrics` (Prometheus text, unauthenticated like any scrape target; it carries no saga
+//! data). The binary's `stepwise serve` mounts them on one server with its other endpoints.
 //!
 //! A request without a valid token gets `401` with `WWW-Authenticate: Bearer`; a valid token's
 //! principal is attached to the request, and the MCP server reads it from there for every call.
@@ -98,16 +99,17 @@ async fn metrics(State(facade): State<Arc<Facade>>) -> Response {
         .into_response()
 }
 
-/// The router: `/mcp` (authenticated) and `/metrics`. `allowed_hosts` are the `Host` values
-/// `/mcp` accepts (DNS-rebinding protection): `None` for loopback names only (rmcp's default),
-/// `Some(empty)` for any.
-pub fn router(
+/// `/mcp` behind bearer-token authentication. `allowed_hosts` are the `Host` values it
+/// accepts (DNS-rebinding protection): `None` for loopback names only (rmcp's default),
+/// `Some(empty)` for any. Cancelling `sessions` ends every MCP session and in-flight call, so
+/// a server cancels it only after it has drained its requests.
+pub fn mcp_router(
     facade: Arc<Facade>,
     allowed_hosts: Option<Vec<String>>,
-    shutdown: CancellationToken,
+    sessions: CancellationToken,
 ) -> Router {
     let mut config = StreamableHttpServerConfig::default();
-    config.cancellation_token = shutdown;
+    config.cancellation_token = sessions;
     match allowed_hosts {
         Some(hosts) if hosts.is_empty() => config = config.disable_allowed_hosts(),
         Some(hosts) => config = config.with_allowed_hosts(hosts),
@@ -126,28 +128,20 @@ pub fn router(
     Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(auth, authenticate))
-        .merge(
-            Router::new()
-                .route("/metrics", get(metrics))
-                .with_state(facade),
-        )
 }
 
-/// Binds `addr` and serves until `shutdown` is cancelled. Calls `on_bound` with the real
-/// address (useful with port 0).
-pub async fn serve(
-    facade: Arc<Facade>,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    on_bound: impl FnOnce(SocketAddr),
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    on_bound(bound);
-    // `STEPWISE_MCP_ALLOWED_HOSTS` (comma-separated) names the accepted `Host` values. Without
-    // it: loopback names when bound to loopback; any host when bound beyond (the operator chose
-    // to expose it, and every request needs a token anyway).
-    let hosts = match std::env::var("STEPWISE_MCP_ALLOWED_HOSTS") {
+/// `/metrics`: the engine's Prometheus metrics, with the queue gauges sampled on every scrape.
+pub fn metrics_router(facade: Arc<Facade>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(facade)
+}
+
+/// The `Host` values `/mcp` accepts when bound to `bound`: `STEPWISE_MCP_ALLOWED_HOSTS`
+/// (comma-separated) when set; otherwise loopback names when bound to loopback, and any host
+/// when bound beyond (the operator chose to expose it, and every request needs a token anyway).
+pub fn allowed_hosts_from_env(bound: SocketAddr) -> Option<Vec<String>> {
+    match std::env::var("STEPWISE_MCP_ALLOWED_HOSTS") {
         Ok(list) if !list.trim().is_empty() => Some(
             list.split(',')
                 .map(|h| h.trim().to_string())
@@ -156,9 +150,5 @@ pub async fn serve(
         ),
         _ if bound.ip().is_loopback() => None,
         _ => Some(Vec::new()),
-    };
-    let app = router(facade, hosts, shutdown.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    }
 }

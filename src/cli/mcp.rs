@@ -6,6 +6,7 @@
 //! Prometheus metrics at `/metrics`. A worker runs in the same process unless `--no-worker`,
 //! so one command serves a desktop MCP client.
 
+use super::serve::ServeArgs;
 use crate::app::{shutdown_signal, App};
 use crate::exit::CliError;
 use clap::Args;
@@ -17,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct McpArgs {
-    /// Serve streamable HTTP on ADDR (e.g. 127.0.0.1:8080; port 0 picks a free one) at `/mcp`,
-    /// with `/metrics` beside it, instead of stdio.
+    /// Serve streamable HTTP on ADDR instead of stdio: the same as `stepwise serve --addr ADDR`
+    /// (e.g. 127.0.0.1:8080; port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
     /// Run no worker in this process (for fleets of facades and `stepwise worker`s).
@@ -33,6 +34,19 @@ pub struct McpArgs {
 pub const LISTENING: &str = "stepwise mcp: listening on";
 
 pub async fn run(args: McpArgs) -> Result<(), CliError> {
+    if let Some(addr) = args.http {
+        let serve = ServeArgs {
+            addr,
+            no_worker: args.no_worker,
+            workers: 1,
+            concurrency: args.concurrency,
+            shutdown_grace_secs: 10,
+        };
+        return super::serve::run_announcing(serve, |bound| {
+            eprintln!("{LISTENING} http://{bound}/mcp (metrics: http://{bound}/metrics)");
+        })
+        .await;
+    }
     // Checked before connecting, against the roles of the catalog this command serves.
     let catalog = stepwise_skills::catalog()
         .map_err(|e| CliError::failed(format!("built-in skills are inconsistent: {e}")))?;
@@ -62,19 +76,10 @@ pub async fn run(args: McpArgs) -> Result<(), CliError> {
         tokio::spawn(async move { worker.run(stop).await })
     });
 
-    let served = match args.http {
-        Some(addr) => stepwise_mcp::http::serve(facade, addr, shutdown.clone(), |bound| {
-            eprintln!("{LISTENING} http://{bound}/mcp (metrics: http://{bound}/metrics)");
-        })
+    tracing::info!(principal = %principal, "serving MCP over stdio");
+    let served = stepwise_mcp::serve_stdio(facade, principal, shutdown.clone())
         .await
-        .map_err(|e| CliError::usage(format!("could not serve HTTP on {addr}: {e}"))),
-        None => {
-            tracing::info!(principal = %principal, "serving MCP over stdio");
-            stepwise_mcp::serve_stdio(facade, principal, shutdown.clone())
-                .await
-                .map_err(|e| CliError::failed(e.to_string()))
-        }
-    };
+        .map_err(|e| CliError::failed(e.to_string()));
     // The session ended (client gone, or a signal): stop the worker and let it release leases.
     shutdown.cancel();
     if let Some(worker) = worker {

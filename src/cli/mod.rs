@@ -7,6 +7,7 @@ mod embedded_pg;
 mod mcp;
 mod sagas;
 mod sandbox;
+mod serve;
 mod skills;
 mod start;
 mod tokens;
@@ -51,10 +52,13 @@ pub enum Command {
     Demo,
     /// Benchmark the executor against PostgreSQL's own ceiling (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
-    /// Serve the skills as MCP tools: stdio by default (acting as STEPWISE_PRINCIPAL), or
-    /// streamable HTTP with bearer tokens; runs a worker in-process unless --no-worker.
+    /// Serve the skills as MCP tools over stdio (acting as STEPWISE_PRINCIPAL); `--http ADDR`
+    /// is `serve --addr ADDR`. Runs a worker in-process unless --no-worker.
     Mcp(mcp::McpArgs),
-    /// Bearer tokens for `stepwise mcp --http`.
+    /// The HTTP server: /mcp (bearer tokens), /metrics, /healthz, /readyz, with in-process
+    /// workers unless --no-worker; drains requests in flight on Ctrl-C/SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Bearer tokens for `stepwise serve` (and `stepwise mcp --http`).
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
     /// The audit of MCP tool calls, newest first.
@@ -91,6 +95,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo => crate::demo::run().await,
         Command::Bench(args) => bench::run(args).await,
         Command::Mcp(args) => mcp::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Tokens(command) => tokens::run(command).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Sandbox(args) => sandbox::run(args).await,
