@@ -5,6 +5,7 @@
 
 use super::PgStore;
 use crate::error::StoreError;
+use crate::model::EventKind;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -58,6 +59,18 @@ impl PgStore {
         Ok(sqlx::query_scalar(
             "SELECT count(*) FROM stepwise.sagas WHERE status IN ('completed', 'compensated', 'failed')",
         )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// How many history rows of `kind` `actor` wrote, across every saga: how a caller watches
+    /// one worker make progress without reading each saga's history.
+    pub async fn event_count(&self, kind: EventKind, actor: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM stepwise.events WHERE kind = $1 AND actor = $2",
+        )
+        .bind(kind.as_str())
+        .bind(actor)
         .fetch_one(&self.pool)
         .await?)
     }
