@@ -3,10 +3,12 @@
 
 mod common;
 
-use common::{database_url, json_of, stepwise};
+use common::{database_url, json_of, saga_count, stepwise};
 use sqlx::PgPool;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use stepwise_engine::{PgStore, SagaStatus, StepStatus};
+use uuid::Uuid;
 
 #[sqlx::test(migrations = false)]
 async fn start_is_idempotent_and_conflicts_exit_4(pool: PgPool) {
@@ -105,11 +107,7 @@ async fn usage_errors_exit_2_and_unknown_things_exit_3(pool: PgPool) {
     assert_eq!(unknown_saga.status.code(), Some(3));
     let not_an_id = stepwise(&url, &["sagas", "show", "abc"]);
     assert_eq!(not_an_id.status.code(), Some(2));
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(rows, 0, "failed starts wrote nothing");
+    assert_eq!(saga_count(&pool).await, 0, "failed starts wrote nothing");
 }
 
 #[sqlx::test(migrations = false)]
@@ -196,7 +194,8 @@ async fn sigterm_stops_a_worker_gracefully_and_releases_its_sagas(pool: PgPool) 
             "--json",
         ],
     );
-    let id = json_of(&start)["id"].as_str().unwrap().to_string();
+    let saga: Uuid = json_of(&start)["id"].as_str().unwrap().parse().unwrap();
+    let store = PgStore::new(pool.clone());
     let worker = Command::new(env!("CARGO_BIN_EXE_stepwise"))
         .args([
             "worker",
@@ -213,12 +212,8 @@ async fn sigterm_stops_a_worker_gracefully_and_releases_its_sagas(pool: PgPool) 
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let running: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM stepwise.steps WHERE status = 'succeeded'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if running >= 2 {
+        let succeeded = steps_with(&store, saga, StepStatus::Succeeded).await;
+        if succeeded >= 2 {
             break;
         }
         assert!(Instant::now() < deadline, "worker made no progress");
@@ -232,25 +227,17 @@ async fn sigterm_stops_a_worker_gracefully_and_releases_its_sagas(pool: PgPool) 
     let out = worker.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 
-    let (status, owner): (String, Option<String>) =
-        sqlx::query_as("SELECT status, lease_owner FROM stepwise.sagas WHERE id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(status, "running", "unfinished, but not lost");
+    let after = store.detail(saga).await.unwrap().expect("saga exists");
     assert_eq!(
-        owner, None,
+        after.status,
+        SagaStatus::Running,
+        "unfinished, but not lost"
+    );
+    assert_eq!(
+        after.lease_owner, None,
         "the lease was released, so any worker resumes it at once"
     );
-    let interrupted: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM stepwise.steps WHERE saga_id = $1::uuid AND status = 'running'",
-    )
-    .bind(&id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert!(interrupted <= 1);
+    assert!(steps_with(&store, saga, StepStatus::Running).await <= 1);
 }
 
 // A time zone the IANA database does not know is a configuration error, reported before any
@@ -325,4 +312,10 @@ async fn the_sandbox_command_serves_until_sigterm() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// How many of the saga's steps are in `status`, read through the engine's store.
+async fn steps_with(store: &PgStore, saga: Uuid, status: StepStatus) -> usize {
+    let detail = store.detail(saga).await.unwrap().expect("saga exists");
+    detail.steps.iter().filter(|s| s.status == status).count()
 }

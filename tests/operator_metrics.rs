@@ -3,11 +3,12 @@
 
 mod common;
 
-use common::{database_url, stepwise};
+use common::{database_url, engine_with, start, stepwise};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use stepwise_engine::ManualClock;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -176,16 +177,15 @@ async fn worker_metrics_endpoint_counts_the_sagas_it_ran(pool: PgPool) {
     assert!(get("stepwise_queue_sampled_at_seconds") > 1.7e9);
 
     // A saga waiting for a later time shows up as scheduled on the next scrape.
-    sqlx::query(
-        "INSERT INTO stepwise.sagas (id, skill, skill_version, status, input, started_by,
-                                     step_count, wake_at, created_at, updated_at)
-         VALUES ($1, 'synthetic_chain', 1, 'pending', '{\"steps\":1}', 'test', 1,
-                 now() + interval '1 hour', now(), now())",
+    // Started by an engine whose clock is an hour ahead, it is due an hour from now.
+    let ahead = ManualClock::new(chrono::Utc::now() + chrono::Duration::hours(1));
+    start(
+        &engine_with(pool.clone(), ahead),
+        "synthetic_chain",
+        serde_json::json!({"steps": 1}),
+        None,
     )
-    .bind(uuid::Uuid::now_v7())
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     let (_, m) = scrape(&addr).await;
     assert_eq!(m[r#"stepwise_queue_depth{state="scheduled"}"#], 1.0);
     drop(worker);

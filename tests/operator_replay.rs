@@ -129,11 +129,7 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
     );
     assert_eq!(would.status.code(), Some(0));
     assert_eq!(json_of(&would)["id"], json!(c));
-    let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(sagas, 4, "a dry run creates nothing");
+    assert_eq!(saga_count(&pool).await, 4, "a dry run creates nothing");
     let restarted = stepwise_as(
         "carol",
         &url,
@@ -203,10 +199,7 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
         ],
     ));
     assert_eq!(dry["matched"], 4);
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let before = saga_count(&pool).await;
     let real = stepwise_as(
         "carol",
         &url,
@@ -223,10 +216,7 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
     assert_eq!(real.status.code(), Some(4));
     let real = json_of(&real);
     assert_eq!(real["applied"], 3);
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let after = saga_count(&pool).await;
     assert_eq!(after, before + 3);
 
     // The list shows counts by status, filtered.

@@ -7,9 +7,10 @@ mod common;
 use common::*;
 use serde_json::json;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use stepwise_engine::ManualClock;
+use stepwise_engine::{EventKind, ManualClock, SagaDetail, SagaStatus};
 
 fn spawn_worker(url: &str, id: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_stepwise"))
@@ -28,10 +29,6 @@ fn spawn_worker(url: &str, id: &str) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 #[sqlx::test(migrations = false)]
@@ -61,9 +58,18 @@ async fn killed_worker_process_loses_no_saga_and_no_step_succeeds_twice(pool: Pg
     let mut survivor = spawn_worker(&url, "worker-survivor");
 
     // Kill the first worker while it holds work: once some steps have succeeded.
+    let store = engine.store().clone();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&pool, "SELECT count(*) FROM stepwise.events WHERE kind = 'step_succeeded' AND actor = 'worker-doomed'").await < 10 {
-        assert!(Instant::now() < deadline, "the doomed worker never made progress");
+    while store
+        .event_count(EventKind::StepSucceeded, "worker-doomed")
+        .await
+        .unwrap()
+        < 10
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the doomed worker never made progress"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     doomed.kill().unwrap(); // SIGKILL: no cleanup, leases left behind
@@ -71,11 +77,7 @@ async fn killed_worker_process_loses_no_saga_and_no_step_succeeds_twice(pool: Pg
 
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let open = count(
-            &pool,
-            "SELECT count(*) FROM stepwise.sagas WHERE status NOT IN ('completed', 'compensated', 'failed')",
-        )
-        .await;
+        let open = store.unfinished_count().await.unwrap();
         if open == 0 {
             break;
         }
@@ -85,45 +87,50 @@ async fn killed_worker_process_loses_no_saga_and_no_step_succeeds_twice(pool: Pg
     survivor.kill().unwrap();
     survivor.wait().unwrap();
 
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM stepwise.sagas WHERE status = 'completed'"
-        )
-        .await,
-        90
-    );
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM stepwise.sagas WHERE status = 'compensated'"
-        )
-        .await,
-        10
-    );
-    let doubled = count(
-        &pool,
-        "SELECT count(*) FROM (SELECT saga_id, step FROM stepwise.events
-           WHERE kind = 'step_succeeded' GROUP BY saga_id, step HAVING count(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "a step's success was recorded twice");
-    let undone_twice = count(
-        &pool,
-        "SELECT count(*) FROM (SELECT saga_id, step FROM stepwise.events
-           WHERE kind = 'compensation_succeeded' GROUP BY saga_id, step HAVING count(*) > 1) d",
-    )
-    .await;
-    assert_eq!(undone_twice, 0);
+    let sagas = every_saga(&engine).await;
+    assert_eq!(sagas.len(), 100);
+    let with_status = |status: SagaStatus| sagas.iter().filter(|s| s.status == status).count();
+    assert_eq!(with_status(SagaStatus::Completed), 90);
+    assert_eq!(with_status(SagaStatus::Compensated), 10);
+    for saga in &sagas {
+        assert_eq!(
+            repeated_steps(saga, EventKind::StepSucceeded),
+            Vec::<&str>::new(),
+            "a step's success was recorded twice in saga {}",
+            saga.id
+        );
+        assert_eq!(
+            repeated_steps(saga, EventKind::CompensationSucceeded),
+            Vec::<&str>::new(),
+            "a step was undone twice in saga {}",
+            saga.id
+        );
+    }
     // The survivor took over sagas the killed worker held, and said so in their history.
-    let takeovers = count(
-        &pool,
-        "SELECT count(*) FROM stepwise.events WHERE kind = 'lease_expired'
-           AND actor = 'worker-survivor' AND detail->>'previous_owner' = 'worker-doomed'",
-    )
-    .await;
+    let takeovers = sagas
+        .iter()
+        .flat_map(|s| &s.events)
+        .filter(|e| {
+            e.kind == EventKind::LeaseExpired
+                && e.actor == "worker-survivor"
+                && e.detail.as_ref().and_then(|d| d["previous_owner"].as_str())
+                    == Some("worker-doomed")
+        })
+        .count();
     assert!(
         takeovers >= 1,
         "no saga was taken over from the killed worker"
     );
+}
+
+/// The steps with more than one `kind` event in the saga's history.
+fn repeated_steps(saga: &SagaDetail, kind: EventKind) -> Vec<&str> {
+    let mut seen = HashMap::new();
+    for event in saga.events.iter().filter(|e| e.kind == kind) {
+        *seen.entry(event.step.as_deref().unwrap_or("")).or_insert(0) += 1;
+    }
+    seen.into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(step, _)| step)
+        .collect()
 }

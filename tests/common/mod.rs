@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 use stepwise_engine::{
-    Engine, JitterSource, ManualClock, PgStore, SagaDetail, StartRequest, Worker, WorkerConfig,
+    Engine, JitterSource, ManualClock, PgStore, SagaDetail, SagaFilter, StartRequest, Worker,
+    WorkerConfig,
 };
 use uuid::Uuid;
 
@@ -44,6 +45,30 @@ pub async fn start(engine: &Engine, skill: &str, input: Value, key: Option<&str>
 
 pub async fn detail(engine: &Engine, id: Uuid) -> SagaDetail {
     engine.detail(id).await.unwrap().expect("saga exists")
+}
+
+/// How many sagas exist, read through the engine's store (its counts by status).
+pub async fn saga_count(pool: &PgPool) -> i64 {
+    PgStore::new(pool.clone())
+        .counts_by_status()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Every saga's detail, history included, read through the engine.
+pub async fn every_saga(engine: &Engine) -> Vec<SagaDetail> {
+    let filter = SagaFilter {
+        limit: 100_000,
+        ..SagaFilter::default()
+    };
+    let mut details = Vec::new();
+    for summary in engine.list(&filter).await.unwrap() {
+        details.push(detail(engine, summary.id).await);
+    }
+    details
 }
 
 /// The history as `kind` or `kind:step` strings, in order.

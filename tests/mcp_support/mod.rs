@@ -242,21 +242,32 @@ pub fn text(result: &CallToolResult) -> String {
         .join("\n")
 }
 
+/// How many sagas exist, read through the engine's store (its counts by status).
 pub async fn saga_count(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
-        .fetch_one(pool)
+    stepwise_engine::PgStore::new(pool.clone())
+        .counts_by_status()
         .await
         .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
 }
 
-/// The audit rows as (principal, tool, saga_id, outcome, error_code), oldest first.
+/// The audit rows as (principal, tool, saga_id, outcome, error_code), oldest first, read
+/// through the facade's audit store.
 pub async fn audit_rows(
     pool: &PgPool,
 ) -> Vec<(String, String, Option<uuid::Uuid>, String, Option<String>)> {
-    sqlx::query_as(
-        "SELECT principal, tool, saga_id, outcome, error_code FROM mcp.audit ORDER BY id",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
+    let filter = stepwise_mcp::AuditFilter {
+        limit: 100_000,
+        ..stepwise_mcp::AuditFilter::default()
+    };
+    let mut rows = stepwise_mcp::AuditStore::new(pool.clone())
+        .query(&filter)
+        .await
+        .unwrap();
+    rows.reverse();
+    rows.into_iter()
+        .map(|r| (r.principal, r.tool, r.saga_id, r.outcome, r.error_code))
+        .collect()
 }
