@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{database_url, json_of, stepwise};
+use common::{database_url, json_of, saga_count, stepwise};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -320,13 +320,6 @@ async fn sigterm_stops_accepting_and_drains_the_request_in_flight(pool: PgPool) 
         .expect("the server exits after draining")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
-}
-
-async fn saga_count(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 #[sqlx::test(migrations = false)]

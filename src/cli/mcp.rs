@@ -1,10 +1,11 @@
 //! `stepwise mcp [--http ADDR] [--no-worker]`: the MCP facade over the built-in skills.
 //!
 //! Over stdio (the default) one session acts as `STEPWISE_PRINCIPAL` (`role:subject`, default
-//! `operator:local`); stdout carries the protocol and every log goes to stderr. With `--http`
-//! it serves streamable HTTP at `/mcp` (bearer tokens from `stepwise tokens create`) and
-//! Prometheus metrics at `/metrics`. A worker runs in the same process unless `--no-worker`,
-//! so one command serves a desktop MCP client.
+//! `operator:local`); stdout carries the protocol and every log goes to stderr. `--http ADDR`
+//! is an alias of `stepwise serve --addr ADDR`: the same HTTP server (streamable HTTP at `/mcp`
+//! with bearer tokens from `stepwise tokens create`, `/metrics`, `/healthz`, `/readyz`). A
+//! worker runs in the same process unless `--no-worker`, so one command serves a desktop MCP
+//! client.
 
 use super::serve::ServeArgs;
 use crate::app::{shutdown_signal, App};
