@@ -145,11 +145,3 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
 }
-
-/// Who the CLI acts as in the history: `cli:{OS user}`.
-pub fn cli_actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
-}

@@ -2,6 +2,7 @@
 //! rendering and the demo. Nothing depends on this crate; it composes the engine, the skills
 //! and the MCP facade.
 
+pub mod actor;
 pub mod app;
 pub mod bench;
 pub mod cli;

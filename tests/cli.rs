@@ -319,3 +319,59 @@ async fn steps_with(store: &PgStore, saga: Uuid, status: StepStatus) -> usize {
     let detail = store.detail(saga).await.unwrap().expect("saga exists");
     detail.steps.iter().filter(|s| s.status == status).count()
 }
+
+// Without $USER and $LOGNAME (cron, systemd, a bare container), the actors come from the OS:
+// the passwd name of the uid and the host name, never a placeholder.
+#[sqlx::test(migrations = false)]
+async fn without_user_variables_actors_are_the_os_account_and_host(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let url = database_url(&pool).await;
+    let without_user = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_stepwise"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .env_remove("USER")
+            .env_remove("LOGNAME")
+            .output()
+            .unwrap()
+    };
+    let started = without_user(&[
+        "start",
+        "synthetic_chain",
+        "--input",
+        r#"{"steps":1}"#,
+        "--json",
+    ]);
+    assert_eq!(
+        started.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let id = json_of(&started)["id"].as_str().unwrap().to_string();
+    let cancelled = without_user(&["sagas", "cancel", &id, "--json"]);
+    assert_eq!(
+        cancelled.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&cancelled.stderr)
+    );
+
+    let account = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let saga = json_of(&stepwise(&url, &["sagas", "show", &id, "--json"]));
+    assert_eq!(saga["started_by"], format!("cli:{account}@{host}"));
+    let cancel = saga["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["kind"] == "cancel_requested")
+        .unwrap_or_else(|| panic!("no cancel_requested event: {saga}"));
+    assert_eq!(cancel["actor"], format!("operator:{account}@{host}"));
+}

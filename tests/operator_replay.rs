@@ -105,7 +105,9 @@ async fn bulk_retry_dry_run_lists_matches_and_the_real_run_applies_them(pool: Pg
             .iter()
             .find(|e| e.kind == EventKind::OperatorRetry)
             .unwrap();
-        assert_eq!(retry.actor, "operator:carol");
+        // The default actor: $USER and this host.
+        let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        assert_eq!(retry.actor, format!("operator:carol@{host}"));
         assert_eq!(retry.detail.as_ref().unwrap()["reason"], "fixed");
     }
     // The CLI stamped them due at its (real) time: bring the test clock up to it.

@@ -3,6 +3,7 @@
 //! `--reason` where it applies).
 
 use super::{parse_saga_id, print_json};
+use crate::actor::operator_actor;
 use crate::app::App;
 use crate::exit::CliError;
 use crate::render;
@@ -171,14 +172,6 @@ fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor an age such as 12h"))?;
     let age = chrono::Duration::from_std(age).map_err(|e| e.to_string())?;
     Ok(Utc::now() - age)
-}
-
-/// Who the CLI acts as in operator actions: `operator:{OS user}`.
-fn operator_actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("operator:{user}")
 }
 
 impl Who {

@@ -1,7 +1,8 @@
 //! `stepwise start SKILL --input JSON`.
 
 use super::print_json;
-use crate::app::{cli_actor, App};
+use crate::actor::cli_actor;
+use crate::app::App;
 use crate::exit::CliError;
 use crate::render;
 use clap::Args;

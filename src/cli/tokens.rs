@@ -2,7 +2,8 @@
 //! A token is printed once; only its SHA-256 is stored.
 
 use super::{parse_saga_id, print_json};
-use crate::app::{cli_actor, App};
+use crate::actor::cli_actor;
+use crate::app::App;
 use crate::exit::CliError;
 use clap::Subcommand;
 use serde_json::json;

@@ -115,7 +115,7 @@ pub fn stepwise(url: &str, args: &[&str]) -> Output {
     stepwise_command(url, args).output().unwrap()
 }
 
-/// The same as `user`: operator commands record `operator:{USER}` as their actor.
+/// The same as `user`: operator commands record `operator:{USER}@{host}` as their actor.
 pub fn stepwise_as(user: &str, url: &str, args: &[&str]) -> Output {
     stepwise_command(url, args)
         .env("USER", user)
