@@ -12,7 +12,7 @@ use stepwise_engine::{Engine, PgStore, StoreError, SystemClock};
 use stepwise_sandbox::{Sandbox, SandboxHandle};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
 use stepwise_skills::hotel::{calendar, Hotel};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 /// Where `stepwise sandbox` listens by default, and where connectors look when nothing is
 /// configured and no sandbox is started in-process.
@@ -116,10 +116,25 @@ async fn connector_config(
             let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), 1)
                 .await
                 .map_err(|e| CliError::failed(format!("cannot start the sandbox: {e}")))?;
-            info!(url = %sandbox.base_url(), "started an in-process sandbox for the external systems");
+            debug!(url = %sandbox.base_url(), "started an in-process sandbox for the external systems");
             Ok((ConnectorConfig::sandbox(&sandbox.base_url()), Some(sandbox)))
         }
     }
+}
+
+/// What a process that started an in-process sandbox says at start (`mcp` and `serve` as a
+/// warning, `demo` as information): which services are fake, that nothing real happens, and how to point the
+/// connectors at real ones (docs/skills.md, "Pointing the connectors at real services").
+pub fn in_process_sandbox_notice(url: &str) -> String {
+    format!(
+        "no external services configured: payments (Stripe-style), the CRM/PMS \
+         (Salesforce-style) and SMS (Twilio-style) are an in-memory sandbox at {url}; nothing \
+         real is charged, recorded or texted, and everything in it is gone on exit. For real \
+         services set STEPWISE_STRIPE_URL, STEPWISE_SALESFORCE_URL and STEPWISE_TWILIO_URL with \
+         their credentials (STEPWISE_STRIPE_KEY, STEPWISE_SALESFORCE_TOKEN, \
+         STEPWISE_TWILIO_ACCOUNT_SID, STEPWISE_TWILIO_AUTH_TOKEN, STEPWISE_TWILIO_FROM); for a \
+         sandbox shared by several processes, STEPWISE_SANDBOX_URL (see docs/skills.md)"
+    )
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

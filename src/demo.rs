@@ -4,7 +4,7 @@
 //! succeeds, an urgent maintenance request), then the durability story (retries at persisted
 //! times, a worker killed with SIGKILL), printing every saga's timeline.
 
-use crate::app::App;
+use crate::app::{in_process_sandbox_notice, App};
 use crate::exit::CliError;
 use crate::render;
 use serde_json::{json, Value};
@@ -17,6 +17,9 @@ const SYN: &str = stepwise_skills::synthetic::NAME;
 
 pub async fn run() -> Result<(), CliError> {
     let app = App::open_with_sandbox(12).await?;
+    if let Some(url) = &app.sandbox_url {
+        tracing::info!("{}", in_process_sandbox_notice(url));
+    }
     let result = story(&app).await;
     app.close().await;
     result

@@ -360,3 +360,104 @@ async fn an_undeclared_role_is_a_usage_error_listing_the_known_roles(pool: PgPoo
     );
     assert!(stderr.contains(known), "{stderr}");
 }
+
+/// The stderr lines `stepwise mcp --http` wrote before it listened, with `env` set and every
+/// external-service variable removed unless `env` sets it.
+async fn stderr_until_listening(url: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepwise"));
+    command
+        .args(["mcp", "--http", "127.0.0.1:0", "--no-worker"])
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for name in [
+        "STEPWISE_SANDBOX_URL",
+        "STEPWISE_STRIPE_URL",
+        "STEPWISE_SALESFORCE_URL",
+        "STEPWISE_TWILIO_URL",
+    ] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let before = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut before = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("stepwise mcp: listening on") {
+                return before;
+            }
+            before.push(line);
+        }
+        panic!("stepwise mcp exited before listening: {before:?}");
+    })
+    .await
+    .expect("stepwise mcp --http listens");
+    child.kill().await.unwrap();
+    before
+}
+
+#[sqlx::test(migrations = false)]
+async fn without_service_urls_mcp_warns_that_the_external_systems_are_a_sandbox(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let url = database_url(&pool).await;
+
+    let stderr = stderr_until_listening(&url, &[]).await;
+    let warning = stderr
+        .iter()
+        .find(|line| line.contains("WARN") && line.contains("sandbox"))
+        .unwrap_or_else(|| panic!("no sandbox warning: {stderr:?}"));
+    for words in [
+        "payments",
+        "CRM/PMS",
+        "SMS",
+        "nothing real is charged",
+        "STEPWISE_STRIPE_URL",
+        "STEPWISE_SALESFORCE_URL",
+        "STEPWISE_TWILIO_URL",
+        "STEPWISE_SANDBOX_URL",
+    ] {
+        assert!(warning.contains(words), "{words} missing: {warning}");
+    }
+
+    // Over stdio too (its first words on stderr at RUST_LOG=warn).
+    let mut stdio = stdio_server(&url, None);
+    for name in [
+        "STEPWISE_SANDBOX_URL",
+        "STEPWISE_STRIPE_URL",
+        "STEPWISE_SALESFORCE_URL",
+        "STEPWISE_TWILIO_URL",
+    ] {
+        stdio.env_remove(name);
+    }
+    let mut child = stdio
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("stepwise mcp warns within a minute")
+        .unwrap()
+        .unwrap_or_default();
+    child.kill().await.unwrap();
+    assert!(
+        first.contains("WARN") && first.contains("in-memory sandbox"),
+        "{first}"
+    );
+
+    // Pointed at a sandbox on purpose: nothing to warn about.
+    let stderr =
+        stderr_until_listening(&url, &[("STEPWISE_SANDBOX_URL", "http://127.0.0.1:8787")]).await;
+    assert!(
+        !stderr.iter().any(|line| line.contains("in-memory sandbox")),
+        "{stderr:?}"
+    );
+}

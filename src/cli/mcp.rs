@@ -8,7 +8,7 @@
 //! client.
 
 use super::serve::ServeArgs;
-use crate::app::{shutdown_signal, App};
+use crate::app::{in_process_sandbox_notice, shutdown_signal, App};
 use crate::exit::CliError;
 use clap::Args;
 use std::net::SocketAddr;
@@ -57,6 +57,10 @@ pub async fn run(args: McpArgs) -> Result<(), CliError> {
     }
     .map_err(|e| CliError::usage(format!("STEPWISE_PRINCIPAL: {e}")))?;
     let app = App::open_with_sandbox((args.concurrency as u32 / 2).clamp(2, 16) + 4).await?;
+    // An agent's calls look real to it: say loudly when nothing behind them is.
+    if let Some(url) = &app.sandbox_url {
+        tracing::warn!("{}", in_process_sandbox_notice(url));
+    }
     let facade = Facade::new(app.engine.clone(), Facade::wait_from_env());
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -5,7 +5,7 @@
 //! within `--shutdown-grace-secs`, then ends the MCP sessions and stops the workers, which
 //! release their sagas as `stepwise worker` does. `stepwise mcp --http ADDR` is this command.
 
-use crate::app::{shutdown_signal, App};
+use crate::app::{in_process_sandbox_notice, shutdown_signal, App};
 use crate::exit::CliError;
 use crate::http::proxy::TrustProxy;
 use axum::Router;
@@ -79,6 +79,10 @@ pub async fn run_announcing(
     let workers = if args.no_worker { 0 } else { args.workers };
     let pool_size = (u32::from(workers) * args.concurrency as u32 / 2).clamp(2, 32) + 4;
     let app = App::open_with_sandbox(pool_size).await?;
+    // An agent's calls look real to it: say loudly when nothing behind them is.
+    if let Some(url) = &app.sandbox_url {
+        tracing::warn!("{}", in_process_sandbox_notice(url));
+    }
     let listener = match tokio::net::TcpListener::bind(args.addr).await {
         Ok(listener) => listener,
         Err(e) => {
