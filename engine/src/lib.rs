@@ -53,7 +53,7 @@
 //!   life) and the base of the current round (operator retries get a fresh budget), output,
 //!   error, and the same for its compensation.
 //! - `sagas.waiting_for`: what a `waiting` saga awaits (`{"step","event","until","prompt",
-//!   "schema"}`), set exactly while it waits (a CHECK ties it to the status, no lease and a
+//!   "schema","url","roles"}`), set exactly while it waits (a CHECK ties it to the status, no lease and a
 //!   wake time); `steps.wait_deadlines`: each wait's deadline, fixed when first reached.
 //! - `deliveries`: events delivered to sagas, unique on (saga, delivery key), with payload,
 //!   actor, time and which step consumed them when.

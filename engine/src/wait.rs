@@ -39,30 +39,35 @@ enum Deadline {
     After(Duration),
 }
 
-/// How to wait for an event: the deadline, a prompt for the humans who may answer, and an
-/// optional payload to go on with when the deadline passes.
+/// How to wait for an event: the deadline, a prompt for the humans who may answer, where they
+/// answer (a URL, such as a 3-D Secure page), who may answer, and an optional payload to go on
+/// with when the deadline passes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wait {
     deadline: Deadline,
     prompt: Option<String>,
+    url: Option<String>,
+    answered_by: Vec<String>,
     default_payload: Option<Value>,
 }
 
 impl Wait {
     /// Waits until `deadline` (by the engine's clock).
     pub fn until(deadline: DateTime<Utc>) -> Self {
-        Self {
-            deadline: Deadline::At(deadline),
-            prompt: None,
-            default_payload: None,
-        }
+        Self::new(Deadline::At(deadline))
     }
 
     /// Waits at most `timeout` from the moment the action first reaches the wait.
     pub fn within(timeout: Duration) -> Self {
+        Self::new(Deadline::After(timeout))
+    }
+
+    fn new(deadline: Deadline) -> Self {
         Self {
-            deadline: Deadline::After(timeout),
+            deadline,
             prompt: None,
+            url: None,
+            answered_by: Vec::new(),
             default_payload: None,
         }
     }
@@ -70,6 +75,26 @@ impl Wait {
     /// What to tell whoever may deliver the event (shown in `sagas show` as `prompt`).
     pub fn prompt(mut self, prompt: impl Into<String>) -> Self {
         self.prompt = Some(prompt.into());
+        self
+    }
+
+    /// Where the answer is given outside the agent's conversation (a payment authentication
+    /// page, say): shown as `url` in `waiting_for`, and offered to MCP clients as a URL
+    /// elicitation rather than a form.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// The roles whose members may deliver the event (shown as `roles` in `waiting_for`). Empty,
+    /// the default, means the party who started the saga (and operators). The engine records the
+    /// roles; front ends that know who is asking (the MCP facade) enforce them.
+    pub fn answered_by<I, S>(mut self, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.answered_by = roles.into_iter().map(Into::into).collect();
         self
     }
 
@@ -232,6 +257,8 @@ impl WaitBook {
                 "until": until,
                 "prompt": wait.prompt,
                 "schema": schema,
+                "url": wait.url,
+                "roles": wait.answered_by,
             }),
             event: NewEvent::step(EventKind::WaitStarted, &step, attempt)
                 .with_detail(json!({"event": event, "until": until, "prompt": wait.prompt})),
@@ -272,6 +299,8 @@ impl WaitBook {
                 "until": until,
                 "prompt": null,
                 "schema": null,
+                "url": null,
+                "roles": [],
             }),
             event: NewEvent::step(EventKind::SleepStarted, &step, attempt)
                 .with_detail(json!({"until": until})),
