@@ -61,7 +61,11 @@ impl PgStore {
         .bind(saga_id)
         .fetch_optional(&mut *tx)
         .await?;
+        // Early answers end the transaction explicitly: a dropped sqlx transaction is only
+        // rolled back when its connection is next used, and until then the row lock taken above
+        // would hide the saga from claims (`SKIP LOCKED`).
         let Some((status, awaited)) = saga else {
+            tx.rollback().await?;
             return Ok(DeliveryOutcome::NotFound);
         };
         let status: SagaStatus = parse("saga status", &status)?;
@@ -74,6 +78,7 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some((earlier_event, earlier_payload)) = earlier {
+            tx.rollback().await?;
             return Ok(if earlier_event == event && &earlier_payload == payload {
                 DeliveryOutcome::Duplicate { status }
             } else {
@@ -81,6 +86,7 @@ impl PgStore {
             });
         }
         if status.is_terminal() {
+            tx.rollback().await?;
             return Ok(DeliveryOutcome::Terminal { status });
         }
         sqlx::query(
