@@ -1,0 +1,1413 @@
+//! A model-based property test of the saga state machine (issue 13, item 6), on the real engine
+//! and real PostgreSQL, through the engine's public API only (so it stays valid across a
+//! rewrite of the executor's core).
+//!
+//! Each generated [`Script`] defines a skill whose steps follow it: for every step and attempt
+//! an outcome (success, retryable or permanent error), optionally a wait for an event first
+//! (delivered before the wait, delivered while waiting, or timed out), and compensations with
+//! their own scripted outcomes. Faults and operator actions are part of the script: a worker
+//! that crashes mid-step (its future is dropped and the lease expires on the manual clock), a
+//! worker that loses its lease mid-step (the clock passes the lease, a second worker takes the
+//! saga over, then the first one finishes its attempt and must be fenced off), a cancel while a
+//! step runs or at a pause, operator retries of a failed saga and a restart of a compensated
+//! one. The harness drives the saga with `Worker::run_until_idle` to a terminal state, then
+//! checks it against a small reference model ([`expect`]) and against invariants that need no
+//! model: terminal states are final, compensations run in reverse order exactly once for the
+//! steps that succeeded, a completed saga ran every step to success once, the attempts recorded
+//! are the attempts the actions were called with and stay within their budgets, and the history
+//! agrees with the final step states.
+//!
+//! `STEPWISE_MODEL_CASES` (default 48) sets the number of cases, `STEPWISE_MODEL_SEED` fixes the
+//! random seed. docs/reliability.md explains what the model checks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use futures::future::BoxFuture;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stepwise_engine::{
+    CompensationStatus, Engine, EventKind, Jitter, JitterSource, ManualClock, OperatorRequest,
+    PgStore, Registry, RetryPolicy, SagaDetail, SagaStatus, Skill, SkillInput, StartRequest, Step,
+    StepContext, StepError, StepStatus, Wait, WorkerConfig,
+};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------------
+// The script
+// ---------------------------------------------------------------------------------------------
+
+/// What an attempt returns once any fault is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basic {
+    Ok,
+    Retryable,
+    Permanent,
+}
+
+/// What one attempt of an action or a compensation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Retryable,
+    Permanent,
+    /// The worker dies mid-attempt: its future is dropped, and the lease expires later.
+    Crash,
+    /// The worker stalls mid-attempt past its lease; another worker takes the saga over and
+    /// drives it until idle; then this attempt returns the given result, which must be fenced
+    /// off.
+    LeaseLost(Basic),
+    /// The saga is cancelled while this attempt runs, which then returns the given result.
+    CancelDuring(Basic),
+}
+
+/// How a step's wait for its event ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitPlan {
+    /// The event is delivered right after the saga starts, before the step reaches the wait.
+    DeliveredEarly,
+    /// The event is delivered while the saga waits.
+    Delivered,
+    /// Nobody answers: the deadline passes and the step fails with `wait_timed_out`.
+    TimedOut,
+}
+
+#[derive(Debug, Clone)]
+struct StepScript {
+    compensable: bool,
+    wait: Option<WaitPlan>,
+    /// Outcome of attempt 1, 2, ...; later attempts succeed.
+    attempts: Vec<Outcome>,
+    /// Outcome of compensation attempt 1, 2, ...; later ones succeed.
+    compensations: Vec<Outcome>,
+}
+
+#[derive(Debug, Clone)]
+struct Script {
+    steps: Vec<StepScript>,
+    /// Attempts allowed for every action.
+    max_attempts: u32,
+    /// Attempts allowed for every compensation in one round (an operator retry starts another).
+    compensation_max_attempts: u32,
+    /// The harness cancels the saga at its n-th pause (1-based): a worker went idle while the
+    /// saga was not terminal (a retry is scheduled, it waits, or its worker crashed).
+    cancel_at_pause: Option<u32>,
+    /// How many times an operator retries the saga if it ends `failed`.
+    operator_retries: u32,
+    /// Whether an operator restarts the saga if it ends `compensated`.
+    restart_if_compensated: bool,
+    /// The workers' `commit_batch` (1: the single-saga path; more: group commit).
+    commit_batch: usize,
+}
+
+impl Script {
+    fn outcome(&self, position: usize, attempt: u32, compensation: bool) -> Outcome {
+        let step = &self.steps[position];
+        let list = if compensation {
+            &step.compensations
+        } else {
+            &step.attempts
+        };
+        list.get(attempt as usize - 1)
+            .copied()
+            .unwrap_or(Outcome::Ok)
+    }
+}
+
+fn basic() -> impl Strategy<Value = Basic> {
+    prop_oneof![
+        Just(Basic::Ok),
+        Just(Basic::Retryable),
+        Just(Basic::Permanent)
+    ]
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        4 => Just(Outcome::Ok),
+        3 => Just(Outcome::Retryable),
+        1 => Just(Outcome::Permanent),
+        1 => Just(Outcome::Crash),
+        1 => basic().prop_map(Outcome::LeaseLost),
+        1 => basic().prop_map(Outcome::CancelDuring),
+    ]
+}
+
+fn wait_plan() -> impl Strategy<Value = Option<WaitPlan>> {
+    prop_oneof![
+        6 => Just(None),
+        1 => Just(Some(WaitPlan::DeliveredEarly)),
+        2 => Just(Some(WaitPlan::Delivered)),
+        1 => Just(Some(WaitPlan::TimedOut)),
+    ]
+}
+
+fn step_script() -> impl Strategy<Value = StepScript> {
+    (
+        prop::bool::weighted(0.8),
+        wait_plan(),
+        prop::collection::vec(outcome(), 0..4),
+        prop::collection::vec(outcome(), 0..3),
+    )
+        .prop_map(|(compensable, wait, attempts, compensations)| StepScript {
+            compensable,
+            wait,
+            attempts,
+            compensations,
+        })
+}
+
+fn script() -> impl Strategy<Value = Script> {
+    (
+        prop::collection::vec(step_script(), 1..=4),
+        1u32..=3,
+        1u32..=3,
+        prop::option::weighted(0.3, 1u32..=5),
+        0u32..=2,
+        prop::bool::ANY,
+        prop_oneof![Just(1usize), Just(4usize)],
+    )
+        .prop_map(
+            |(
+                steps,
+                max_attempts,
+                compensation_max_attempts,
+                cancel_at_pause,
+                operator_retries,
+                restart_if_compensated,
+                commit_batch,
+            )| Script {
+                steps,
+                max_attempts,
+                compensation_max_attempts,
+                cancel_at_pause,
+                operator_retries,
+                restart_if_compensated,
+                commit_batch,
+            },
+        )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference model
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+struct ModelStep {
+    status: StepStatus,
+    attempts: u32,
+    compensation: CompensationStatus,
+    compensation_attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Expected {
+    status: SagaStatus,
+    /// The saga's error code (None when it completed).
+    error: Option<String>,
+    steps: Vec<ModelStep>,
+    operator_retries: u32,
+}
+
+/// Steps whose outcome is unknown when the saga gives up ("possibly done", issue 13 item 1):
+/// they must be compensated too, first, in reverse order. Outcomes are never unknown today (an
+/// error is retryable or permanent), so the set is empty; when unknown outcomes exist, the
+/// script gains an `Unknown` outcome and this returns the steps whose last attempt ended in it.
+fn possibly_done(_script: &Script, _steps: &[ModelStep]) -> BTreeSet<usize> {
+    BTreeSet::new()
+}
+
+/// What the engine should do with `script` under the harness of [`Harness::drive_to_terminal`].
+// `k` indexes the script and the model's steps alike, as positions do in the engine.
+#[allow(clippy::needless_range_loop)]
+fn expect(script: &Script) -> Expected {
+    let n = script.steps.len();
+    let mut steps = vec![
+        ModelStep {
+            status: StepStatus::Pending,
+            attempts: 0,
+            compensation: CompensationStatus::NotNeeded,
+            compensation_attempts: 0,
+        };
+        n
+    ];
+    let mut pauses = 0u32;
+    let mut cancel = false;
+    let mut pause = |cancel: &mut bool| {
+        pauses += 1;
+        if script.cancel_at_pause == Some(pauses) {
+            *cancel = true;
+        }
+    };
+    let mut error: Option<String> = None;
+
+    // Forward.
+    'forward: for k in 0..n {
+        let mut waited = false;
+        loop {
+            // A worker claims the saga at this step: a cancel wins, then the budget.
+            if cancel {
+                error = Some("cancelled".into());
+                break 'forward;
+            }
+            if steps[k].status == StepStatus::Running && steps[k].attempts >= script.max_attempts {
+                error = Some("attempt_interrupted".into());
+                break 'forward;
+            }
+            steps[k].attempts += 1;
+            steps[k].status = StepStatus::Running;
+            let attempt = steps[k].attempts;
+            if let Some(plan) = script.steps[k].wait {
+                if plan != WaitPlan::DeliveredEarly && !waited {
+                    waited = true;
+                    pause(&mut cancel);
+                    if cancel {
+                        error = Some("cancelled".into());
+                        break 'forward;
+                    }
+                    if plan == WaitPlan::TimedOut {
+                        error = Some("wait_timed_out".into());
+                        break 'forward;
+                    }
+                }
+            }
+            let result = match script.outcome(k, attempt, false) {
+                Outcome::Ok => Basic::Ok,
+                Outcome::Retryable => Basic::Retryable,
+                Outcome::Permanent => Basic::Permanent,
+                Outcome::Crash => {
+                    pause(&mut cancel);
+                    continue;
+                }
+                // Another worker takes over at once; this attempt's result is fenced off.
+                Outcome::LeaseLost(_) => continue,
+                Outcome::CancelDuring(then) => {
+                    cancel = true;
+                    then
+                }
+            };
+            match result {
+                Basic::Ok => {
+                    steps[k].status = StepStatus::Succeeded;
+                    continue 'forward;
+                }
+                Basic::Retryable if attempt < script.max_attempts => {
+                    steps[k].status = StepStatus::Failed;
+                    pause(&mut cancel);
+                }
+                Basic::Retryable => {
+                    error = Some("model_retryable".into());
+                    break 'forward;
+                }
+                Basic::Permanent => {
+                    error = Some("model_permanent".into());
+                    break 'forward;
+                }
+            }
+        }
+    }
+    let Some(first_error) = error else {
+        return Expected {
+            status: SagaStatus::Completed,
+            error: None,
+            steps,
+            operator_retries: 0,
+        };
+    };
+
+    // Compensation: the succeeded (and possibly done) compensable steps, last first.
+    let mut to_undo: BTreeSet<usize> = (0..n)
+        .filter(|&k| steps[k].status == StepStatus::Succeeded && script.steps[k].compensable)
+        .collect();
+    to_undo.extend(possibly_done(script, &steps));
+    for &k in &to_undo {
+        steps[k].compensation = CompensationStatus::Pending;
+    }
+    let mut bases = vec![0u32; n];
+    let mut operator_retries = 0;
+    let mut failed = false;
+    let mut order: Vec<usize> = to_undo.iter().rev().copied().collect();
+    while let Some(&k) = order.first() {
+        let in_round = steps[k].compensation_attempts - bases[k];
+        let gave_up = if steps[k].compensation == CompensationStatus::Running
+            && in_round >= script.compensation_max_attempts
+        {
+            true // the last allowed attempt was interrupted
+        } else {
+            steps[k].compensation_attempts += 1;
+            steps[k].compensation = CompensationStatus::Running;
+            let attempt = steps[k].compensation_attempts;
+            let result = match script.outcome(k, attempt, true) {
+                Outcome::Ok => Some(Basic::Ok),
+                Outcome::Retryable => Some(Basic::Retryable),
+                Outcome::Permanent => Some(Basic::Permanent),
+                Outcome::Crash => {
+                    pause(&mut cancel);
+                    None
+                }
+                Outcome::LeaseLost(_) => None,
+                // A cancel during compensation changes nothing.
+                Outcome::CancelDuring(then) => Some(then),
+            };
+            match result {
+                None => false,
+                Some(Basic::Ok) => {
+                    steps[k].compensation = CompensationStatus::Compensated;
+                    order.remove(0);
+                    false
+                }
+                Some(Basic::Retryable) if attempt - bases[k] < script.compensation_max_attempts => {
+                    steps[k].compensation = CompensationStatus::Pending;
+                    pause(&mut cancel);
+                    false
+                }
+                Some(_) => true,
+            }
+        };
+        if gave_up {
+            steps[k].compensation = CompensationStatus::Failed;
+            if operator_retries < script.operator_retries {
+                operator_retries += 1;
+                bases[k] = steps[k].compensation_attempts;
+                steps[k].compensation = CompensationStatus::Pending;
+            } else {
+                failed = true;
+                break;
+            }
+        }
+    }
+    for step in &mut steps {
+        if step.status != StepStatus::Succeeded {
+            step.status = if step.attempts == 0 {
+                StepStatus::Skipped
+            } else {
+                StepStatus::Failed
+            };
+        }
+    }
+    let (status, error) = if failed {
+        (SagaStatus::Failed, Some("compensation_failed".to_string()))
+    } else if operator_retries > 0 {
+        // The error a resumed compensation leaves is not part of the model.
+        (SagaStatus::Compensated, None)
+    } else {
+        (SagaStatus::Compensated, Some(first_error))
+    };
+    Expected {
+        status,
+        error,
+        steps,
+        operator_retries,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The skill and the harness
+// ---------------------------------------------------------------------------------------------
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Empty {}
+impl SkillInput for Empty {}
+
+const LEASE: Duration = Duration::from_secs(30);
+const WAIT_TIMEOUT: Duration = Duration::from_secs(3600);
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Rounds of "drive until idle, then act" before a saga counts as stuck.
+const MAX_ROUNDS: usize = 200;
+const OPERATOR: &str = "operator:model";
+
+/// One call of an action or a compensation.
+#[derive(Debug, Clone, PartialEq)]
+struct Call {
+    saga: Uuid,
+    position: usize,
+    compensation: bool,
+    attempt: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    Crash,
+    LeaseLost,
+    CancelDuring,
+}
+
+/// An action tells the harness that a fault happens now.
+struct Signal {
+    fault: Fault,
+    saga: Uuid,
+    /// Lets a stalled attempt go on.
+    resume: Option<oneshot::Sender<()>>,
+}
+
+/// What the skill's steps share with the harness.
+struct Shared {
+    script: Script,
+    /// The saga that follows the script; any other saga (a restart) succeeds everywhere.
+    scripted: Mutex<Option<Uuid>>,
+    calls: Mutex<Vec<Call>>,
+    signals: mpsc::UnboundedSender<Signal>,
+    /// The faults the scripted saga met, for the coverage summary.
+    met: Mutex<BTreeSet<&'static str>>,
+}
+
+impl Shared {
+    fn record(&self, ctx: &StepContext, compensation: bool) -> Outcome {
+        self.calls.lock().unwrap().push(Call {
+            saga: ctx.saga_id,
+            position: ctx.position,
+            compensation,
+            attempt: ctx.attempt,
+        });
+        if *self.scripted.lock().unwrap() == Some(ctx.saga_id) {
+            let outcome = self.script.outcome(ctx.position, ctx.attempt, compensation);
+            let fault = match (outcome, compensation) {
+                (Outcome::Crash, false) => Some("crash"),
+                (Outcome::Crash, true) => Some("crash_in_compensation"),
+                (Outcome::LeaseLost(_), false) => Some("lease_lost"),
+                (Outcome::LeaseLost(_), true) => Some("lease_lost_in_compensation"),
+                (Outcome::CancelDuring(_), false) => Some("cancel_during_step"),
+                _ => None,
+            };
+            if let Some(fault) = fault {
+                self.met.lock().unwrap().insert(fault);
+            }
+            outcome
+        } else {
+            Outcome::Ok
+        }
+    }
+
+    async fn act(&self, saga: Uuid, outcome: Outcome, output: Value) -> Result<Value, StepError> {
+        let then = match outcome {
+            Outcome::Ok => Basic::Ok,
+            Outcome::Retryable => Basic::Retryable,
+            Outcome::Permanent => Basic::Permanent,
+            Outcome::Crash => {
+                let _ = self.signals.send(Signal {
+                    fault: Fault::Crash,
+                    saga,
+                    resume: None,
+                });
+                // The harness drops the worker's future with this one in it.
+                return std::future::pending().await;
+            }
+            Outcome::LeaseLost(then) | Outcome::CancelDuring(then) => {
+                let fault = if matches!(outcome, Outcome::LeaseLost(_)) {
+                    Fault::LeaseLost
+                } else {
+                    Fault::CancelDuring
+                };
+                let (resume, resumed) = oneshot::channel();
+                let _ = self.signals.send(Signal {
+                    fault,
+                    saga,
+                    resume: Some(resume),
+                });
+                let _ = resumed.await;
+                then
+            }
+        };
+        match then {
+            Basic::Ok => Ok(output),
+            Basic::Retryable => Err(StepError::retryable("model_retryable", "scripted")),
+            Basic::Permanent => Err(StepError::permanent("model_permanent", "scripted")),
+        }
+    }
+}
+
+fn step_name(position: usize) -> String {
+    format!("s{position}")
+}
+
+fn event_name(position: usize) -> String {
+    format!("ev{position}")
+}
+
+fn policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_delay: RETRY_DELAY,
+        multiplier: 1.0,
+        max_delay: RETRY_DELAY,
+        jitter: Jitter::None,
+    }
+}
+
+fn model_skill(name: &str, shared: &Arc<Shared>) -> Skill {
+    let mut builder = Skill::builder::<Empty>(name, 1, "Follows a generated script.");
+    for (position, plan) in shared.script.steps.iter().enumerate() {
+        let on_action = shared.clone();
+        let waits = plan.wait.is_some();
+        let mut step = Step::new(step_name(position), move |ctx: StepContext| {
+            let shared = on_action.clone();
+            async move {
+                let outcome = shared.record(&ctx, false);
+                if waits {
+                    ctx.await_event(&event_name(position), Wait::within(WAIT_TIMEOUT))?;
+                }
+                let output = json!({"position": position, "attempt": ctx.attempt});
+                shared.act(ctx.saga_id, outcome, output).await
+            }
+        })
+        .retry(policy(shared.script.max_attempts))
+        .compensation_retry(policy(shared.script.compensation_max_attempts));
+        if waits {
+            step = step.awaits(event_name(position), json!({"type": "object"}));
+        }
+        if plan.compensable {
+            let on_undo = shared.clone();
+            step = step.compensate(move |ctx: StepContext, _output: Value| {
+                let shared = on_undo.clone();
+                async move {
+                    let outcome = shared.record(&ctx, true);
+                    let output = json!({"undid": position, "attempt": ctx.attempt});
+                    shared.act(ctx.saga_id, outcome, output).await
+                }
+            });
+        }
+        builder = builder.step(step);
+    }
+    builder.build().expect("the model skill builds")
+}
+
+struct Harness {
+    engine: Engine,
+    clock: ManualClock,
+    shared: Arc<Shared>,
+    signals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Signal>>,
+    skill: String,
+    workers: AtomicUsize,
+}
+
+/// Skill names are unique per case, so a case's workers never touch another case's sagas.
+static CASES: AtomicUsize = AtomicUsize::new(0);
+
+impl Harness {
+    fn new(pool: PgPool, script: Script) -> Self {
+        let skill = format!("model_{}", CASES.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            script,
+            scripted: Mutex::new(None),
+            calls: Mutex::new(Vec::new()),
+            signals: tx,
+            met: Mutex::new(BTreeSet::new()),
+        });
+        let mut registry = Registry::new();
+        registry.register(model_skill(&skill, &shared)).unwrap();
+        let clock = ManualClock::starting_now();
+        let engine = Engine::new(
+            PgStore::new(pool),
+            Arc::new(registry),
+            Arc::new(clock.clone()),
+        );
+        Self {
+            engine,
+            clock,
+            shared,
+            signals: tokio::sync::Mutex::new(rx),
+            skill,
+            workers: AtomicUsize::new(0),
+        }
+    }
+
+    fn calls(&self, saga: Uuid) -> Vec<Call> {
+        let calls = self.shared.calls.lock().unwrap();
+        calls.iter().filter(|c| c.saga == saga).cloned().collect()
+    }
+
+    /// Runs a new worker until it is idle, acting on the faults its steps signal. A crash
+    /// drops the worker; a lost lease moves the clock past the lease and runs another worker
+    /// (this same function) before the stalled attempt goes on.
+    fn drive_once(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let n = self.workers.fetch_add(1, Ordering::Relaxed);
+            let worker = self.engine.worker(WorkerConfig {
+                worker_id: format!("w{n}"),
+                concurrency: 2,
+                lease: LEASE,
+                jitter: JitterSource::Fixed(1.0),
+                commit_batch: self.shared.script.commit_batch,
+                ..WorkerConfig::default()
+            });
+            let run = worker.run_until_idle();
+            tokio::pin!(run);
+            loop {
+                let signal = async { self.signals.lock().await.recv().await };
+                tokio::select! {
+                    result = &mut run => {
+                        result.expect("the worker meets no store error");
+                        return;
+                    }
+                    Some(signal) = signal => match signal.fault {
+                        Fault::Crash => return,
+                        Fault::LeaseLost => {
+                            self.clock.advance(LEASE + Duration::from_secs(1));
+                            self.drive_once().await;
+                            if let Some(resume) = signal.resume {
+                                let _ = resume.send(());
+                            }
+                        }
+                        Fault::CancelDuring => {
+                            self.engine
+                                .cancel(signal.saga, OPERATOR, Some("cancelled mid-step"))
+                                .await
+                                .unwrap();
+                            if let Some(resume) = signal.resume {
+                                let _ = resume.send(());
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    async fn detail(&self, id: Uuid) -> SagaDetail {
+        self.engine.detail(id).await.unwrap().expect("saga exists")
+    }
+
+    /// Drives saga `id` to a terminal state. Between rounds (the pauses of the model) it
+    /// cancels when the script says so, answers or lets time out a wait, or moves the clock past
+    /// retry delays and expired leases; at a terminal state it applies the operator actions of
+    /// the script. Returns the saga and the operator retries made.
+    async fn drive_to_terminal(
+        &self,
+        id: Uuid,
+        script: Option<&Script>,
+    ) -> Result<(SagaDetail, u32), TestCaseError> {
+        let mut pauses = 0u32;
+        let mut retries = 0u32;
+        for _ in 0..MAX_ROUNDS {
+            self.drive_once().await;
+            let saga = self.detail(id).await;
+            if saga.status.is_terminal() {
+                if let Some(script) = script {
+                    if saga.status == SagaStatus::Failed && retries < script.operator_retries {
+                        retries += 1;
+                        self.engine
+                            .retry(id, &OperatorRequest::new(OPERATOR).reason("scripted"))
+                            .await
+                            .map_err(|e| TestCaseError::fail(format!("operator retry: {e}")))?;
+                        continue;
+                    }
+                }
+                return Ok((saga, retries));
+            }
+            pauses += 1;
+            let cancel = script.and_then(|s| s.cancel_at_pause) == Some(pauses);
+            if cancel {
+                self.engine
+                    .cancel(id, OPERATOR, Some("cancelled at a pause"))
+                    .await
+                    .unwrap();
+            }
+            match (saga.status, &saga.waiting_for) {
+                // A cancel makes a waiting saga due at once.
+                (SagaStatus::Waiting, _) if cancel => {}
+                (SagaStatus::Waiting, Some(waiting)) => {
+                    let name = waiting["step"].as_str().unwrap_or_default();
+                    let position: usize = name.trim_start_matches('s').parse().unwrap();
+                    let plan = script.and_then(|s| s.steps[position].wait);
+                    if plan == Some(WaitPlan::TimedOut) {
+                        self.clock.advance(WAIT_TIMEOUT * 2);
+                    } else {
+                        self.deliver(id, position).await;
+                    }
+                }
+                _ => self.clock.advance(LEASE + Duration::from_secs(1)),
+            }
+        }
+        let saga = self.detail(id).await;
+        Err(TestCaseError::fail(format!(
+            "saga not terminal after {MAX_ROUNDS} rounds: {:?}\n{:#?}",
+            saga.status,
+            common::history(&saga)
+        )))
+    }
+
+    async fn deliver(&self, id: Uuid, position: usize) {
+        self.engine
+            .deliver(
+                id,
+                &event_name(position),
+                json!({}),
+                &format!("d{position}"),
+                "test:model",
+            )
+            .await
+            .unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invariants
+// ---------------------------------------------------------------------------------------------
+
+fn position_of(step: &Option<String>) -> usize {
+    step.as_deref()
+        .unwrap_or_default()
+        .trim_start_matches('s')
+        .parse()
+        .expect("a model step name")
+}
+
+fn events_of(saga: &SagaDetail, kind: EventKind) -> Vec<(usize, i32)> {
+    saga.events
+        .iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| (position_of(&e.step), e.attempt.unwrap_or(0)))
+        .collect()
+}
+
+fn one_to(n: i32) -> BTreeSet<i32> {
+    (1..=n).collect()
+}
+
+/// Invariants that need no model, for any saga of a model skill.
+fn check_invariants(
+    saga: &SagaDetail,
+    calls: &[Call],
+    compensable: &[bool],
+    max_attempts: u32,
+    compensation_budget: u32,
+) -> Result<(), TestCaseError> {
+    let story = || format!("history: {:#?}", common::history(saga));
+    prop_assert!(saga.status.is_terminal(), "not terminal: {:?}", saga.status);
+
+    // Terminal states are final: after saga_completed/compensated/failed only operator actions
+    // follow; an operator retry (of a failed saga) reopens it.
+    let mut ended = false;
+    for event in &saga.events {
+        let reopen = event.kind == EventKind::OperatorRetry;
+        let annotation = matches!(
+            event.kind,
+            EventKind::OperatorRestart | EventKind::OperatorFork
+        );
+        if ended && !reopen && !annotation {
+            return Err(TestCaseError::fail(format!(
+                "{:?} after the saga ended; {}",
+                event.kind,
+                story()
+            )));
+        }
+        if reopen {
+            prop_assert!(
+                ended,
+                "operator retry of a saga that had not ended; {}",
+                story()
+            );
+            ended = false;
+        }
+        if matches!(
+            event.kind,
+            EventKind::SagaCompleted | EventKind::SagaCompensated | EventKind::SagaFailed
+        ) {
+            ended = true;
+        }
+    }
+    prop_assert!(ended, "the history does not end the saga; {}", story());
+    let last_end = saga
+        .events
+        .iter()
+        .rev()
+        .find(|e| {
+            matches!(
+                e.kind,
+                EventKind::SagaCompleted | EventKind::SagaCompensated | EventKind::SagaFailed
+            )
+        })
+        .map(|e| e.kind);
+    let expected_end = match saga.status {
+        SagaStatus::Completed => EventKind::SagaCompleted,
+        SagaStatus::Compensated => EventKind::SagaCompensated,
+        _ => EventKind::SagaFailed,
+    };
+    prop_assert_eq!(last_end, Some(expected_end), "{}", story());
+
+    let succeeded = events_of(saga, EventKind::StepSucceeded);
+    let started = events_of(saga, EventKind::StepStarted);
+    let undone = events_of(saga, EventKind::CompensationSucceeded);
+    let undo_started = events_of(saga, EventKind::CompensationStarted);
+
+    for step in &saga.steps {
+        let k = step.position as usize;
+        // Attempts are never lost: the attempts recorded are exactly those the action was
+        // called with (a wait calls the same attempt again), each started once in the history.
+        let called: BTreeSet<i32> = calls
+            .iter()
+            .filter(|c| c.position == k && !c.compensation)
+            .map(|c| c.attempt as i32)
+            .collect();
+        prop_assert_eq!(
+            &called,
+            &one_to(step.attempts),
+            "step {} attempts {} vs calls; {}",
+            k,
+            step.attempts,
+            story()
+        );
+        let started_here: Vec<i32> = started
+            .iter()
+            .filter(|(p, _)| *p == k)
+            .map(|(_, a)| *a)
+            .collect();
+        prop_assert_eq!(
+            started_here.iter().copied().collect::<BTreeSet<_>>(),
+            one_to(step.attempts),
+            "step {} step_started attempts; {}",
+            k,
+            story()
+        );
+        prop_assert_eq!(
+            started_here.len(),
+            step.attempts as usize,
+            "an attempt of step {} started twice; {}",
+            k,
+            story()
+        );
+        prop_assert!(
+            step.attempts as u32 <= max_attempts,
+            "step {} ran {} attempts, budget {}",
+            k,
+            step.attempts,
+            max_attempts
+        );
+        let undo_called: BTreeSet<i32> = calls
+            .iter()
+            .filter(|c| c.position == k && c.compensation)
+            .map(|c| c.attempt as i32)
+            .collect();
+        prop_assert_eq!(
+            &undo_called,
+            &one_to(step.compensation.attempts),
+            "step {} compensation attempts vs calls; {}",
+            k,
+            story()
+        );
+        prop_assert!(
+            step.compensation.attempts as u32 <= compensation_budget,
+            "step {} compensation ran {} attempts, budget {}",
+            k,
+            step.compensation.attempts,
+            compensation_budget
+        );
+
+        // The history agrees with the step's final state.
+        let successes: Vec<i32> = succeeded
+            .iter()
+            .filter(|(p, _)| *p == k)
+            .map(|(_, a)| *a)
+            .collect();
+        if step.status == StepStatus::Succeeded {
+            prop_assert_eq!(
+                &successes,
+                &vec![step.attempts],
+                "step {} succeeded: one step_succeeded, of its last attempt; {}",
+                k,
+                story()
+            );
+            // The output is the last attempt's: a fenced-off worker's result never lands.
+            prop_assert_eq!(
+                step.output.as_ref().map(|o| o["attempt"].clone()),
+                Some(json!(step.attempts)),
+                "step {} output",
+                k
+            );
+        } else {
+            prop_assert!(
+                successes.is_empty(),
+                "step {} is {:?} but the history says it succeeded; {}",
+                k,
+                step.status,
+                story()
+            );
+            prop_assert!(
+                undo_called.is_empty(),
+                "step {} never succeeded but was compensated; {}",
+                k,
+                story()
+            );
+        }
+        let undone_here = undone.iter().filter(|(p, _)| *p == k).count();
+        prop_assert_eq!(
+            undone_here,
+            usize::from(step.compensation.status == CompensationStatus::Compensated),
+            "step {} compensation {:?} vs compensation_succeeded events; {}",
+            k,
+            step.compensation.status,
+            story()
+        );
+        if step.compensation.status != CompensationStatus::NotNeeded {
+            prop_assert!(
+                compensable[k] && step.status == StepStatus::Succeeded,
+                "step {} is {:?}, compensable {}, yet its compensation is {:?}",
+                k,
+                step.status,
+                compensable[k],
+                step.compensation.status
+            );
+        }
+    }
+
+    // Compensations run in reverse order of the steps: the calls and the history never go
+    // back up, and each step is undone at most once.
+    let call_order: Vec<usize> = calls
+        .iter()
+        .filter(|c| c.compensation)
+        .map(|c| c.position)
+        .collect();
+    prop_assert!(
+        call_order.windows(2).all(|w| w[0] >= w[1]),
+        "compensations called out of order: {:?}",
+        call_order
+    );
+    prop_assert!(
+        undo_started.windows(2).all(|w| w[0].0 >= w[1].0),
+        "compensation_started out of order; {}",
+        story()
+    );
+    prop_assert!(
+        undone.windows(2).all(|w| w[0].0 > w[1].0),
+        "compensation_succeeded out of order or twice; {}",
+        story()
+    );
+
+    let must_undo: BTreeSet<usize> = saga
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Succeeded && compensable[s.position as usize])
+        .map(|s| s.position as usize)
+        .collect();
+    match saga.status {
+        SagaStatus::Completed => {
+            // Every step ran to success exactly once; nothing was undone.
+            prop_assert!(saga.steps.iter().all(|s| s.status == StepStatus::Succeeded));
+            prop_assert_eq!(succeeded.len(), saga.steps.len(), "{}", story());
+            prop_assert!(call_order.is_empty(), "a completed saga compensated");
+            prop_assert!(saga.error.is_none());
+        }
+        SagaStatus::Compensated => {
+            // Exactly the succeeded compensable steps were undone, each once.
+            let undone_set: BTreeSet<usize> = undone.iter().map(|(p, _)| *p).collect();
+            prop_assert_eq!(&undone_set, &must_undo, "{}", story());
+            prop_assert!(
+                saga.steps.iter().any(|s| s.status != StepStatus::Succeeded)
+                    || saga
+                        .error
+                        .as_ref()
+                        .is_some_and(|e| e["code"] == "cancelled")
+            );
+        }
+        _ => {
+            // One compensation gave up; those above it were undone, those below still wait.
+            let failed: Vec<usize> = saga
+                .steps
+                .iter()
+                .filter(|s| s.compensation.status == CompensationStatus::Failed)
+                .map(|s| s.position as usize)
+                .collect();
+            prop_assert_eq!(failed.len(), 1, "{}", story());
+            for &k in &must_undo {
+                let want = match k.cmp(&failed[0]) {
+                    std::cmp::Ordering::Greater => CompensationStatus::Compensated,
+                    std::cmp::Ordering::Equal => CompensationStatus::Failed,
+                    std::cmp::Ordering::Less => CompensationStatus::Pending,
+                };
+                prop_assert_eq!(saga.steps[k].compensation.status, want, "step {}", k);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The engine's final state against the model's.
+fn check_model(saga: &SagaDetail, retries: u32, expected: &Expected) -> Result<(), TestCaseError> {
+    let actual = Expected {
+        status: saga.status,
+        error: saga
+            .error
+            .as_ref()
+            .and_then(|e| e["code"].as_str())
+            .map(str::to_string)
+            // The error a resumed compensation leaves is not part of the model.
+            .filter(|_| !(saga.status == SagaStatus::Compensated && retries > 0)),
+        steps: saga
+            .steps
+            .iter()
+            .map(|s| ModelStep {
+                status: s.status,
+                attempts: s.attempts as u32,
+                compensation: s.compensation.status,
+                compensation_attempts: s.compensation.attempts as u32,
+            })
+            .collect(),
+        operator_retries: retries,
+    };
+    prop_assert_eq!(
+        &actual,
+        expected,
+        "engine (left) vs model (right); history: {:#?}",
+        common::history(saga)
+    );
+    Ok(())
+}
+
+async fn run_case(pool: PgPool, script: Script) -> Result<(), TestCaseError> {
+    let h = Harness::new(pool, script.clone());
+    let id = h
+        .engine
+        .start(StartRequest {
+            skill: h.skill.clone(),
+            input: json!({}),
+            idempotency_key: None,
+            started_by: "test:model".into(),
+        })
+        .await
+        .unwrap()
+        .saga
+        .id;
+    *h.shared.scripted.lock().unwrap() = Some(id);
+    for (position, step) in script.steps.iter().enumerate() {
+        if step.wait == Some(WaitPlan::DeliveredEarly) {
+            h.deliver(id, position).await;
+        }
+    }
+    let compensable: Vec<bool> = script.steps.iter().map(|s| s.compensable).collect();
+
+    let (saga, retries) = h.drive_to_terminal(id, Some(&script)).await?;
+    check_invariants(
+        &saga,
+        &h.calls(id),
+        &compensable,
+        script.max_attempts,
+        script.compensation_max_attempts * (1 + retries),
+    )?;
+    check_model(&saga, retries, &expect(&script))?;
+
+    let mut finished = vec![(id, saga)];
+    if finished[0].1.status == SagaStatus::Compensated && script.restart_if_compensated {
+        // A restart is a new saga, linked to the original, which only gains the record of it.
+        let replay = h
+            .engine
+            .restart(id, &OperatorRequest::new(OPERATOR).reason("scripted"))
+            .await
+            .map_err(|e| TestCaseError::fail(format!("restart: {e}")))?;
+        let (again, _) = h.drive_to_terminal(replay.id, None).await?;
+        prop_assert_eq!(again.status, SagaStatus::Completed);
+        prop_assert_eq!(again.replay_of, Some(id));
+        prop_assert!(again.steps.iter().all(|s| s.attempts == 1));
+        check_invariants(
+            &again,
+            &h.calls(replay.id),
+            &compensable,
+            script.max_attempts,
+            script.compensation_max_attempts,
+        )?;
+        let original = h.detail(id).await;
+        let before = finished[0].1.events.len();
+        prop_assert_eq!(original.events.len(), before + 1);
+        prop_assert_eq!(original.events[before].kind, EventKind::OperatorRestart);
+        prop_assert_eq!(original.status, SagaStatus::Compensated);
+        finished = vec![(id, original), (replay.id, again)];
+    }
+
+    note_coverage(&h, &finished[0].1, retries, finished.len() > 1);
+
+    // Terminal states are final: much later, another worker finds nothing to do.
+    let calls_before = h.shared.calls.lock().unwrap().len();
+    h.clock.advance(WAIT_TIMEOUT * 3);
+    h.drive_once().await;
+    for (id, saga) in &finished {
+        let now = h.detail(*id).await;
+        prop_assert_eq!(now.status, saga.status);
+        prop_assert_eq!(now.events.len(), saga.events.len(), "saga {} moved", id);
+    }
+    prop_assert_eq!(h.shared.calls.lock().unwrap().len(), calls_before);
+    Ok(())
+}
+
+/// How often each final status, fault and operator action came up, over every case run.
+static COVERAGE: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+fn note_coverage(h: &Harness, saga: &SagaDetail, retries: u32, restarted: bool) {
+    let mut seen: Vec<String> = vec![format!("status_{}", saga.status)];
+    seen.extend(h.shared.met.lock().unwrap().iter().map(|f| f.to_string()));
+    for (kind, label) in [
+        (EventKind::WaitStarted, "wait_started"),
+        (EventKind::WaitTimedOut, "wait_timed_out"),
+        (EventKind::EventReceived, "event_received"),
+        (EventKind::LeaseExpired, "lease_expired"),
+        (EventKind::CancelRequested, "cancel_requested"),
+    ] {
+        if saga.events.iter().any(|e| e.kind == kind) {
+            seen.push(label.to_string());
+        }
+    }
+    if retries > 0 {
+        seen.push("operator_retry".into());
+    }
+    if restarted {
+        seen.push("operator_restart".into());
+    }
+    let mut coverage = COVERAGE.lock().unwrap();
+    for label in seen {
+        *coverage.entry(label).or_default() += 1;
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Runs `script` cases on a runtime of their own (the test's runtime waits meanwhile), each in
+/// a fresh pool of the test's database.
+async fn run_model(pool: PgPool, cases: u32) {
+    let options = (*pool.connect_options()).clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pool = runtime
+            .block_on(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(options),
+            )
+            .unwrap();
+        let config = Config {
+            cases,
+            failure_persistence: None,
+            rng_seed: env_number("STEPWISE_MODEL_SEED").map_or(RngSeed::Random, RngSeed::Fixed),
+            max_shrink_iters: 2_000,
+            ..Config::default()
+        };
+        let mut runner = TestRunner::new(config);
+        let result = runner.run(&script(), |script| {
+            runtime.block_on(run_case(pool.clone(), script))
+        });
+        runtime.block_on(pool.close());
+        result
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "saga model, {cases} cases; sagas per final status, fault and action: {:?}",
+        COVERAGE.lock().unwrap()
+    );
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn sagas_follow_the_model_under_generated_outcomes_faults_and_operator_actions(pool: PgPool) {
+    common::migrate(&pool).await;
+    let cases = env_number("STEPWISE_MODEL_CASES").unwrap_or(48) as u32;
+    run_model(pool, cases).await;
+}
+
+/// The scripts are what a reader sees when a case fails: check that the model itself agrees
+/// with the engine on a few hand-written ones, so a model bug is not mistaken for an engine bug.
+#[test]
+fn the_model_predicts_simple_scripts() {
+    let step = |attempts: Vec<Outcome>| StepScript {
+        compensable: true,
+        wait: None,
+        attempts,
+        compensations: Vec::new(),
+    };
+    let script = Script {
+        steps: vec![
+            step(vec![]),
+            step(vec![Outcome::Retryable, Outcome::Permanent]),
+        ],
+        max_attempts: 3,
+        compensation_max_attempts: 1,
+        cancel_at_pause: None,
+        operator_retries: 0,
+        restart_if_compensated: false,
+        commit_batch: 1,
+    };
+    let e = expect(&script);
+    assert_eq!(e.status, SagaStatus::Compensated);
+    assert_eq!(e.error.as_deref(), Some("model_permanent"));
+    assert_eq!(e.steps[0].compensation, CompensationStatus::Compensated);
+    assert_eq!(e.steps[1].status, StepStatus::Failed);
+    assert_eq!(e.steps[1].attempts, 2);
+
+    let mut crash = script.clone();
+    crash.steps[1].attempts = vec![Outcome::Crash; 3];
+    let e = expect(&crash);
+    assert_eq!(e.error.as_deref(), Some("attempt_interrupted"));
+    assert_eq!(e.steps[1].attempts, 3);
+
+    let mut cancel = script;
+    cancel.steps[1].attempts = vec![Outcome::CancelDuring(Basic::Ok)];
+    let e = expect(&cancel);
+    assert_eq!(
+        e.status,
+        SagaStatus::Completed,
+        "the last step's success wins"
+    );
+}
+
+// Hand-picked cases, kept as named regressions: each drives one script through the same
+// harness and checks.
+fn one_step(attempts: Vec<Outcome>, compensations: Vec<Outcome>) -> StepScript {
+    StepScript {
+        compensable: true,
+        wait: None,
+        attempts,
+        compensations,
+    }
+}
+
+async fn run_script(pool: PgPool, script: Script) {
+    common::migrate(&pool).await;
+    let options = (*pool.connect_options()).clone();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let result = run_case(pool.clone(), script.clone()).await;
+    pool.close().await;
+    if let Err(e) = result {
+        panic!("{script:#?}\n{e}");
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_that_loses_its_lease_mid_step_is_fenced_off_and_its_result_dropped(pool: PgPool) {
+    let script = Script {
+        steps: vec![
+            one_step(vec![], vec![]),
+            one_step(
+                vec![Outcome::LeaseLost(Basic::Ok), Outcome::Retryable],
+                vec![],
+            ),
+            one_step(
+                vec![Outcome::Crash],
+                vec![Outcome::LeaseLost(Basic::Permanent)],
+            ),
+        ],
+        max_attempts: 3,
+        compensation_max_attempts: 2,
+        cancel_at_pause: None,
+        operator_retries: 0,
+        restart_if_compensated: false,
+        commit_batch: 1,
+    };
+    run_script(pool, script).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_failed_compensation_resumed_by_an_operator_undoes_the_rest_in_reverse_order(
+    pool: PgPool,
+) {
+    let script = Script {
+        steps: vec![
+            one_step(vec![], vec![Outcome::Retryable]),
+            one_step(vec![], vec![Outcome::Permanent, Outcome::Crash]),
+            one_step(vec![Outcome::Permanent], vec![]),
+        ],
+        max_attempts: 2,
+        compensation_max_attempts: 2,
+        cancel_at_pause: None,
+        operator_retries: 1,
+        restart_if_compensated: true,
+        commit_batch: 4,
+    };
+    run_script(pool, script).await;
+}
+
+/// The invariants bite: a real compensated saga passes them, and each doctored copy (a
+/// compensation out of order, an attempt the action never got, history after the end, a step
+/// that succeeded twice) is refused.
+#[sqlx::test(migrations = false)]
+async fn the_invariants_reject_doctored_sagas(pool: PgPool) {
+    common::migrate(&pool).await;
+    let script = Script {
+        steps: vec![
+            one_step(vec![Outcome::Retryable], vec![]),
+            one_step(vec![], vec![]),
+            one_step(vec![Outcome::Permanent], vec![]),
+        ],
+        max_attempts: 2,
+        compensation_max_attempts: 1,
+        cancel_at_pause: None,
+        operator_retries: 0,
+        restart_if_compensated: false,
+        commit_batch: 1,
+    };
+    let h = Harness::new(pool, script.clone());
+    let id = h
+        .engine
+        .start(StartRequest {
+            skill: h.skill.clone(),
+            input: json!({}),
+            idempotency_key: None,
+            started_by: "test:model".into(),
+        })
+        .await
+        .unwrap()
+        .saga
+        .id;
+    *h.shared.scripted.lock().unwrap() = Some(id);
+    let (saga, _) = h.drive_to_terminal(id, Some(&script)).await.unwrap();
+    let calls = h.calls(id);
+    let check = |saga: &SagaDetail, calls: &[Call]| {
+        check_invariants(saga, calls, &[true, true, true], 2, 1)
+    };
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    check(&saga, &calls).unwrap();
+    check_model(&saga, 0, &expect(&script)).unwrap();
+
+    let mut reversed = calls.clone();
+    let undo: Vec<usize> = (0..calls.len())
+        .filter(|&i| calls[i].compensation)
+        .collect();
+    reversed.swap(undo[0], undo[1]);
+    assert!(
+        check(&saga, &reversed).is_err(),
+        "compensations out of order"
+    );
+
+    let mut lost = calls.clone();
+    let retried = lost
+        .iter()
+        .position(|c| c.position == 0 && c.attempt == 2)
+        .unwrap();
+    lost.remove(retried);
+    assert!(check(&saga, &lost).is_err(), "an attempt nobody ran");
+
+    let mut late = saga.clone();
+    late.events.push(saga.events[1].clone());
+    assert!(check(&late, &calls).is_err(), "history after the end");
+
+    let mut twice = saga.clone();
+    let success = saga
+        .events
+        .iter()
+        .position(|e| e.kind == EventKind::StepSucceeded)
+        .unwrap();
+    twice.events.insert(success, saga.events[success].clone());
+    assert!(
+        check(&twice, &calls).is_err(),
+        "a step that succeeded twice"
+    );
+
+    let mut wrong = saga.clone();
+    wrong.steps[1].attempts = 2;
+    assert!(check_model(&wrong, 0, &expect(&script)).is_err());
+}
