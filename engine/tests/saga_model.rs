@@ -77,6 +77,8 @@ enum WaitPlan {
     Delivered,
     /// Nobody answers: the deadline passes and the step fails with `wait_timed_out`.
     TimedOut,
+    /// Not an event: a durable sleep (`StepContext::sleep`), over when the clock passes it.
+    Sleep,
 }
 
 #[derive(Debug, Clone)]
@@ -140,12 +142,25 @@ fn outcome() -> impl Strategy<Value = Outcome> {
     ]
 }
 
+/// Compensations fail for good more often than actions, so operator retries come up.
+fn compensation_outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        3 => Just(Outcome::Ok),
+        3 => Just(Outcome::Retryable),
+        2 => Just(Outcome::Permanent),
+        1 => Just(Outcome::Crash),
+        1 => basic().prop_map(Outcome::LeaseLost),
+        1 => basic().prop_map(Outcome::CancelDuring),
+    ]
+}
+
 fn wait_plan() -> impl Strategy<Value = Option<WaitPlan>> {
     prop_oneof![
-        6 => Just(None),
+        7 => Just(None),
         1 => Just(Some(WaitPlan::DeliveredEarly)),
         2 => Just(Some(WaitPlan::Delivered)),
         1 => Just(Some(WaitPlan::TimedOut)),
+        1 => Just(Some(WaitPlan::Sleep)),
     ]
 }
 
@@ -154,7 +169,7 @@ fn step_script() -> impl Strategy<Value = StepScript> {
         prop::bool::weighted(0.8),
         wait_plan(),
         prop::collection::vec(outcome(), 0..4),
-        prop::collection::vec(outcome(), 0..3),
+        prop::collection::vec(compensation_outcome(), 0..3),
     )
         .prop_map(|(compensable, wait, attempts, compensations)| StepScript {
             compensable,
@@ -418,6 +433,7 @@ impl SkillInput for Empty {}
 
 const LEASE: Duration = Duration::from_secs(30);
 const WAIT_TIMEOUT: Duration = Duration::from_secs(3600);
+const SLEEP: Duration = Duration::from_secs(600);
 const RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Rounds of "drive until idle, then act" before a saga counts as stuck.
 const MAX_ROUNDS: usize = 200;
@@ -545,13 +561,18 @@ fn model_skill(name: &str, shared: &Arc<Shared>) -> Skill {
     let mut builder = Skill::builder::<Empty>(name, 1, "Follows a generated script.");
     for (position, plan) in shared.script.steps.iter().enumerate() {
         let on_action = shared.clone();
-        let waits = plan.wait.is_some();
+        let wait = plan.wait;
+        let waits = wait.is_some_and(|w| w != WaitPlan::Sleep);
         let mut step = Step::new(step_name(position), move |ctx: StepContext| {
             let shared = on_action.clone();
             async move {
                 let outcome = shared.record(&ctx, false);
-                if waits {
-                    ctx.await_event(&event_name(position), Wait::within(WAIT_TIMEOUT))?;
+                match wait {
+                    Some(WaitPlan::Sleep) => ctx.sleep(SLEEP)?,
+                    Some(_) => {
+                        ctx.await_event(&event_name(position), Wait::within(WAIT_TIMEOUT))?;
+                    }
+                    None => {}
                 }
                 let output = json!({"position": position, "attempt": ctx.attempt});
                 shared.act(ctx.saga_id, outcome, output).await
@@ -713,6 +734,9 @@ impl Harness {
             match (saga.status, &saga.waiting_for) {
                 // A cancel makes a waiting saga due at once.
                 (SagaStatus::Waiting, _) if cancel => {}
+                (SagaStatus::Waiting, Some(waiting)) if waiting["event"].is_null() => {
+                    self.clock.advance(SLEEP + Duration::from_secs(1));
+                }
                 (SagaStatus::Waiting, Some(waiting)) => {
                     let name = waiting["step"].as_str().unwrap_or_default();
                     let position: usize = name.trim_start_matches('s').parse().unwrap();
@@ -734,17 +758,22 @@ impl Harness {
         )))
     }
 
+    /// Delivers step `position`'s event, twice: the second delivery is a duplicate.
     async fn deliver(&self, id: Uuid, position: usize) {
-        self.engine
-            .deliver(
-                id,
-                &event_name(position),
-                json!({}),
-                &format!("d{position}"),
-                "test:model",
-            )
-            .await
-            .unwrap();
+        for duplicate in [false, true] {
+            let delivery = self
+                .engine
+                .deliver(
+                    id,
+                    &event_name(position),
+                    json!({}),
+                    &format!("d{position}"),
+                    "test:model",
+                )
+                .await
+                .unwrap();
+            assert_eq!(delivery.duplicate, duplicate, "delivery to step {position}");
+        }
     }
 }
 
@@ -1063,18 +1092,17 @@ fn check_model(saga: &SagaDetail, retries: u32, expected: &Expected) -> Result<(
 
 async fn run_case(pool: PgPool, script: Script) -> Result<(), TestCaseError> {
     let h = Harness::new(pool, script.clone());
-    let id = h
-        .engine
-        .start(StartRequest {
-            skill: h.skill.clone(),
-            input: json!({}),
-            idempotency_key: None,
-            started_by: "test:model".into(),
-        })
-        .await
-        .unwrap()
-        .saga
-        .id;
+    let request = StartRequest {
+        skill: h.skill.clone(),
+        input: json!({}),
+        idempotency_key: Some("model".into()),
+        started_by: "test:model".into(),
+    };
+    let started = h.engine.start(request.clone()).await.unwrap();
+    let id = started.saga.id;
+    // Starting again with the same key is the same saga.
+    let again = h.engine.start(request.clone()).await.unwrap();
+    prop_assert!(started.created && !again.created && again.saga.id == id);
     *h.shared.scripted.lock().unwrap() = Some(id);
     for (position, step) in script.steps.iter().enumerate() {
         if step.wait == Some(WaitPlan::DeliveredEarly) {
@@ -1122,6 +1150,32 @@ async fn run_case(pool: PgPool, script: Script) -> Result<(), TestCaseError> {
 
     note_coverage(&h, &finished[0].1, retries, finished.len() > 1);
 
+    // A terminal saga takes no cancel and no event, and a start with its key returns it.
+    for (id, _) in &finished {
+        prop_assert!(!h
+            .engine
+            .cancel(*id, OPERATOR, Some("too late"))
+            .await
+            .unwrap());
+    }
+    if let Some(position) = script
+        .steps
+        .iter()
+        .position(|s| s.wait.is_some_and(|w| w != WaitPlan::Sleep))
+    {
+        let late = h
+            .engine
+            .deliver(id, &event_name(position), json!({}), "late", "test:model")
+            .await;
+        prop_assert!(
+            matches!(late, Err(stepwise_engine::DeliverError::Terminal { .. })),
+            "{:?}",
+            late
+        );
+    }
+    let again = h.engine.start(request).await.unwrap();
+    prop_assert!(!again.created && again.saga.id == id);
+
     // Terminal states are final: much later, another worker finds nothing to do.
     let calls_before = h.shared.calls.lock().unwrap().len();
     h.clock.advance(WAIT_TIMEOUT * 3);
@@ -1144,6 +1198,7 @@ fn note_coverage(h: &Harness, saga: &SagaDetail, retries: u32, restarted: bool) 
     for (kind, label) in [
         (EventKind::WaitStarted, "wait_started"),
         (EventKind::WaitTimedOut, "wait_timed_out"),
+        (EventKind::SleepStarted, "sleep_started"),
         (EventKind::EventReceived, "event_received"),
         (EventKind::LeaseExpired, "lease_expired"),
         (EventKind::CancelRequested, "cancel_requested"),
