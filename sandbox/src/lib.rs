@@ -62,7 +62,9 @@
 //!   `card_declined`/`generic_decline` with the intent (now `requires_payment_method`) in
 //!   `error.payment_intent`; `pm_card_chargeDeclinedInsufficientFunds`,
 //!   `pm_card_chargeDeclinedExpiredCard` decline likewise; `pm_card_authenticationRequired`
-//!   -> 200 with status `requires_action` and `next_action.type` `use_stripe_sdk`. Any other
+//!   and `pm_card_threeDSecure2Required` -> 200 with status `requires_action` and
+//!   `next_action` `{"type":"redirect_to_url","redirect_to_url":{"url","return_url"}}`, the
+//!   URL being this sandbox's challenge page `/_sandbox/3ds/{id}` (below). Any other
 //!   `pm_...` -> 400 `resource_missing`.
 //! - `Idempotency-Key` on any POST: the same key with the same method, path and parameters
 //!   replays the first response byte for byte with `Idempotent-Replayed: true` and no new
@@ -130,13 +132,28 @@
 //!   `timeout_rate` held `timeout_ms` (default 10 s) and answered 504, in both cases WITHOUT any
 //!   effect and without storing an idempotent result. Draws are seeded (`seed`, default the
 //!   sandbox seed), so a run repeats. `{}` clears the faults; `GET` shows the current settings.
-//! - `POST /_sandbox/stripe/payment_intents/{id}/authenticate` `{"outcome":"succeed"|"fail"}`
-//!   plays the customer completing (or failing) the 3-D Secure challenge of an intent in
-//!   `requires_action`: it becomes `succeeded`, or `requires_payment_method` with
-//!   `last_payment_error.code` `payment_intent_authentication_failure`. Not a service request,
-//!   so not in the ledger's `requests`.
+//! - `POST /_sandbox/3ds/{id}?outcome=succeed|fail` (or the body `{"outcome":...}`; default
+//!   `succeed`) plays the guest completing (or failing) the 3-D Secure challenge of an intent
+//!   in `requires_action`: it becomes `succeeded`, or `requires_payment_method` with
+//!   `last_payment_error.code` `payment_intent_authentication_failure`, and its webhook event
+//!   is sent. 400 if the intent is not in `requires_action`, 404 if unknown. `GET` on the same
+//!   path is the page a browser sent to `next_action.redirect_to_url.url` sees (two buttons).
+//!   `POST /_sandbox/stripe/payment_intents/{id}/authenticate` `{"outcome":...}` does the same.
+//!   Not service requests, so not in the ledger's `requests`.
+//! - `POST /_sandbox/webhooks {"url":"http://host/webhooks/stripe","secret":"whsec_..."}` makes
+//!   the Stripe service send its events to `url` like Stripe does: `payment_intent.succeeded`,
+//!   `payment_intent.payment_failed` (a decline or a failed authentication),
+//!   `payment_intent.requires_action` and `payment_intent.canceled`, each an event object
+//!   `{"id":"evt_...","object":"event","type","created","data":{"object":<the intent>},...}`
+//!   posted as JSON with the header `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of
+//!   "<t>.<body>" keyed with the secret>`. A non-2xx answer (or none within 5 s) is retried:
+//!   6 attempts in all, 0.2 s after the first failure, doubling ([`webhooks`]). `{}` stops
+//!   sending; `GET` shows the URL and the retry settings (never the secret). The ledger lists
+//!   every event sent under `"webhooks"`: `{"id","type","payment_intent","url","attempts",
+//!   "last_status","delivered"}`. `stepwise sandbox --webhook-url URL --webhook-secret SECRET`
+//!   sets it at start; a reset keeps it.
 //! - `POST /_sandbox/reset` restores the seed (re-dated to today), clears the ledger, the
-//!   idempotency keys and the faults.
+//!   idempotency keys and the faults (the webhook endpoint stays set).
 //!
 //! # Seed ([`seed`])
 //! Like the Dewy Resort sample, dated relative to today's UTC date: 22 rooms on floors 1-4
@@ -171,9 +188,11 @@ pub mod soql;
 pub mod state;
 pub mod stripe;
 pub mod twilio;
+pub mod webhooks;
 
 pub use server::router;
 pub use state::{SandboxState, SharedState};
+pub use webhooks::WebhookConfig;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -206,6 +225,7 @@ impl Sandbox {
             .local_addr()
             .map_err(|source| SandboxError::Bind { addr, source })?;
         let state: SharedState = Arc::new(Mutex::new(SandboxState::new(seed)));
+        webhooks::spawn_sender(&state);
         let app = router(state.clone());
         let cancel = Cancel::new();
         let stop = cancel.clone();
@@ -250,6 +270,16 @@ impl SandboxHandle {
     /// The live state (for in-process inspection; the HTTP ledger shows the same).
     pub fn state(&self) -> SharedState {
         self.state.clone()
+    }
+
+    /// Sends the Stripe service's events to `config`'s URL from now on (None stops sending),
+    /// as `POST /_sandbox/webhooks` does.
+    pub fn set_webhooks(&self, config: Option<WebhookConfig>) -> Result<(), String> {
+        if let Some(config) = &config {
+            config.validate()?;
+        }
+        state::lock(&self.state).webhooks.set(config);
+        Ok(())
     }
 
     /// Stops accepting connections, lets in-flight requests finish for up to one second, then

@@ -3,6 +3,7 @@
 
 use super::faults::{FaultConfig, Outcome};
 use super::state::{lock, RequestRecord, Service, SharedState, StoredResponse};
+use super::webhooks::{self, WebhookConfig};
 use super::{salesforce, stripe, twilio};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -99,12 +100,15 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+const JSON: &str = "application/json";
+
 /// A response body and status, kept as bytes so an idempotent replay is byte-for-byte.
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
     pub replayed: bool,
+    pub content_type: &'static str,
 }
 
 impl Reply {
@@ -113,6 +117,16 @@ impl Reply {
             status,
             body: serde_json::to_vec(value).unwrap_or_default(),
             replayed: false,
+            content_type: JSON,
+        }
+    }
+
+    pub fn html(status: u16, page: String) -> Self {
+        Self {
+            status,
+            body: page.into_bytes(),
+            replayed: false,
+            content_type: "text/html; charset=utf-8",
         }
     }
 
@@ -121,6 +135,7 @@ impl Reply {
             status: 204,
             body: Vec::new(),
             replayed: false,
+            content_type: JSON,
         }
     }
 
@@ -131,7 +146,7 @@ impl Reply {
         if !self.body.is_empty() {
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+                HeaderValue::from_static(self.content_type),
             );
         }
         if self.replayed {
@@ -204,7 +219,7 @@ async fn dispatch(
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     if path == "/_sandbox" || path.starts_with("/_sandbox/") {
-        return control(&shared, &method, &path, &body).into_response();
+        return control(&shared, &method, &path, &query, &body).into_response();
     }
     let Some((service, rest)) = Service::route(&path) else {
         return Reply::json(
@@ -289,6 +304,7 @@ async fn dispatch(
                     status: stored.status,
                     body: stored.body.clone(),
                     replayed: true,
+                    content_type: JSON,
                 }
             } else if service == Service::Stripe {
                 stripe::idempotency_conflict(key)
@@ -317,15 +333,42 @@ async fn dispatch(
         }
     }
     state.record(record(reply.status, false));
+    webhooks::flush(&mut state);
     drop(state);
     reply.into_response()
 }
 
-/// `/_sandbox/health`, `/_sandbox/ledger`, `/_sandbox/faults`, `/_sandbox/reset`, and
+/// `/_sandbox/health`, `/_sandbox/ledger`, `/_sandbox/faults`, `/_sandbox/reset`,
+/// `/_sandbox/webhooks`, `/_sandbox/3ds/{id}` and
 /// `/_sandbox/stripe/payment_intents/{id}/authenticate`.
-fn control(shared: &SharedState, method: &Method, path: &str, body: &[u8]) -> Reply {
+fn control(
+    shared: &SharedState,
+    method: &Method,
+    path: &str,
+    query: &[(String, String)],
+    body: &[u8],
+) -> Reply {
     let path = path.trim_end_matches('/');
     match (method, path) {
+        (&Method::GET, "/_sandbox/webhooks") => {
+            Reply::json(200, &webhook_settings(lock(shared).webhooks.config()))
+        }
+        (&Method::POST, "/_sandbox/webhooks") => set_webhooks(shared, body),
+        (&Method::GET, p) if p.starts_with("/_sandbox/3ds/") => {
+            let id = &p["/_sandbox/3ds/".len()..];
+            challenge_page(shared, id)
+        }
+        (&Method::POST, p) if p.starts_with("/_sandbox/3ds/") => {
+            let id = &p["/_sandbox/3ds/".len()..];
+            let outcome = query
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "outcome")
+                .map(|(_, v)| v.as_str());
+            let from_body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let outcome = outcome.or_else(|| from_body.get("outcome").and_then(Value::as_str));
+            authenticate(shared, id, outcome)
+        }
         (&Method::GET, "/_sandbox/health") => Reply::json(200, &json!({"status": "ok"})),
         (&Method::GET, "/_sandbox/ledger") => Reply::json(200, &lock(shared).ledger()),
         (&Method::GET, "/_sandbox/faults") => {
@@ -376,27 +419,112 @@ fn control(shared: &SharedState, method: &Method, path: &str, body: &[u8]) -> Re
                 );
             };
             let outcome: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-            let succeed = match outcome.get("outcome").and_then(Value::as_str) {
-                None | Some("succeed") => true,
-                Some("fail") => false,
-                Some(other) => {
-                    return Reply::json(
-                        400,
-                        &json!({"error": format!("outcome must be succeed or fail, not {other}")}),
-                    )
-                }
-            };
-            let mut state = lock(shared);
-            match stripe::complete_authentication(&mut state.stripe, id, succeed) {
-                Ok(intent) => Reply::json(200, &intent),
-                Err((status, message)) => Reply::json(status, &json!({"error": message})),
-            }
+            authenticate(shared, id, outcome.get("outcome").and_then(Value::as_str))
         }
         _ => Reply::json(
             404,
             &json!({"error": format!("no such sandbox endpoint: {method} {path}")}),
         ),
     }
+}
+
+/// The 3-D Secure challenge of intent `id` played as the guest: `succeed` (the default) or
+/// `fail`. The intent's webhook event is sent like any other.
+fn authenticate(shared: &SharedState, id: &str, outcome: Option<&str>) -> Reply {
+    if id.is_empty() || id.contains('/') {
+        return Reply::json(404, &json!({"error": "no such payment intent"}));
+    }
+    let succeed = match outcome {
+        None | Some("succeed") => true,
+        Some("fail") => false,
+        Some(other) => {
+            return Reply::json(
+                400,
+                &json!({"error": format!("outcome must be succeed or fail, not {other}")}),
+            )
+        }
+    };
+    let mut state = lock(shared);
+    let reply = match stripe::complete_authentication(&mut state.stripe, id, succeed) {
+        Ok(intent) => Reply::json(200, &intent),
+        Err((status, message)) => Reply::json(status, &json!({"error": message})),
+    };
+    webhooks::flush(&mut state);
+    reply
+}
+
+/// A page standing in for the card issuer's 3-D Secure challenge (what the guest's browser
+/// shows at `next_action.redirect_to_url.url`): two buttons posting the outcome back.
+fn challenge_page(shared: &SharedState, id: &str) -> Reply {
+    let state = lock(shared);
+    let Some(intent) = state.stripe.payment_intents.get(id) else {
+        return Reply::json(
+            404,
+            &json!({"error": format!("No such payment_intent: '{id}'")}),
+        );
+    };
+    let amount = format!(
+        "{}.{:02} {}",
+        intent.amount / 100,
+        intent.amount % 100,
+        intent.currency.to_uppercase()
+    );
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>3-D Secure (sandbox)</title></head>\
+         <body><h1>Authenticate your payment</h1><p>Payment {id} of {amount}: status {status}.</p>\
+         <form method=\"post\" action=\"/_sandbox/3ds/{id}?outcome=succeed\"><button>Complete authentication</button></form>\
+         <form method=\"post\" action=\"/_sandbox/3ds/{id}?outcome=fail\"><button>Fail authentication</button></form>\
+         </body></html>",
+        status = intent.status
+    );
+    Reply::html(200, page)
+}
+
+fn webhook_settings(config: Option<&WebhookConfig>) -> Value {
+    json!({
+        "url": config.map(|c| c.url.clone()),
+        "secret_set": config.is_some(),
+        "max_attempts": webhooks::MAX_ATTEMPTS,
+        "first_backoff_ms": webhooks::FIRST_BACKOFF.as_millis() as u64,
+    })
+}
+
+/// `POST /_sandbox/webhooks {"url","secret"}` sets the endpoint; `{}` (or `"url": null`) stops
+/// sending.
+fn set_webhooks(shared: &SharedState, body: &[u8]) -> Reply {
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(value) => value,
+            Err(e) => {
+                return Reply::json(
+                    400,
+                    &json!({"error": format!("invalid webhook settings: {e}")}),
+                )
+            }
+        }
+    };
+    let config = if value.get("url").is_none_or(Value::is_null) {
+        None
+    } else {
+        match serde_json::from_value::<WebhookConfig>(value) {
+            Ok(config) => match config.validate() {
+                Ok(()) => Some(config),
+                Err(message) => return Reply::json(400, &json!({"error": message})),
+            },
+            Err(e) => {
+                return Reply::json(
+                    400,
+                    &json!({"error": format!("invalid webhook settings: {e} (expected {{\"url\",\"secret\"}})")}),
+                )
+            }
+        }
+    };
+    let mut state = lock(shared);
+    tracing::info!(url = ?config.as_ref().map(|c| &c.url), "sandbox webhooks set");
+    state.webhooks.set(config);
+    Reply::json(200, &webhook_settings(state.webhooks.config()))
 }
 
 #[cfg(test)]

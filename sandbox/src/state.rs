@@ -5,6 +5,7 @@ use super::faults::Faults;
 use super::salesforce::SalesforceState;
 use super::stripe::StripeState;
 use super::twilio::TwilioState;
+use super::webhooks::Webhooks;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -94,6 +95,8 @@ pub struct SandboxState {
     pub idempotency: HashMap<(Service, String), StoredResponse>,
     pub requests: Vec<RequestRecord>,
     pub faults: Faults,
+    /// The webhook endpoint, the events sent to it, and the queue to the sending task.
+    pub webhooks: Webhooks,
 }
 
 impl SandboxState {
@@ -113,6 +116,7 @@ impl SandboxState {
             idempotency: HashMap::new(),
             requests: Vec::new(),
             faults: Faults::new(seed),
+            webhooks: Webhooks::new(seed),
         };
         if let Err(e) = super::seed::populate(&mut state) {
             // The seed is static data checked by unit tests; this cannot happen in a release.
@@ -122,8 +126,11 @@ impl SandboxState {
     }
 
     /// Back to the seed (re-dated to today): objects, idempotency keys, ledger and faults.
+    /// The webhook endpoint stays configured (it is wiring, not data); the events sent are
+    /// forgotten.
     pub fn reset(&mut self) {
-        *self = Self::new(self.seed);
+        let old = std::mem::replace(self, Self::new(self.seed));
+        old.webhooks.carry_wiring_into(&mut self.webhooks);
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -150,7 +157,11 @@ impl SandboxState {
         );
         objects.insert("refund".into(), Value::Array(self.stripe.refunds_json()));
         objects.insert("message".into(), Value::Array(self.twilio.messages_json()));
-        json!({ "objects": objects, "requests": self.requests })
+        json!({
+            "objects": objects,
+            "requests": self.requests,
+            "webhooks": self.webhooks.records(),
+        })
     }
 }
 

@@ -21,6 +21,9 @@ pub struct StripeState {
     intent_ids: IdMaker,
     charge_ids: IdMaker,
     refund_ids: IdMaker,
+    /// Events (type, payment intent) emitted by the request being handled, sent as webhooks
+    /// once it is done ([`crate::webhooks`]).
+    emitted: Vec<(&'static str, Value)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -366,6 +369,19 @@ impl StripeState {
             intent_ids: IdMaker::new(seed, 2),
             charge_ids: IdMaker::new(seed, 3),
             refund_ids: IdMaker::new(seed, 4),
+            emitted: Vec::new(),
+        }
+    }
+
+    /// The events emitted since the last call.
+    pub fn take_emitted(&mut self) -> Vec<(&'static str, Value)> {
+        std::mem::take(&mut self.emitted)
+    }
+
+    fn emit(&mut self, kind: &'static str, id: &str) {
+        if let Some(intent) = self.payment_intents.get(id) {
+            let object = to_json(intent);
+            self.emitted.push((kind, object));
         }
     }
 
@@ -395,6 +411,7 @@ fn route(state: &mut SandboxState, req: &Req<'_>) -> Result<Reply, StripeError> 
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method;
     let now = unix(state.now());
+    let base = sandbox_base(req);
     let stripe = &mut state.stripe;
     match (method, segments.as_slice()) {
         (&Method::POST, ["v1", "customers"]) => create_customer(stripe, req, now),
@@ -408,7 +425,7 @@ fn route(state: &mut SandboxState, req: &Req<'_>) -> Result<Reply, StripeError> 
             Ok(Reply::json(200, &to_json(customer)))
         }
         (&Method::POST, ["v1", "customers", id]) => update_customer(stripe, req, id),
-        (&Method::POST, ["v1", "payment_intents"]) => create_intent(stripe, req, now),
+        (&Method::POST, ["v1", "payment_intents"]) => create_intent(stripe, req, now, &base),
         (&Method::GET, ["v1", "payment_intents", id]) => {
             let intent = stripe
                 .payment_intents
@@ -417,7 +434,7 @@ fn route(state: &mut SandboxState, req: &Req<'_>) -> Result<Reply, StripeError> 
             Ok(Reply::json(200, &to_json(intent)))
         }
         (&Method::POST, ["v1", "payment_intents", id, "confirm"]) => {
-            confirm_intent(stripe, req, id)
+            confirm_intent(stripe, req, id, &base)
         }
         (&Method::POST, ["v1", "payment_intents", id, "cancel"]) => {
             cancel_intent(stripe, req, id, now)
@@ -700,7 +717,23 @@ fn check_payment_method(pm: &str) -> Result<Card, StripeError> {
     card(pm).ok_or_else(|| StripeError::no_such("PaymentMethod", pm, "payment_method", 400))
 }
 
-fn create_intent(stripe: &mut StripeState, req: &Req<'_>, now: i64) -> Result<Reply, StripeError> {
+/// The sandbox's own base URL as the client reached it (for `next_action` URLs).
+fn sandbox_base(req: &Req<'_>) -> String {
+    format!("http://{}", req.header("host").unwrap_or("127.0.0.1:8787"))
+}
+
+/// Where the guest completes (or fails) the 3-D Secure challenge of intent `id`: a sandbox page
+/// that plays the card issuer (`/_sandbox/3ds/{id}`, see the crate documentation).
+pub fn authentication_url(base: &str, id: &str) -> String {
+    format!("{base}/_sandbox/3ds/{id}")
+}
+
+fn create_intent(
+    stripe: &mut StripeState,
+    req: &Req<'_>,
+    now: i64,
+    base: &str,
+) -> Result<Reply, StripeError> {
     let params = Params::parse(req.form(), INTENT_PARAMS)?;
     let amount = params
         .integer("amount")?
@@ -779,7 +812,7 @@ fn create_intent(stripe: &mut StripeState, req: &Req<'_>, now: i64) -> Result<Re
     };
     stripe.payment_intents.insert(id.clone(), intent);
     match (confirm, payment_method) {
-        (true, Some(pm)) => attempt(stripe, &id, &pm),
+        (true, Some(pm)) => attempt(stripe, &id, &pm, base, params.text("return_url")),
         _ => Ok(Reply::json(
             200,
             &stripe
@@ -792,7 +825,13 @@ fn create_intent(stripe: &mut StripeState, req: &Req<'_>, now: i64) -> Result<Re
 }
 
 /// Confirms intent `id` with `pm`: the charge succeeds, is declined (402), or needs 3-D Secure.
-fn attempt(stripe: &mut StripeState, id: &str, pm: &str) -> Result<Reply, StripeError> {
+fn attempt(
+    stripe: &mut StripeState,
+    id: &str,
+    pm: &str,
+    base: &str,
+    return_url: Option<String>,
+) -> Result<Reply, StripeError> {
     let outcome = check_payment_method(pm)?;
     let charge = match outcome {
         Card::RequiresAction => None,
@@ -810,16 +849,21 @@ fn attempt(stripe: &mut StripeState, id: &str, pm: &str) -> Result<Reply, Stripe
             intent.latest_charge = charge;
             intent.last_payment_error = None;
             intent.next_action = None;
-            Ok(Reply::json(200, &to_json(intent)))
+            let reply = Reply::json(200, &to_json(intent));
+            stripe.emit("payment_intent.succeeded", id);
+            Ok(reply)
         }
         Card::RequiresAction => {
             intent.status = "requires_action";
             intent.payment_method = Some(pm.to_string());
+            // What Stripe gives a server-side confirmation: a page to send the customer to.
             intent.next_action = Some(json!({
-                "type": "use_stripe_sdk",
-                "use_stripe_sdk": {"type": "three_d_secure_redirect", "source": format!("src_{}", &id[3..])}
+                "type": "redirect_to_url",
+                "redirect_to_url": {"url": authentication_url(base, id), "return_url": return_url}
             }));
-            Ok(Reply::json(200, &to_json(intent)))
+            let reply = Reply::json(200, &to_json(intent));
+            stripe.emit("payment_intent.requires_action", id);
+            Ok(reply)
         }
         Card::Declines {
             code,
@@ -842,6 +886,7 @@ fn attempt(stripe: &mut StripeState, id: &str, pm: &str) -> Result<Reply, Stripe
             intent.last_payment_error = Some(error.clone());
             let mut error = error;
             error["payment_intent"] = to_json(intent);
+            stripe.emit("payment_intent.payment_failed", id);
             Err(StripeError {
                 status: 402,
                 body: json!({ "error": error }),
@@ -889,10 +934,24 @@ pub fn complete_authentication(
         }));
         intent.payment_method = None;
     }
-    Ok(to_json(intent))
+    let object = to_json(intent);
+    stripe.emit(
+        if succeed {
+            "payment_intent.succeeded"
+        } else {
+            "payment_intent.payment_failed"
+        },
+        id,
+    );
+    Ok(object)
 }
 
-fn confirm_intent(stripe: &mut StripeState, req: &Req<'_>, id: &str) -> Result<Reply, StripeError> {
+fn confirm_intent(
+    stripe: &mut StripeState,
+    req: &Req<'_>,
+    id: &str,
+    base: &str,
+) -> Result<Reply, StripeError> {
     let params = Params::parse(
         req.form(),
         &[
@@ -930,7 +989,7 @@ fn confirm_intent(stripe: &mut StripeState, req: &Req<'_>, id: &str) -> Result<R
                  confirm it again, or confirm it again directly with a payment method.",
             )
         })?;
-    attempt(stripe, id, &pm)
+    attempt(stripe, id, &pm, base, params.text("return_url"))
 }
 
 fn cancel_intent(
@@ -973,7 +1032,9 @@ fn cancel_intent(
             intent.canceled_at = Some(now);
             intent.cancellation_reason = reason;
             intent.next_action = None;
-            Ok(Reply::json(200, &to_json(intent)))
+            let reply = Reply::json(200, &to_json(intent));
+            stripe.emit("payment_intent.canceled", id);
+            Ok(reply)
         }
         status => Err(StripeError::unexpected_state(format!(
             "You cannot cancel this PaymentIntent because it has a status of {status}. Only a \

@@ -244,8 +244,13 @@ async fn authentication_required_leaves_the_intent_requiring_action_and_cancel_w
     .await;
     assert_eq!(status, 200);
     assert_eq!(intent["status"], "requires_action");
-    assert_eq!(intent["next_action"]["type"], "use_stripe_sdk");
+    assert_eq!(intent["next_action"]["type"], "redirect_to_url");
     let id = intent["id"].as_str().unwrap();
+    assert_eq!(
+        intent["next_action"]["redirect_to_url"]["url"],
+        env.url(&format!("/_sandbox/3ds/{id}")),
+        "the guest is sent to the sandbox's own challenge page"
+    );
 
     let (status, got) = json_of(
         env.stripe(Method::GET, &format!("/payment_intents/{id}"))
