@@ -55,13 +55,16 @@ impl App {
         // Configuration errors come before anything is started or connected.
         let time_zone =
             calendar::time_zone_from_env().map_err(|e| CliError::usage(e.to_string()))?;
+        let payment_auth_timeout = stepwise_skills::hotel::payment_auth_timeout_from_env()
+            .map_err(|e| CliError::usage(e.to_string()))?;
         let target = embedded_pg::resolve_database().await?;
         let store = PgStore::connect(&target.url, pool_size).await?;
         migrate(store.pool()).await?;
         let (config, sandbox) = connector_config(mode).await?;
         let connectors = Connectors::new(&config)
             .map_err(|e| CliError::failed(format!("cannot set up the connectors: {e}")))?;
-        let hotel = Hotel::with_time_zone(connectors, store.pool().clone(), time_zone);
+        let hotel = Hotel::with_time_zone(connectors, store.pool().clone(), time_zone)
+            .with_payment_auth_timeout(payment_auth_timeout);
         let registry = stepwise_skills::registry_with_hotel(&hotel)
             .map_err(|e| CliError::failed(format!("built-in skills are inconsistent: {e}")))?;
         Ok(Self {
@@ -83,6 +86,58 @@ impl App {
         if let Some(embedded) = self.target.embedded {
             if let Err(e) = embedded.shutdown().await {
                 warn!(error = %e, "could not stop the embedded PostgreSQL cleanly");
+            }
+        }
+    }
+}
+
+impl App {
+    /// The Stripe webhook secret this process verifies `/webhooks/stripe` with:
+    /// `STEPWISE_STRIPE_WEBHOOK_SECRET`, or, when it started its own sandbox, a fresh random
+    /// one (the sandbox is then wired to it by [`App::wire_sandbox_webhooks`]). None: the
+    /// endpoint answers 503.
+    pub fn webhook_secret(&self) -> Option<String> {
+        crate::http::stripe_webhook::secret_from_env().or_else(|| {
+            self.sandbox
+                .is_some()
+                .then(crate::http::stripe_webhook::generate_secret)
+        })
+    }
+
+    /// Makes the in-process sandbox (if this process started one) send its Stripe events to
+    /// `endpoint`, signed with `secret`, as a Stripe account's webhook endpoint would.
+    pub fn wire_sandbox_webhooks(&self, endpoint: &str, secret: &str) {
+        let Some(sandbox) = &self.sandbox else { return };
+        let config = stepwise_sandbox::WebhookConfig {
+            url: endpoint.to_string(),
+            secret: secret.to_string(),
+        };
+        match sandbox.set_webhooks(Some(config)) {
+            Ok(()) => debug!(
+                endpoint,
+                "the in-process sandbox sends its Stripe webhooks here"
+            ),
+            Err(e) => warn!(error = %e, "cannot wire the sandbox's webhooks"),
+        }
+    }
+
+    /// For commands without an HTTP server (`demo`, `mcp` over stdio): when this process
+    /// started its own sandbox, serves `/webhooks/stripe` on a loopback port until `stop` and
+    /// points the sandbox's webhooks at it, so a checkout waiting for 3-D Secure hears back.
+    pub async fn serve_sandbox_webhooks(&self, stop: tokio_util::sync::CancellationToken) {
+        if self.sandbox.is_none() {
+            return;
+        }
+        let Some(secret) = self.webhook_secret() else {
+            return;
+        };
+        let served =
+            crate::http::stripe_webhook::serve_loopback(self.engine.clone(), secret.clone(), stop)
+                .await;
+        match served {
+            Ok(endpoint) => self.wire_sandbox_webhooks(&endpoint, &secret),
+            Err(e) => {
+                warn!(error = %e, "cannot serve the Stripe webhook endpoint; payments waiting for 3-D Secure will wait until their deadline")
             }
         }
     }

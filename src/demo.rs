@@ -20,7 +20,11 @@ pub async fn run() -> Result<(), CliError> {
     if let Some(url) = &app.sandbox_url {
         tracing::info!("{}", in_process_sandbox_notice(url));
     }
+    // The sandbox's Stripe webhooks (3-D Secure) come to a loopback /webhooks/stripe.
+    let webhooks = CancellationToken::new();
+    app.serve_sandbox_webhooks(webhooks.clone()).await;
     let result = story(&app).await;
+    webhooks.cancel();
     app.close().await;
     result
 }
@@ -117,6 +121,10 @@ async fn story(app: &App) -> Result<(), CliError> {
     let worker = Background::start(engine, "demo-worker-1", lease);
     let hotel = match hotel_story(app).await {
         Ok(()) => front_desk(app).await,
+        Err(e) => Err(e),
+    };
+    let hotel = match hotel {
+        Ok(()) => three_d_secure_checkout(app).await,
         Err(e) => Err(e),
     };
     let retried = match hotel {
@@ -290,6 +298,79 @@ async fn front_desk(app: &App) -> Result<(), CliError> {
 }
 
 const DESK_GUEST: &str = "ada.lovelace@example.com";
+
+/// A seeded checked-in guest whose card needs 3-D Secure.
+const THREE_DS_GUEST: &str = "sophia.wilson@example.com";
+
+/// A checkout whose card needs 3-D Secure: the saga waits (no worker holds it) until the
+/// guest authenticates on the bank's page, which the sandbox plays; Stripe's signed webhook
+/// then reaches `/webhooks/stripe` and the checkout goes on.
+async fn three_d_secure_checkout(app: &App) -> Result<(), CliError> {
+    let engine = &app.engine;
+    println!("\n━━━━ A checkout that waits for 3-D Secure ━━━━");
+    if app.sandbox_url.is_none() {
+        println!("(skipped: the external systems are not this process's sandbox, so it cannot play the guest)");
+        return Ok(());
+    }
+    let input = json!({"guest_email": THREE_DS_GUEST,
+                       "payment_method_id": "pm_card_threeDSecure2Required"});
+    let id = start_skill(engine, "process_guest_checkout", input, "3ds").await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let saga = engine
+            .detail(id)
+            .await?
+            .ok_or_else(|| CliError::not_found(format!("saga {id} vanished")))?;
+        if saga.status == SagaStatus::Waiting {
+            break saga.waiting_for.unwrap_or_default();
+        }
+        if saga.status.is_terminal() || Instant::now() > deadline {
+            return Err(CliError::failed(format!(
+                "the 3-D Secure checkout {id} did not wait (status {})",
+                saga.status
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = |key: &str| waiting[key].as_str().unwrap_or_default().to_string();
+    let url = text("url");
+    println!(
+        "Saga {id} is waiting (status waiting: no lease, no worker memory) for event `{}` until {}:\n  {}",
+        text("event"),
+        text("until"),
+        text("prompt")
+    );
+    println!(
+        "The guest opens {url} and completes the challenge (here the sandbox plays the guest);"
+    );
+    println!("Stripe then posts a signed payment_intent.succeeded to /webhooks/stripe, which delivers the event.");
+    let answer = reqwest::Client::new()
+        .post(format!("{url}?outcome=succeed"))
+        .send()
+        .await
+        .map_err(|e| {
+            CliError::failed(format!("cannot reach the sandbox's 3-D Secure page: {e}"))
+        })?;
+    if !answer.status().is_success() {
+        return Err(CliError::failed(format!(
+            "the sandbox's 3-D Secure page answered {}",
+            answer.status()
+        )));
+    }
+    let status = finish(engine, id, Duration::from_secs(30)).await?;
+    show(
+        engine,
+        id,
+        "Checkout with a card that needs 3-D Secure: it waited for the guest, then went on",
+    )
+    .await?;
+    if status != SagaStatus::Completed {
+        return Err(CliError::failed(format!(
+            "demo saga {id} (3-D Secure checkout) ended {status}, expected completed"
+        )));
+    }
+    Ok(())
+}
 
 async fn query(app: &App, name: &str, input: Value) -> Result<Value, CliError> {
     app.engine

@@ -63,6 +63,8 @@ pub async fn run(args: McpArgs) -> Result<(), CliError> {
     }
     let facade = Facade::new(app.engine.clone(), Facade::wait_from_env());
     let shutdown = CancellationToken::new();
+    // No HTTP server over stdio: the in-process sandbox's webhooks get a loopback endpoint.
+    app.serve_sandbox_webhooks(shutdown.clone()).await;
     let signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -1,5 +1,6 @@
 //! `stepwise serve --addr ADDR [--no-worker] [--workers N]`: the one HTTP server of a
-//! deployment. It mounts `/mcp` (bearer tokens), `/metrics`, `/healthz` and `/readyz` on one
+//! deployment. It mounts `/mcp` (bearer tokens), `/webhooks/stripe` (Stripe-signed, see
+//! [`crate::http::stripe_webhook`]), `/metrics`, `/healthz` and `/readyz` on one
 //! router ([`routes`]; other endpoints are merged there) and runs in-process workers unless
 //! `--no-worker`. On Ctrl-C/SIGTERM it stops accepting, lets the requests in flight finish
 //! within `--shutdown-grace-secs`, then ends the MCP sessions and stops the workers, which
@@ -8,6 +9,7 @@
 use crate::app::{in_process_sandbox_notice, shutdown_signal, App};
 use crate::exit::CliError;
 use crate::http::proxy::TrustProxy;
+use crate::http::stripe_webhook;
 use axum::Router;
 use clap::Args;
 use std::net::SocketAddr;
@@ -43,10 +45,17 @@ pub const LISTENING: &str = "stepwise serve: listening on";
 
 /// The routes of one server: every part merged on one router. A new endpoint is one more
 /// `merge` here.
-pub fn routes(facade: Arc<Facade>, bound: SocketAddr, sessions: CancellationToken) -> Router {
+pub fn routes(
+    facade: Arc<Facade>,
+    bound: SocketAddr,
+    sessions: CancellationToken,
+    webhook_secret: Option<String>,
+) -> Router {
     let hosts = stepwise_mcp::http::allowed_hosts_from_env(bound);
     let pool = facade.engine().store().pool().clone();
+    let engine = facade.engine().clone();
     Router::new()
+        .merge(stripe_webhook::router(engine, webhook_secret))
         .merge(stepwise_mcp::http::mcp_router(
             facade.clone(),
             hosts,
@@ -56,11 +65,24 @@ pub fn routes(facade: Arc<Facade>, bound: SocketAddr, sessions: CancellationToke
         .merge(crate::http::health::router(pool))
 }
 
+/// `http://ADDR` of a bound address, with a wildcard address replaced by loopback (where this
+/// process's own sandbox reaches it).
+fn loopback_url(bound: SocketAddr) -> String {
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
+}
+
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     run_announcing(args, |bound| {
         eprintln!(
-            "{LISTENING} http://{bound} (MCP: http://{bound}/mcp, metrics: /metrics, health: \
-             /healthz, /readyz)"
+            "{LISTENING} http://{bound} (MCP: http://{bound}/mcp, Stripe webhooks: \
+             /webhooks/stripe, metrics: /metrics, health: /healthz, /readyz)"
         )
     })
     .await
@@ -128,7 +150,14 @@ pub async fn run_announcing(
         })
         .collect();
 
-    let router = routes(facade, bound, stop_sessions.clone());
+    let webhook_secret = app.webhook_secret();
+    if let Some(secret) = &webhook_secret {
+        app.wire_sandbox_webhooks(
+            &format!("{}{}", loopback_url(bound), stripe_webhook::PATH),
+            secret,
+        );
+    }
+    let router = routes(facade, bound, stop_sessions.clone(), webhook_secret);
     announce(bound);
     let served = crate::http::serve(listener, router, trust, stop_http.clone(), grace)
         .await

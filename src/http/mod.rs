@@ -5,6 +5,7 @@
 
 pub mod health;
 pub mod proxy;
+pub mod stripe_webhook;
 
 use axum::Router;
 use std::future::IntoFuture;

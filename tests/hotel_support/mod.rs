@@ -14,7 +14,7 @@ use stepwise_engine::{
 };
 use stepwise_sandbox::{Sandbox, SandboxHandle};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
-use stepwise_skills::hotel::{calendar, Hotel};
+use stepwise_skills::hotel::{self, calendar, Hotel};
 use uuid::Uuid;
 
 pub struct World {
@@ -35,6 +35,21 @@ impl World {
     /// A hotel in `time_zone` (an IANA name, as `STEPWISE_HOTEL_TZ` takes it) whose clock
     /// starts at `now`.
     pub async fn in_time_zone(pool: PgPool, time_zone: &str, now: DateTime<Utc>) -> Self {
+        Self::build(pool, time_zone, now, hotel::DEFAULT_PAYMENT_AUTH_TIMEOUT).await
+    }
+
+    /// A hotel on UTC whose checkouts wait `timeout` for a card authentication (what
+    /// `STEPWISE_PAYMENT_AUTH_TIMEOUT` sets).
+    pub async fn with_payment_auth_timeout(pool: PgPool, timeout: Duration) -> Self {
+        Self::build(pool, "UTC", chrono::Utc::now(), timeout).await
+    }
+
+    async fn build(
+        pool: PgPool,
+        time_zone: &str,
+        now: DateTime<Utc>,
+        payment_auth_timeout: Duration,
+    ) -> Self {
         let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), 7)
             .await
             .expect("sandbox starts");
@@ -44,7 +59,8 @@ impl World {
             Connectors::new(&config).expect("connectors"),
             pool.clone(),
             calendar::parse_time_zone(time_zone).expect("a known time zone"),
-        );
+        )
+        .with_payment_auth_timeout(payment_auth_timeout);
         let registry = stepwise_skills::registry_with_hotel(&hotel).expect("skills register");
         let clock = ManualClock::new(now);
         let engine = Engine::new(

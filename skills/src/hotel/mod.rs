@@ -56,6 +56,43 @@ pub struct Hotel {
     pub connectors: Connectors,
     pub holds: Holds,
     time_zone: Tz,
+    /// How long a checkout waits for the guest to authenticate a card payment (3-D Secure).
+    payment_auth_timeout: Duration,
+}
+
+/// The environment variable that sets how long a payment waits for the guest's 3-D Secure
+/// authentication (a humantime duration such as `15m` or `90s`).
+pub const PAYMENT_AUTH_TIMEOUT_VAR: &str = "STEPWISE_PAYMENT_AUTH_TIMEOUT";
+/// How long a payment waits for the guest's authentication unless configured.
+pub const DEFAULT_PAYMENT_AUTH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// An unusable `STEPWISE_PAYMENT_AUTH_TIMEOUT`.
+#[derive(Debug, thiserror::Error)]
+#[error("{PAYMENT_AUTH_TIMEOUT_VAR}={value:?} is not a duration (e.g. 15m, 90s): {reason}")]
+pub struct PaymentAuthTimeoutError {
+    value: String,
+    reason: String,
+}
+
+/// The payment authentication deadline from [`PAYMENT_AUTH_TIMEOUT_VAR`], or the default.
+pub fn payment_auth_timeout_from_env() -> Result<Duration, PaymentAuthTimeoutError> {
+    match std::env::var(PAYMENT_AUTH_TIMEOUT_VAR) {
+        Ok(value) if !value.trim().is_empty() => parse_payment_auth_timeout(&value),
+        _ => Ok(DEFAULT_PAYMENT_AUTH_TIMEOUT),
+    }
+}
+
+/// Parses a humantime duration of at least one second.
+pub fn parse_payment_auth_timeout(value: &str) -> Result<Duration, PaymentAuthTimeoutError> {
+    let error = |reason: String| PaymentAuthTimeoutError {
+        value: value.to_string(),
+        reason,
+    };
+    let timeout = humantime::parse_duration(value.trim()).map_err(|e| error(e.to_string()))?;
+    if timeout < Duration::from_secs(1) {
+        return Err(error("it must be at least 1s".into()));
+    }
+    Ok(timeout)
 }
 
 impl Hotel {
@@ -70,11 +107,25 @@ impl Hotel {
             connectors,
             holds: Holds::new(pool),
             time_zone,
+            payment_auth_timeout: DEFAULT_PAYMENT_AUTH_TIMEOUT,
         })
+    }
+
+    /// The same hotel whose checkouts wait `timeout` for a card authentication (see
+    /// [`payment_auth_timeout_from_env`]).
+    pub fn with_payment_auth_timeout(self: Arc<Self>, timeout: Duration) -> Arc<Self> {
+        let mut hotel = Arc::unwrap_or_clone(self);
+        hotel.payment_auth_timeout = timeout;
+        Arc::new(hotel)
     }
 
     pub fn time_zone(&self) -> Tz {
         self.time_zone
+    }
+
+    /// How long a checkout waits for the guest to authenticate a card payment.
+    pub fn payment_auth_timeout(&self) -> Duration {
+        self.payment_auth_timeout
     }
 
     /// The hotel's date when the step's attempt started (the engine's clock, in the hotel's

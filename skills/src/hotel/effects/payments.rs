@@ -10,9 +10,53 @@ use stepwise_engine::{StepContext, StepError};
 
 /// Finds or creates the payment customer and creates and confirms a payment under the step's
 /// idempotency key. A declined card is a permanent `card_declined`; a card that needs 3-D
-/// Secure is a permanent `payment_requires_action` telling what the guest must do.
+/// Secure is a permanent `payment_requires_action` telling what the guest must do (skills
+/// that can wait for the guest use [`create_payment`] instead).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn charge(
+    hotel: &Hotel,
+    ctx: &StepContext,
+    email: &str,
+    name: &str,
+    payment_method: &str,
+    amount: i64,
+    description: &str,
+    booking_number: &str,
+) -> Result<PaymentIntent, StepError> {
+    let intent = create_payment(
+        hotel,
+        ctx,
+        email,
+        name,
+        payment_method,
+        amount,
+        description,
+        booking_number,
+    )
+    .await?;
+    if intent.status == "requires_action" {
+        return Err(StepError::permanent(
+            "payment_requires_action",
+            format!(
+                "payment {} needs the guest to authenticate the card (3-D Secure)",
+                intent.id
+            ),
+        )
+        .with_action(format!(
+            "Ask the guest to complete the card authentication for payment {} in their banking app, \
+             or to use another card; then call again with a new idempotency_key",
+            intent.id
+        )));
+    }
+    Ok(intent)
+}
+
+/// Like [`charge`], but a payment that needs the guest to authenticate (3-D Secure) comes back
+/// as it is, in status `requires_action`, with `next_action.redirect_to_url.url` where the guest
+/// authenticates ([`authentication_url`]). The payment intent's metadata names the saga
+/// (`saga_id`), so Stripe's webhook can be routed to it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn create_payment(
     hotel: &Hotel,
     ctx: &StepContext,
     email: &str,
@@ -54,25 +98,39 @@ pub(crate) async fn charge(
             }
         })?;
     match intent.status.as_str() {
-        "succeeded" => Ok(intent),
-        "requires_action" => Err(StepError::permanent(
-            "payment_requires_action",
-            format!(
-                "payment {} needs the guest to authenticate the card (3-D Secure)",
-                intent.id
-            ),
-        )
-        .with_action(format!(
-            "Ask the guest to complete the card authentication for payment {} in their banking app, \
-             or to use another card; then call again with a new idempotency_key",
-            intent.id
-        ))),
+        "succeeded" | "requires_action" => Ok(intent),
         other => Err(StepError::permanent(
             "payment_failed",
             format!("payment {} ended in status {other}", intent.id),
         )
         .with_action("Ask the guest for another payment method")),
     }
+}
+
+/// Where the guest authenticates a payment in `requires_action`: its
+/// `next_action.redirect_to_url.url` (Stripe's shape for a server-side confirmation).
+pub(crate) fn authentication_url(intent: &PaymentIntent) -> Option<String> {
+    intent
+        .next_action
+        .as_ref()?
+        .pointer("/redirect_to_url/url")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The payment intent as the payments service has it now.
+pub(crate) async fn payment_intent(hotel: &Hotel, id: &str) -> Result<PaymentIntent, StepError> {
+    hotel.connectors.payments.retrieve(id).await.map_err(ext)
+}
+
+/// Cancels a payment that has not succeeded (one still waiting for authentication, or whose
+/// authentication failed), under `key`: nothing is charged and it cannot succeed any more.
+pub(crate) async fn cancel_payment(
+    hotel: &Hotel,
+    id: &str,
+    key: &str,
+) -> Result<PaymentIntent, StepError> {
+    hotel.connectors.payments.cancel(id, key).await.map_err(ext)
 }
 
 /// Refunds a payment, in full or `amount` cents of it, as the guest asked, under `key` (the

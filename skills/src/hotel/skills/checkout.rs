@@ -1,18 +1,55 @@
 //! `process_guest_checkout`: charges what the stay still owes, checks the booking out, sends
 //! the room to Cleaning with a housekeeping case, and texts a receipt.
+//!
+//! A card that needs 3-D Secure: `charge_payment` records the payment in `requires_action`,
+//! then `authenticate_payment` waits for event `payment_authenticated` (Stripe's webhook,
+//! `POST /webhooks/stripe`, or anyone the wait allows) until the deadline
+//! (`STEPWISE_PAYMENT_AUTH_TIMEOUT`, default 15 minutes), showing the authentication URL. The
+//! payments service is the truth: after each event the step reads the payment again, so an
+//! event only wakes it. Succeeded: the checkout goes on. Failed or deadline passed: the step
+//! fails and the saga compensates, which cancels the payment (a payment that never succeeded
+//! is cancelled, never refunded). The wait is a step of its own so that cancelling the saga
+//! while it waits also cancels the payment (only finished steps are compensated).
 
+use crate::connectors::payments::PaymentIntent;
 use crate::hotel::effects::cases::{close_case, open_case};
 use crate::hotel::effects::crm::{restore_opportunity, set_stage, stage_of, StageChange};
-use crate::hotel::effects::payments::{charge, mark_payment_refunded, record_payment, refund};
+use crate::hotel::effects::payments::{
+    authentication_url, cancel_payment, create_payment, mark_payment_refunded, payment_intent,
+    record_payment, refund,
+};
 use crate::hotel::effects::sms::text_guest;
 use crate::hotel::records::{self, booking_status, room_status, Booking, Contact, Room};
 use crate::hotel::reversible::{reversible, Change};
 use crate::hotel::{exposure, input, recorded, step, undo, Hotel};
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use stepwise_engine::{InputError, Skill, SkillError, SkillInput, StepContext, StepError};
+use stepwise_engine::{
+    InputError, Skill, SkillError, SkillInput, Step, StepContext, StepError, Wait,
+};
+
+/// The event a checkout waiting for the guest's card authentication awaits.
+pub const PAYMENT_AUTHENTICATED: &str = "payment_authenticated";
+
+/// The payload schema of [`PAYMENT_AUTHENTICATED`]: every field optional, because the step
+/// reads the payment itself after the event; what the webhook sends is shown in the history.
+pub fn payment_authenticated_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "The guest completed (or failed) the card authentication. The step \
+                        re-reads the payment from the payments service, so the payload only \
+                        informs; {} is enough.",
+        "properties": {
+            "payment_intent_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["succeeded", "failed"]},
+            "stripe_event_id": {"type": "string"},
+            "failure_code": {"type": "string"}
+        }
+    })
+}
 
 /// Input of `process_guest_checkout`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -62,6 +99,20 @@ struct Charged {
     /// None when nothing was owed (the deposit covered the stay).
     payment_intent_id: Option<String>,
     amount: i64,
+    /// The payment's status when created: `succeeded`, or `requires_action` when the guest
+    /// must authenticate the card first (3-D Secure).
+    #[serde(default = "succeeded")]
+    status: String,
+    /// Until when the guest may authenticate (with `requires_action`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    authenticate_by: Option<DateTime<Utc>>,
+    /// Where the guest authenticates (with `requires_action`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    authentication_url: Option<String>,
+}
+
+fn succeeded() -> String {
+    "succeeded".to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -84,12 +135,15 @@ pub fn process_guest_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
         1,
         "Checks a guest out: charges the stay computed from its nights and charges, checks the \
          booking out, sends the room to Cleaning, opens a housekeeping case and texts a receipt; \
-         if anything fails after the charge it refunds it and restores booking and room.",
+         if anything fails after the charge it refunds it and restores booking and room. A card \
+         that needs 3-D Secure makes it wait (status waiting) for the guest to authenticate at \
+         the URL it shows; failed or not done in time, the payment is cancelled.",
     )
     .exposure(exposure::guest_self_staff_manager())
     .output::<CheckoutOutput>()
     .step(step(hotel, "find_stay", find_stay))
     .step(undo(step(hotel, "charge_payment", charge_stay), hotel, refund_stay))
+    .step(authenticate(hotel))
     .step(undo(step(hotel, "record_payment", record_stay_payment), hotel, mark_payment_refunded))
     .step(reversible(hotel, "check_out_booking", check_out_booking))
     .step(reversible(hotel, "release_room", release_room))
@@ -194,9 +248,12 @@ async fn charge_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Charged, Ste
         return Ok(Charged {
             payment_intent_id: None,
             amount: 0,
+            status: succeeded(),
+            authenticate_by: None,
+            authentication_url: None,
         });
     }
-    let intent = charge(
+    let intent = create_payment(
         &hotel,
         &ctx,
         &input.guest_email,
@@ -210,10 +267,97 @@ async fn charge_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Charged, Ste
         &stay.booking.number,
     )
     .await?;
+    let waits = intent.status == "requires_action";
+    let timeout =
+        chrono::Duration::from_std(hotel.payment_auth_timeout()).unwrap_or(chrono::Duration::MAX);
     Ok(Charged {
+        authenticate_by: waits.then(|| ctx.now + timeout),
+        authentication_url: authentication_url(&intent),
         payment_intent_id: Some(intent.id),
         amount: intent.amount,
+        status: intent.status,
     })
+}
+
+/// `authenticate_payment`: waits for the guest's card authentication when the payment needs
+/// it (see the module documentation); passes at once otherwise.
+fn authenticate(hotel: &Arc<Hotel>) -> Step {
+    step(hotel, "authenticate_payment", authenticate_payment)
+        .awaits(PAYMENT_AUTHENTICATED, payment_authenticated_schema())
+}
+
+async fn authenticate_payment(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let charged: Charged = ctx.output("charge_payment")?;
+    let Some(id) = charged
+        .payment_intent_id
+        .as_deref()
+        .filter(|_| charged.status == "requires_action")
+    else {
+        return Ok(json!({"required": false}));
+    };
+    let stay: Stay = ctx.output("find_stay")?;
+    // Fixed when the payment was created, so every wait of this step ends at the same time.
+    let deadline = charged.authenticate_by.unwrap_or(ctx.now);
+    let authenticated = |intent: &PaymentIntent| json!({"required": true, "payment_intent_id": intent.id, "status": intent.status});
+    // Each event only wakes the step: the payment is read again, and a stale or early event
+    // (the payment still needs the guest) leads to the next wait, until the same deadline.
+    loop {
+        let intent = payment_intent(&hotel, id).await?;
+        match intent.status.as_str() {
+            "succeeded" => return Ok(authenticated(&intent)),
+            "requires_action" => {}
+            _ => return Err(authentication_failed(&intent)),
+        }
+        let url = authentication_url(&intent).or_else(|| charged.authentication_url.clone());
+        let mut wait = Wait::until(deadline).prompt(format!(
+            "The guest must authenticate the card payment of {} for booking {} (3-D Secure){} \
+             before {} UTC; the checkout goes on when the payments service confirms it.",
+            records::money(charged.amount),
+            stay.booking.number,
+            url.as_deref()
+                .map(|u| format!(" at {u}"))
+                .unwrap_or_default(),
+            deadline.format("%Y-%m-%d %H:%M"),
+        ));
+        if let Some(url) = url {
+            wait = wait.url(url);
+        }
+        match ctx.await_event(PAYMENT_AUTHENTICATED, wait) {
+            Ok(_) => continue,
+            Err(error) if error.code == "wait_timed_out" => {
+                // A last look, in case the event was lost on its way.
+                let intent = payment_intent(&hotel, id).await?;
+                if intent.status == "succeeded" {
+                    return Ok(authenticated(&intent));
+                }
+                return Err(StepError::permanent(
+                    "wait_timed_out",
+                    format!(
+                        "the guest did not authenticate payment {id} before {deadline}; it is cancelled"
+                    ),
+                )
+                .with_action(
+                    "Nothing was charged. Check out again when the guest can authenticate the \
+                     card, or with another card, with a new idempotency_key",
+                ));
+            }
+            Err(suspended_or_failed) => return Err(suspended_or_failed),
+        }
+    }
+}
+
+fn authentication_failed(intent: &PaymentIntent) -> StepError {
+    StepError::permanent(
+        "payment_authentication_failed",
+        format!(
+            "the card authentication of payment {} did not succeed (status {})",
+            intent.id, intent.status
+        ),
+    )
+    .with_action(
+        "Nothing was charged. Ask the guest for another payment method and check out again \
+         with a new idempotency_key",
+    )
 }
 
 async fn refund_stay(
@@ -225,6 +369,35 @@ async fn refund_stay(
     let Some(payment_intent_id) = charged.payment_intent_id else {
         return Ok(json!({"refunded": false, "reason": "nothing was charged"}));
     };
+    if charged.status != "succeeded" {
+        // It waited for the guest's authentication: a payment that never succeeded is
+        // cancelled, not refunded.
+        let current = payment_intent(&hotel, &payment_intent_id).await?;
+        match current.status.as_str() {
+            "succeeded" => {}
+            "canceled" => {
+                return Ok(json!({"refunded": false, "canceled": true,
+                                 "payment_intent_id": payment_intent_id}))
+            }
+            _ => {
+                let key = format!("{}/cancel", ctx.idempotency_key);
+                match cancel_payment(&hotel, &payment_intent_id, &key).await {
+                    Ok(canceled) => {
+                        return Ok(json!({"refunded": false, "canceled": true,
+                                         "payment_intent_id": canceled.id}))
+                    }
+                    // It may have succeeded meanwhile (the guest authenticated at the last
+                    // moment): then it is refunded below; otherwise the error stands.
+                    Err(error) => {
+                        let now = payment_intent(&hotel, &payment_intent_id).await?;
+                        if now.status != "succeeded" {
+                            return Err(error);
+                        }
+                    }
+                }
+            }
+        }
+    }
     let refund = refund(&hotel, &payment_intent_id, None, &ctx.idempotency_key).await?;
     // The payments API replays a key's first answer, so a failed refund would fail again under
     // the same key: it needs an operator, not a retry.
