@@ -156,19 +156,30 @@ fn without_url(error: &reqwest::Error) -> String {
     }
 }
 
-/// `STEPWISE_STRIPE_WEBHOOK_SECRET`: the signing secret of Stripe's webhook endpoint.
+/// `STEPWISE_STRIPE_WEBHOOK_SECRET`: the signing secret of Stripe's webhook endpoint
+/// (`POST /webhooks/stripe`, docs/operators.md "Stripe webhooks").
 fn webhook_secret(get: &dyn Fn(&str) -> Option<String>) -> Check {
     const NAME: &str = "webhook_secret";
     match get("STEPWISE_STRIPE_WEBHOOK_SECRET") {
+        // With real payments, a checkout waiting for 3-D Secure hears back only by webhook.
+        None if get("STEPWISE_STRIPE_URL").is_some() => Check::warn(
+            NAME,
+            "STEPWISE_STRIPE_WEBHOOK_SECRET is unset while payments go to a real Stripe: \
+             /webhooks/stripe refuses every event (503), so a checkout waiting for 3-D Secure \
+             hears nothing and its payment is cancelled at the deadline",
+            "add the endpoint https://YOUR-HOST/webhooks/stripe in Stripe's dashboard (events \
+             payment_intent.succeeded and payment_intent.payment_failed) and set \
+             STEPWISE_STRIPE_WEBHOOK_SECRET to its signing secret",
+        ),
         None => Check::ok(
             NAME,
-            "STEPWISE_STRIPE_WEBHOOK_SECRET is unset: fine, this version receives no Stripe \
-             webhooks, so nothing needs it",
+            "STEPWISE_STRIPE_WEBHOOK_SECRET is unset: fine with the sandbox (serve, mcp and demo \
+             generate a secret for their in-process one); /webhooks/stripe answers 503 otherwise",
         ),
         Some(secret) if secret.starts_with("whsec_") => Check::ok(
             NAME,
-            "STEPWISE_STRIPE_WEBHOOK_SECRET is set (a Stripe signing secret); this version \
-             receives no webhooks yet, so it is unused",
+            "STEPWISE_STRIPE_WEBHOOK_SECRET is set (a Stripe signing secret): /webhooks/stripe \
+             verifies Stripe's signatures with it",
         ),
         Some(_) => Check::warn(
             NAME,
@@ -223,5 +234,12 @@ mod tests {
         assert_eq!(webhook_secret(&unset).status, Status::Ok);
         assert_eq!(webhook_secret(&good).status, Status::Ok);
         assert_eq!(webhook_secret(&bad).status, Status::Warn);
+        let real_stripe_unsigned =
+            |name: &str| (name == "STEPWISE_STRIPE_URL").then(|| "https://api.stripe.com".into());
+        assert_eq!(
+            webhook_secret(&real_stripe_unsigned).status,
+            Status::Warn,
+            "real payments need the webhook to answer a 3-D Secure wait"
+        );
     }
 }

@@ -15,7 +15,7 @@
 //! | `upgrade_room` | moves the booking to a better room and charges the difference | room moved back, charge refunded |
 //! | `cancel_booking` | cancels a reservation and refunds the deposit per policy | booking restored |
 //! | `check_in_guest` | checks in today's reservation into a vacant room | booking and room restored |
-//! | `process_guest_checkout` | charges the stay, checks out, room to Cleaning, housekeeping case, receipt | charge refunded, booking and room restored, case closed |
+//! | `process_guest_checkout` | charges the stay (waiting for 3-D Secure if the card needs it), checks out, room to Cleaning, housekeeping case, receipt | charge refunded (or cancelled if it never succeeded), booking and room restored, case closed |
 //! | `compensate_checkout` | reverses a completed checkout: refund and restore | booking and room restored if the refund fails |
 //! | `submit_guest_service_request` | opens a case for a staying guest | case closed |
 //! | `submit_maintenance_request` | opens a case; urgent: room to Maintenance and vendor texted | room status restored, case closed |
