@@ -76,6 +76,28 @@ async fn load(pool: &PgPool, window: Duration) -> (f64, f64) {
     )
 }
 
+/// What one durable commit costs on this server right now (the floor of every step of the
+/// path: `deliver`, the claim and the step commit each end in one): a one-row insert in its own
+/// transaction, `n` times, in milliseconds, sorted.
+async fn commit_latencies(pool: &PgPool, n: usize) -> Vec<f64> {
+    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS public.commit_probe (id bigserial PRIMARY KEY)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut all = Vec::with_capacity(n);
+    for _ in 0..n {
+        let began = Instant::now();
+        sqlx::query("INSERT INTO public.commit_probe DEFAULT VALUES")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        all.push(began.elapsed().as_secs_f64() * 1000.0);
+    }
+    all.sort_by(f64::total_cmp);
+    all
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -96,8 +118,10 @@ async fn measure_waits(pool: PgPool) {
         tokio::spawn(async move { worker.run(stop).await })
     };
 
-    // 1. delivery -> next step started, one saga at a time on an idle worker.
+    // 1. delivery -> next step started, one saga at a time on an idle worker; and the part of it
+    // that is the `deliver` call itself.
     let mut latencies = Vec::new();
+    let mut deliver_calls = Vec::new();
     for _ in 0..200 {
         let id = engine
             .start(StartRequest {
@@ -119,6 +143,7 @@ async fn measure_waits(pool: PgPool) {
             .deliver(id, "go", json!({}), "k", "measure")
             .await
             .unwrap();
+        deliver_calls.push((chrono::Utc::now() - sent).num_microseconds().unwrap() as f64 / 1000.0);
         engine.wait(id, Duration::from_secs(10)).await.unwrap();
         let detail = engine.detail(id).await.unwrap().unwrap();
         let started = detail
@@ -130,11 +155,21 @@ async fn measure_waits(pool: PgPool) {
         latencies.push((started - sent).num_microseconds().unwrap() as f64 / 1000.0);
     }
     latencies.sort_by(f64::total_cmp);
+    deliver_calls.sort_by(f64::total_cmp);
+    let commits = commit_latencies(&pool, 200).await;
+    let (p50, commit_p50) = (percentile(&latencies, 0.5), percentile(&commits, 0.5));
     println!(
-        "delivery -> next step started: p50 {:.2} ms, p99 {:.2} ms ({} sagas)",
-        percentile(&latencies, 0.5),
+        "delivery -> next step started: p50 {p50:.2} ms, p99 {:.2} ms ({} sagas); of which the \
+         deliver call: p50 {:.2} ms",
         percentile(&latencies, 0.99),
-        latencies.len()
+        latencies.len(),
+        percentile(&deliver_calls, 0.5),
+    );
+    println!(
+        "one durable commit on this server now: p50 {commit_p50:.2} ms, p99 {:.2} ms; the path \
+         is {:.1} commits' worth (it has three: deliver, claim, step)",
+        percentile(&commits, 0.99),
+        p50 / commit_p50,
     );
 
     // 2. The worker's load with nothing waiting, then with 100,000 waiting sagas.
