@@ -104,6 +104,23 @@ impl Env {
             .unwrap()
     }
 
+    /// The ledger's webhooks once the first one has recorded `attempts` attempts (the sender
+    /// records an attempt after its answer, a little after the receiver saw it).
+    async fn webhooks_after(&self, attempts: u64) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let sent = self.webhooks().await;
+            if sent.first().and_then(|w| w["attempts"].as_u64()) == Some(attempts) {
+                return sent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "attempts never reached {attempts}: {sent:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn webhooks(&self) -> Vec<Value> {
         let ledger: Value = self
             .http
@@ -182,7 +199,7 @@ async fn a_succeeded_payment_is_posted_as_a_stripe_event_signed_with_the_secret(
         "0190a0b0-0000-7000-8000-000000000001"
     );
 
-    let sent = env.webhooks().await;
+    let sent = env.webhooks_after(1).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["id"], event["id"]);
     assert_eq!(sent[0]["delivered"], true);
@@ -215,7 +232,7 @@ async fn an_endpoint_answering_500_gets_the_same_event_again_with_backoff() {
         3,
         "no more after a 200"
     );
-    let sent = env.webhooks().await;
+    let sent = env.webhooks_after(3).await;
     assert_eq!(sent[0]["attempts"], 3);
     assert_eq!(sent[0]["delivered"], true);
 }
@@ -229,7 +246,7 @@ async fn an_endpoint_that_never_answers_2xx_is_given_up_after_six_attempts() {
     until(&inbox, Duration::from_secs(10), |i| i.received.len() >= 6).await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(inbox.lock().unwrap().received.len(), 6);
-    let sent = env.webhooks().await;
+    let sent = env.webhooks_after(6).await;
     assert_eq!(sent[0]["attempts"], 6);
     assert_eq!(sent[0]["delivered"], false);
     assert_eq!(sent[0]["last_status"], 500);
