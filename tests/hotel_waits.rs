@@ -502,3 +502,133 @@ async fn cancelling_a_checkout_that_waits_for_3ds_cancels_the_payment(pool: PgPo
     );
     assert!(objects(&ledger, "refund").is_empty());
 }
+
+/// `stepwise serve` without external services or a secret: its in-process sandbox is wired to
+/// its own `/webhooks/stripe` with a generated secret, so a 3-D Secure checkout completes with
+/// nothing configured.
+#[sqlx::test(migrations = false)]
+async fn stepwise_serve_wires_its_in_process_sandbox_to_its_own_webhook_endpoint(pool: PgPool) {
+    stepwise::app::migrate(&pool).await.unwrap();
+    let db = database_url(&pool).await;
+    let w = World::new(pool).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env("DATABASE_URL", &db)
+        .env("RUST_LOG", "warn")
+        .env_remove("STEPWISE_SANDBOX_URL")
+        .env_remove("STEPWISE_STRIPE_WEBHOOK_SECRET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("stepwise serve: listening on ") {
+                return;
+            }
+        }
+        panic!("stepwise exited before listening");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let id = w
+        .start(
+            "process_guest_checkout",
+            checkout_input("3ds-in-process", GUEST, THREE_DS),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let saga = detail(&w, id).await;
+        if saga.status == SagaStatus::Waiting {
+            break saga.waiting_for.unwrap();
+        }
+        assert!(Instant::now() < deadline, "never waited: {:?}", saga.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let page = waiting["url"].as_str().unwrap();
+    assert!(
+        !page.starts_with(&w.sandbox.base_url()),
+        "the server's own sandbox took the payment: {page}"
+    );
+    guest_authenticates(&w, page, "succeed").await;
+    let done = w.engine.wait(id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(done.status, SagaStatus::Completed);
+    let events = received(&detail(&w, id).await);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["actor"], ACTOR);
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn stepwise_sandbox_takes_its_webhook_endpoint_from_the_command_line() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let alone = run(&[
+        "sandbox",
+        "--addr",
+        "127.0.0.1:0",
+        "--webhook-url",
+        "http://x/hook",
+    ]);
+    assert_eq!(
+        alone.status.code(),
+        Some(2),
+        "the secret is required with the URL"
+    );
+    let bad = run(&[
+        "sandbox",
+        "--addr",
+        "127.0.0.1:0",
+        "--webhook-url",
+        "ftp://x/hook",
+        "--webhook-secret",
+        "whsec_x",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("http://"));
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args([
+            "sandbox",
+            "--addr",
+            "127.0.0.1:0",
+            "--webhook-url",
+            "http://127.0.0.1:9/webhooks/stripe",
+        ])
+        .args(["--webhook-secret", SECRET])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let base = first
+        .strip_prefix("sandbox listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_string();
+    let settings: Value = reqwest::get(format!("{base}/_sandbox/webhooks"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(settings["url"], "http://127.0.0.1:9/webhooks/stripe");
+    assert_eq!(settings["secret_set"], true);
+    child.kill().await.unwrap();
+}
