@@ -119,4 +119,4 @@ pub use skill::{
     Exposure, InputError, Skill, SkillBuilder, SkillError, SkillInput, Step, StepContext,
 };
 pub use store::{PgStore, StartOutcome};
-pub use wait::{DeliverError, Delivery, Wait};
+pub use wait::{DeliverError, Delivery, Received, Wait};

@@ -7,7 +7,7 @@
 
 use crate::error::StepError;
 use crate::retry::RetryPolicy;
-use crate::wait::{Wait, WaitBook};
+use crate::wait::{Received, Wait, WaitBook};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -91,6 +91,13 @@ impl StepContext {
     /// with `?`. At the deadline: the wait's default payload, or the permanent error
     /// `wait_timed_out`. The step must declare the event ([`Step::awaits`]). See [`crate::wait`].
     pub fn await_event(&self, event: &str, wait: Wait) -> Result<Value, StepError> {
+        self.await_delivery(event, wait)
+            .map(|received| received.payload)
+    }
+
+    /// Like [`StepContext::await_event`], but also says who delivered the event and under which
+    /// key (both None when the deadline passed and the wait's default payload was used).
+    pub fn await_delivery(&self, event: &str, wait: Wait) -> Result<Received, StepError> {
         match &self.waits {
             Some(book) => book.await_event(event, &wait),
             None => Err(no_waits_here()),

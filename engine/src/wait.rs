@@ -10,7 +10,7 @@
 //! ```
 //!
 //! `await_event` returns the payload when an event of that name was delivered (oldest first,
-//! one per wait); otherwise it returns an error that suspends the step: pass it on with `?`.
+//! one per wait; `await_delivery` returns it with the delivery's actor and key); otherwise it returns an error that suspends the step: pass it on with `?`.
 //! Suspension is not a failure and costs no retry: the saga becomes `waiting` (no lease,
 //! `wake_at` = the deadline), and when an event is delivered, the deadline passes or the sleep is
 //! over, a worker claims it and runs the same attempt of the action again, from the top; this
@@ -202,7 +202,7 @@ impl WaitBook {
         )
     }
 
-    pub(crate) fn await_event(&self, event: &str, wait: &Wait) -> Result<Value, StepError> {
+    pub(crate) fn await_event(&self, event: &str, wait: &Wait) -> Result<Received, StepError> {
         let mut state = self.state();
         let Some(schema) = state.declared.get(event).cloned() else {
             return Err(StepError::permanent(
@@ -230,7 +230,11 @@ impl WaitBook {
         });
         if let Some(delivery) = found {
             state.taken.push(delivery.id);
-            return Ok(delivery.payload);
+            return Ok(Received {
+                payload: delivery.payload,
+                key: Some(delivery.delivery_key),
+                actor: Some(delivery.actor),
+            });
         }
         if now >= until {
             let (step, attempt) = (state.step.clone(), state.attempt);
@@ -241,7 +245,11 @@ impl WaitBook {
                 ),
             );
             return match &wait.default_payload {
-                Some(payload) => Ok(payload.clone()),
+                Some(payload) => Ok(Received {
+                    payload: payload.clone(),
+                    key: None,
+                    actor: None,
+                }),
                 None => Err(StepError::permanent(
                     "wait_timed_out",
                     format!("no `{event}` event came before {until}"),
@@ -319,6 +327,18 @@ fn next_index(counters: &mut BTreeMap<String, usize>, name: &str) -> usize {
 
 fn suspended() -> StepError {
     StepError::retryable(SUSPENDED, "the step waits (pass this error on with `?`)")
+}
+
+/// What a wait for an event returned ([`StepContext::await_delivery`](crate::StepContext::await_delivery)):
+/// the payload and the delivery it came with, so a step can record who answered (an approval's
+/// approver is the delivery's actor, not the saga's starter).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub payload: Value,
+    /// The delivery key; None when the deadline passed and the wait's default payload was used.
+    pub key: Option<String>,
+    /// Who delivered the event (`Engine::deliver`'s actor); None for a default payload.
+    pub actor: Option<String>,
 }
 
 /// The result of [`Engine::deliver`](crate::Engine::deliver).

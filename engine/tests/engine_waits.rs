@@ -369,6 +369,73 @@ async fn a_wait_with_a_default_payload_goes_on_at_its_deadline(pool: PgPool) {
     assert_eq!(timed_out.detail.as_ref().unwrap()["default_used"], true);
 }
 
+/// A skill whose one step waits for `approval` (or goes on at its deadline with a default)
+/// and records who answered, as an approval step records its approver.
+fn recording_skill() -> stepwise_engine::Skill {
+    stepwise_engine::Skill::builder::<Empty>("recorded", 1, "waits")
+        .step(
+            stepwise_engine::Step::new("ask", |ctx| async move {
+                let received = ctx.await_delivery(
+                    "approval",
+                    stepwise_engine::Wait::within(Duration::from_secs(10))
+                        .answered_by(["manager"])
+                        .default_payload(Some(json!({"approved": false}))),
+                )?;
+                Ok::<_, stepwise_engine::StepError>(json!({
+                    "payload": received.payload,
+                    "actor": received.actor,
+                    "key": received.key,
+                }))
+            })
+            .awaits("approval", json!({"type": "object"})),
+        )
+        .build()
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_step_sees_who_delivered_its_event_and_nobody_for_a_default_payload(pool: PgPool) {
+    migrate(&pool).await;
+    let mut registry = stepwise_engine::Registry::new();
+    registry.register(recording_skill()).unwrap();
+    let clock = ManualClock::starting_now();
+    let engine = Engine::new(
+        stepwise_engine::PgStore::new(pool),
+        std::sync::Arc::new(registry),
+        std::sync::Arc::new(clock.clone()),
+    );
+    let answered = start(&engine, "recorded", json!({}), Some("answered")).await;
+    let unanswered = start(&engine, "recorded", json!({}), Some("unanswered")).await;
+    let w = worker(&engine, "w1");
+    w.run_until_idle().await.unwrap();
+    engine
+        .deliver(
+            answered,
+            "approval",
+            json!({"approved": true}),
+            "k-ann",
+            "manager:ann",
+        )
+        .await
+        .unwrap();
+    w.run_until_idle().await.unwrap();
+    let saga = detail(&engine, answered).await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert_eq!(
+        saga.steps[0].output,
+        Some(json!({"payload": {"approved": true}, "actor": "manager:ann", "key": "k-ann"}))
+    );
+
+    clock.advance(Duration::from_secs(11));
+    w.run_until_idle().await.unwrap();
+    let saga = detail(&engine, unanswered).await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert_eq!(
+        saga.steps[0].output,
+        Some(json!({"payload": {"approved": false}, "actor": null, "key": null}))
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn cancelling_a_waiting_saga_compensates_at_once(pool: PgPool) {
     migrate(&pool).await;
