@@ -11,6 +11,7 @@ use std::sync::Arc;
 use stepwise_engine::{Engine, PgStore, StoreError, SystemClock};
 use stepwise_sandbox::{Sandbox, SandboxHandle};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
+use stepwise_skills::hotel::approval::RefundApproval;
 use stepwise_skills::hotel::{calendar, Hotel};
 use tracing::{debug, warn};
 
@@ -57,6 +58,8 @@ impl App {
             calendar::time_zone_from_env().map_err(|e| CliError::usage(e.to_string()))?;
         let payment_auth_timeout = stepwise_skills::hotel::payment_auth_timeout_from_env()
             .map_err(|e| CliError::usage(e.to_string()))?;
+        let refund_approval =
+            RefundApproval::from_env().map_err(|e| CliError::usage(e.to_string()))?;
         let target = embedded_pg::resolve_database().await?;
         let store = PgStore::connect(&target.url, pool_size).await?;
         migrate(store.pool()).await?;
@@ -64,7 +67,8 @@ impl App {
         let connectors = Connectors::new(&config)
             .map_err(|e| CliError::failed(format!("cannot set up the connectors: {e}")))?;
         let hotel = Hotel::with_time_zone(connectors, store.pool().clone(), time_zone)
-            .with_payment_auth_timeout(payment_auth_timeout);
+            .with_payment_auth_timeout(payment_auth_timeout)
+            .with_refund_approval(refund_approval);
         let registry = stepwise_skills::registry_with_hotel(&hotel)
             .map_err(|e| CliError::failed(format!("built-in skills are inconsistent: {e}")))?;
         Ok(Self {

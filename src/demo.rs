@@ -1,8 +1,9 @@
 //! `stepwise demo`: the story end to end on the embedded default. It migrates, starts an
 //! in-process sandbox for the hotel's external systems and a worker, and runs the Dewy Resort
 //! story (book, check in, a service request, a checkout whose card is declined, a checkout that
-//! succeeds, an urgent maintenance request), then the durability story (retries at persisted
-//! times, a worker killed with SIGKILL), printing every saga's timeline.
+//! succeeds, an urgent maintenance request), the front desk, a checkout that waits for 3-D
+//! Secure, a refund that waits for a manager's approval, then the durability story (retries at
+//! persisted times, a worker killed with SIGKILL), printing every saga's timeline.
 
 use crate::app::{in_process_sandbox_notice, App};
 use crate::exit::CliError;
@@ -125,6 +126,10 @@ async fn story(app: &App) -> Result<(), CliError> {
     };
     let hotel = match hotel {
         Ok(()) => three_d_secure_checkout(app).await,
+        Err(e) => Err(e),
+    };
+    let hotel = match hotel {
+        Ok(()) => refund_approval(app).await,
         Err(e) => Err(e),
     };
     let retried = match hotel {
@@ -370,6 +375,87 @@ async fn three_d_secure_checkout(app: &App) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+/// The seeded guest staying five nights in Penthouse 403: a refund of that stay is above the
+/// default approval threshold.
+const PENTHOUSE_GUEST: &str = "mason.anderson@example.com";
+const APPROVER: &str = "manager:ann@dewy.example";
+
+/// A refund that waits for a manager: a guest checks out, a manager reverses the checkout, and
+/// the refund, above `STEPWISE_REFUND_APPROVAL_CENTS`, waits until another manager approves it
+/// (delivered here as `stepwise sagas send ID approval ... --actor manager:...` would).
+async fn refund_approval(app: &App) -> Result<(), CliError> {
+    let engine = &app.engine;
+    println!("\n━━━━ A refund that needs a manager ━━━━");
+    let checkout = json!({"guest_email": PENTHOUSE_GUEST, "payment_method_id": "pm_card_visa"});
+    let id = start_skill(
+        engine,
+        "process_guest_checkout",
+        checkout,
+        "approval-checkout",
+    )
+    .await?;
+    expect_completed(engine, id, "process_guest_checkout").await?;
+    let charged = engine
+        .detail(id)
+        .await?
+        .and_then(|saga| saga.output)
+        .unwrap_or_default();
+    let number = charged["booking_number"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let amount = charged["amount"].as_i64().unwrap_or_default();
+    show(engine, id, "1. A guest in the Penthouse checks out").await?;
+
+    let reverse = json!({"guest_email": PENTHOUSE_GUEST, "booking_number": number,
+        "reason": "nights already paid by the company"});
+    let id = start_skill(engine, "compensate_checkout", reverse, "approval-reverse").await?;
+    let settings = app.hotel.refund_approval();
+    if !settings.needed_for(amount) {
+        expect_completed(engine, id, "compensate_checkout").await?;
+        return show(
+            engine,
+            id,
+            &format!(
+                "2. A manager reverses it: {} is not above the approval threshold ({} cents), so no approval is needed",
+                stepwise_skills::hotel::records::money(amount),
+                settings.threshold_cents
+            ),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine.saga_statuses(&[id]).await?.get(&id) != Some(&SagaStatus::Waiting) {
+        if Instant::now() > deadline {
+            return Err(CliError::failed(format!(
+                "saga {id} (compensate_checkout) did not wait for an approval"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    show(
+        engine,
+        id,
+        "2. A manager reverses it: the refund waits for another manager (nothing changes meanwhile)",
+    )
+    .await?;
+
+    let answer = json!({"approved": true, "note": "company invoice checked"});
+    let key = format!("demo-approval-{}", Uuid::new_v4().simple());
+    engine
+        .deliver(id, "approval", answer.clone(), &key, APPROVER)
+        .await
+        .map_err(|e| CliError::failed(format!("cannot deliver the approval: {e}")))?;
+    println!("\n$ stepwise sagas send {id} approval --data '{answer}' --actor {APPROVER}");
+    expect_completed(engine, id, "compensate_checkout").await?;
+    show(
+        engine,
+        id,
+        "3. The manager approves: booking and room restored, the refund made, the approver recorded",
+    )
+    .await
 }
 
 async fn query(app: &App, name: &str, input: Value) -> Result<Value, CliError> {

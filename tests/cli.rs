@@ -259,6 +259,27 @@ fn an_unknown_hotel_time_zone_exits_2_naming_the_variable() {
     );
 }
 
+// So is an approval threshold or deadline that does not parse: no worker starts with a
+// refund rule other than the one written.
+#[test]
+fn a_refund_approval_setting_that_does_not_parse_exits_2_naming_the_variable() {
+    for (var, value) in [
+        ("STEPWISE_REFUND_APPROVAL_CENTS", "$500"),
+        ("STEPWISE_REFUND_APPROVAL_TIMEOUT", "tomorrow"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
+            .arg("migrate")
+            .env(var, value)
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("{var}=`{value}`")), "{stderr}");
+    }
+}
+
 #[tokio::test]
 async fn the_sandbox_command_serves_until_sigterm() {
     use std::io::{BufRead, BufReader};

@@ -41,6 +41,7 @@
 //!   input.rs            input rules serde cannot express (emails, names, dates...)
 //!   holds.rs            room holds in our own database (schema `hotel`)
 //!   calendar.rs         the hotel's "today": the engine's clock in STEPWISE_HOTEL_TZ
+//!   approval.rs         which refunds wait for a manager (STEPWISE_REFUND_APPROVAL_*)
 //! ```
 //!
 //! A skill file reads top to bottom as the saga runs: the input type and its checks, the

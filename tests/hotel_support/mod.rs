@@ -14,6 +14,7 @@ use stepwise_engine::{
 };
 use stepwise_sandbox::{Sandbox, SandboxHandle};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
+use stepwise_skills::hotel::approval::RefundApproval;
 use stepwise_skills::hotel::{self, calendar, Hotel};
 use uuid::Uuid;
 
@@ -35,13 +36,40 @@ impl World {
     /// A hotel in `time_zone` (an IANA name, as `STEPWISE_HOTEL_TZ` takes it) whose clock
     /// starts at `now`.
     pub async fn in_time_zone(pool: PgPool, time_zone: &str, now: DateTime<Utc>) -> Self {
-        Self::build(pool, time_zone, now, hotel::DEFAULT_PAYMENT_AUTH_TIMEOUT).await
+        Self::build(
+            pool,
+            time_zone,
+            now,
+            hotel::DEFAULT_PAYMENT_AUTH_TIMEOUT,
+            RefundApproval::default(),
+        )
+        .await
     }
 
     /// A hotel on UTC whose checkouts wait `timeout` for a card authentication (what
     /// `STEPWISE_PAYMENT_AUTH_TIMEOUT` sets).
     pub async fn with_payment_auth_timeout(pool: PgPool, timeout: Duration) -> Self {
-        Self::build(pool, "UTC", chrono::Utc::now(), timeout).await
+        Self::build(
+            pool,
+            "UTC",
+            chrono::Utc::now(),
+            timeout,
+            RefundApproval::default(),
+        )
+        .await
+    }
+
+    /// A hotel on UTC whose refunds wait for a manager as `approval` says (what
+    /// `STEPWISE_REFUND_APPROVAL_CENTS` and `STEPWISE_REFUND_APPROVAL_TIMEOUT` set).
+    pub async fn with_refund_approval(pool: PgPool, approval: RefundApproval) -> Self {
+        Self::build(
+            pool,
+            "UTC",
+            chrono::Utc::now(),
+            hotel::DEFAULT_PAYMENT_AUTH_TIMEOUT,
+            approval,
+        )
+        .await
     }
 
     async fn build(
@@ -49,6 +77,7 @@ impl World {
         time_zone: &str,
         now: DateTime<Utc>,
         payment_auth_timeout: Duration,
+        approval: RefundApproval,
     ) -> Self {
         let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), 7)
             .await
@@ -60,7 +89,8 @@ impl World {
             pool.clone(),
             calendar::parse_time_zone(time_zone).expect("a known time zone"),
         )
-        .with_payment_auth_timeout(payment_auth_timeout);
+        .with_payment_auth_timeout(payment_auth_timeout)
+        .with_refund_approval(approval);
         let registry = stepwise_skills::registry_with_hotel(&hotel).expect("skills register");
         let clock = ManualClock::new(now);
         let engine = Engine::new(

@@ -16,7 +16,7 @@
 //! | `cancel_booking` | cancels a reservation and refunds the deposit per policy | booking restored |
 //! | `check_in_guest` | checks in today's reservation into a vacant room | booking and room restored |
 //! | `process_guest_checkout` | charges the stay (waiting for 3-D Secure if the card needs it), checks out, room to Cleaning, housekeeping case, receipt | charge refunded (or cancelled if it never succeeded), booking and room restored, case closed |
-//! | `compensate_checkout` | reverses a completed checkout: refund and restore | booking and room restored if the refund fails |
+//! | `compensate_checkout` | reverses a completed checkout: refund and restore; a refund above the threshold first waits for a manager's approval ([`approval`]) | booking and room restored if the refund fails |
 //! | `submit_guest_service_request` | opens a case for a staying guest | case closed |
 //! | `submit_maintenance_request` | opens a case; urgent: room to Maintenance and vendor texted | room status restored, case closed |
 //! | `update_room_status` | legal room transitions only (e.g. Cleaning -> Vacant) | status restored |
@@ -25,6 +25,7 @@
 //! Read-only queries (not sagas): `search_rooms`, `search_cases`, `get_booking`,
 //! `list_bookings`.
 
+pub mod approval;
 pub mod calendar;
 mod effects;
 pub mod holds;
@@ -49,8 +50,8 @@ use stepwise_engine::{
     Exposure, Registry, RegistryError, RetryPolicy, Step, StepContext, StepError,
 };
 
-/// What the hotel skills work with: the connectors, our own database (room holds) and the
-/// hotel's time zone.
+/// What the hotel skills work with: the connectors, our own database (room holds), the
+/// hotel's time zone and its refund approval settings.
 #[derive(Debug, Clone)]
 pub struct Hotel {
     pub connectors: Connectors,
@@ -58,6 +59,8 @@ pub struct Hotel {
     time_zone: Tz,
     /// How long a checkout waits for the guest to authenticate a card payment (3-D Secure).
     payment_auth_timeout: Duration,
+    /// Which refunds wait for a manager's approval, and for how long.
+    refund_approval: approval::RefundApproval,
 }
 
 /// The environment variable that sets how long a payment waits for the guest's 3-D Secure
@@ -108,6 +111,7 @@ impl Hotel {
             holds: Holds::new(pool),
             time_zone,
             payment_auth_timeout: DEFAULT_PAYMENT_AUTH_TIMEOUT,
+            refund_approval: approval::RefundApproval::default(),
         })
     }
 
@@ -119,6 +123,13 @@ impl Hotel {
         Arc::new(hotel)
     }
 
+    /// The same hotel with other refund approval settings (see [`approval`]).
+    pub fn with_refund_approval(self: Arc<Self>, settings: approval::RefundApproval) -> Arc<Self> {
+        let mut hotel = Arc::unwrap_or_clone(self);
+        hotel.refund_approval = settings;
+        Arc::new(hotel)
+    }
+
     pub fn time_zone(&self) -> Tz {
         self.time_zone
     }
@@ -126,6 +137,11 @@ impl Hotel {
     /// How long a checkout waits for the guest to authenticate a card payment.
     pub fn payment_auth_timeout(&self) -> Duration {
         self.payment_auth_timeout
+    }
+
+    /// Which refunds wait for a manager's approval, and for how long.
+    pub fn refund_approval(&self) -> approval::RefundApproval {
+        self.refund_approval
     }
 
     /// The hotel's date when the step's attempt started (the engine's clock, in the hotel's

@@ -1,15 +1,17 @@
 //! `compensate_checkout`: a manager reverses a completed checkout (booking reopened, room
-//! given back, payment refunded).
+//! given back, payment refunded). A refund above the approval threshold first waits for another
+//! manager's answer (event `approval`, see [`crate::hotel::approval`]).
 
+use crate::hotel::approval;
 use crate::hotel::effects::payments::{refund, set_payment_status};
 use crate::hotel::records::{self, booking_status, room_status, Booking, Contact, Room};
 use crate::hotel::reversible::{reversible, Change};
-use crate::hotel::{exposure, input, step, undo, Hotel};
+use crate::hotel::{exposure, ext, input, step, undo, Hotel};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use stepwise_engine::{InputError, Skill, SkillError, SkillInput, StepContext, StepError};
+use stepwise_engine::{InputError, Skill, SkillError, SkillInput, StepContext, StepError, Wait};
 
 /// Input of `compensate_checkout`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -42,6 +44,31 @@ struct CompletedCheckout {
     /// The checkout's own payment; None when the deposit covered the stay.
     payment_transaction_id: Option<String>,
     payment_intent_id: Option<String>,
+    /// What the refund gives back (the payment's amount not yet refunded), in cents. Absent
+    /// in outputs recorded before approvals existed.
+    #[serde(default)]
+    refund_amount: Option<i64>,
+    /// The manager's approval, when the refund needed one.
+    #[serde(default)]
+    approval: Option<Approval>,
+}
+
+/// A manager's answer that let the refund go on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Approval {
+    /// The actor who delivered the `approval` event (`manager:...`).
+    approved_by: String,
+    note: Option<String>,
+    /// The delivery key of the answer.
+    key: Option<String>,
+}
+
+/// The payload of event `approval` ([`approval::schema`]).
+#[derive(Debug, Deserialize)]
+struct Answer {
+    approved: bool,
+    #[serde(default)]
+    note: Option<String>,
 }
 
 pub fn compensate_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
@@ -50,10 +77,12 @@ pub fn compensate_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
         1,
         "Reverses a completed checkout for a manager: reopens the booking, gives the guest the \
          room back and refunds the payment; if the refund fails, booking and room are restored \
-         to checked out.",
+         to checked out. A refund above the approval threshold (default $500.00) first waits \
+         for another manager to approve it (event `approval`, {\"approved\": bool, \"note\"?}); \
+         refused or unanswered by the deadline, nothing is changed or refunded.",
     )
     .exposure(exposure::manager().destructive())
-    .step(step(hotel, "find_checkout", find_checkout))
+    .step(step(hotel, "find_checkout", find_checkout).awaits(approval::EVENT, approval::schema()))
     .step(reversible(hotel, "reopen_booking", reopen_booking))
     .step(reversible(hotel, "reoccupy_room", give_room_back))
     .step(undo(
@@ -75,6 +104,7 @@ pub fn compensate_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
             "payment_intent_id": found.get("payment_intent_id"),
             "refund_id": refund.get("refund_id"),
             "refund_amount": refund.get("amount"),
+            "approved_by": found.pointer("/approval/approved_by"),
             "booking_status": booking_status::CHECKED_IN,
             "room_status": room_status::OCCUPIED,
         })
@@ -82,6 +112,10 @@ pub fn compensate_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     .build()
 }
 
+/// Finds the checkout to reverse and, when its refund is above the threshold, waits for a
+/// manager's approval before anything changes. Everything here only reads, so when the answer
+/// comes and the action runs again from the top, the checks see the stay as it is then (a room
+/// given to someone else during the wait still stops the reversal).
 async fn find_checkout(
     hotel: Arc<Hotel>,
     ctx: StepContext,
@@ -119,12 +153,86 @@ async fn find_checkout(
             "Refund the guest without restoring the stay, or move them with upgrade_room",
         ));
     }
-    Ok(CompletedCheckout {
+    let payment_intent_id = payment.as_ref().and_then(|p| p.stripe_id.clone());
+    let refund_amount = match &payment_intent_id {
+        Some(id) => {
+            let intent = hotel.connectors.payments.retrieve(id).await.map_err(ext)?;
+            Some(intent.amount - intent.amount_refunded)
+        }
+        None => None,
+    };
+    let mut found = CompletedCheckout {
         guest,
         booking,
         room,
-        payment_intent_id: payment.as_ref().and_then(|p| p.stripe_id.clone()),
+        payment_intent_id,
         payment_transaction_id: payment.map(|p| p.id),
+        refund_amount,
+        approval: None,
+    };
+    let settings = hotel.refund_approval();
+    if let Some(amount) = refund_amount.filter(|cents| settings.needed_for(*cents)) {
+        found.approval = Some(approve(&ctx, &input, &found, amount, settings)?);
+    }
+    Ok(found)
+}
+
+/// Waits for a manager's answer to a refund of `amount` cents: approved, the answer is kept
+/// with who gave it; refused or unanswered by the deadline, a permanent error (the saga then
+/// ends compensated with nothing changed and nothing refunded).
+fn approve(
+    ctx: &StepContext,
+    input: &CompensateCheckoutInput,
+    c: &CompletedCheckout,
+    amount: i64,
+    settings: approval::RefundApproval,
+) -> Result<Approval, StepError> {
+    let money = records::money(amount);
+    let prompt = format!(
+        "Approve a refund of {money} to {} ({}) for booking {}, room {}? Reason given: {}",
+        c.guest.full_name(),
+        input.guest_email,
+        c.booking.number,
+        c.room.number,
+        input.reason
+    );
+    let wait = Wait::within(settings.timeout)
+        .prompt(prompt)
+        .answered_by([approval::APPROVER_ROLE]);
+    let received = ctx.await_delivery(approval::EVENT, wait).map_err(|error| {
+        if error.code == "wait_timed_out" {
+            StepError::permanent(
+                "refund_approval_expired",
+                format!("refund of {money} expired: {}", error.message),
+            )
+            .with_action(
+                "Nothing was refunded: ask a manager, then call again with a new idempotency_key",
+            )
+        } else {
+            error
+        }
+    })?;
+    let answer: Answer = serde_json::from_value(received.payload).map_err(|e| {
+        StepError::permanent(
+            "invalid_approval",
+            format!("the approval does not parse: {e}"),
+        )
+    })?;
+    let approved_by = received.actor.unwrap_or_default();
+    if !answer.approved {
+        return Err(StepError::permanent(
+            "refund_rejected",
+            format!(
+                "refund of {money} rejected by {approved_by}: {}",
+                answer.note.as_deref().unwrap_or("no reason given")
+            ),
+        )
+        .with_action("Nothing was refunded and the checkout stands: tell the guest"));
+    }
+    Ok(Approval {
+        approved_by,
+        note: answer.note,
+        key: received.key,
     })
 }
 
