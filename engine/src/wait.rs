@@ -236,7 +236,10 @@ impl WaitBook {
                 actor: Some(delivery.actor),
             });
         }
-        if now >= until {
+        // Past the deadline the wait ends now, but only once the stored deliveries were read:
+        // an event delivered in time may be waiting there (a retry that runs after the
+        // deadline). Until then, suspend: the driver reads them and runs the action again.
+        if now >= until && state.deliveries.is_some() {
             let (step, attempt) = (state.step.clone(), state.attempt);
             let default_used = wait.default_payload.is_some();
             state.events.push(

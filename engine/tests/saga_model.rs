@@ -1570,3 +1570,49 @@ async fn a_graceful_shutdown_gives_back_the_attempt_it_began_but_never_ran(pool:
     );
     assert_eq!(saga.steps[1].attempts, 1);
 }
+
+/// Found by the side-by-side model: an event delivered before its wait's deadline belongs to
+/// the wait even when the step's next attempt (after a retryable failure that followed the
+/// delivery) runs after the deadline. That attempt read no deliveries before deciding the
+/// deadline had passed, and failed with `wait_timed_out` ("no event came") and compensated.
+#[sqlx::test(migrations = false)]
+async fn a_retry_after_the_deadline_still_gets_the_event_delivered_in_time(pool: PgPool) {
+    common::migrate(&pool).await;
+    let clock = ManualClock::starting_now();
+    let engine = common::engine_with(pool, clock.clone());
+    let input = json!({"steps": 1, "wait_at": 1, "wait_timeout_ms": 1000, "fail_at": 1,
+                       "fail_kind": "transient", "transient_failures": 1});
+    let id = common::start(&engine, "synthetic_chain", input, None).await;
+    let worker = common::worker(&engine, "w1");
+    worker.run_until_idle().await.unwrap();
+    assert_eq!(
+        common::detail(&engine, id).await.status,
+        SagaStatus::Waiting
+    );
+    engine
+        .deliver(id, "go", json!({"in": "time"}), "k", "test:guest")
+        .await
+        .unwrap();
+    // Attempt 1 takes the event, then fails retryably; its retry comes after the deadline.
+    worker.run_until_idle().await.unwrap();
+    assert_eq!(
+        common::detail(&engine, id).await.status,
+        SagaStatus::Pending
+    );
+    clock.advance(Duration::from_secs(2));
+    worker.run_until_idle().await.unwrap();
+
+    let saga = common::detail(&engine, id).await;
+    assert_eq!(
+        saga.status,
+        SagaStatus::Completed,
+        "{:#?}",
+        common::history(&saga)
+    );
+    assert_eq!(saga.steps[0].attempts, 2);
+    assert_eq!(
+        saga.steps[0].output.as_ref().unwrap()["received"],
+        json!({"in": "time"})
+    );
+    assert!(!common::history(&saga).contains(&"wait_timed_out:step_1".to_string()));
+}

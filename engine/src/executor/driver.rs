@@ -383,9 +383,12 @@ impl Driver {
             if let (Some(event), false) = (&suspension.event_name, book.deliveries_loaded()) {
                 let loaded = self.store.unconsumed_deliveries(run.lease.saga_id).await?;
                 let taken = book.taken();
-                if loaded
-                    .iter()
-                    .any(|d| &d.event == event && !taken.contains(&d.id))
+                // Run again with them when one answers this wait, or when its deadline has
+                // passed: the wait then ends now, with the event if it came, else timed out.
+                if suspension.wake_at <= now
+                    || loaded
+                        .iter()
+                        .any(|d| &d.event == event && !taken.contains(&d.id))
                 {
                     deliveries = Some(loaded);
                     deadlines = book.deadline_map();
