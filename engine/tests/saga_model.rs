@@ -17,8 +17,12 @@
 //! are the attempts the actions were called with and stay within their budgets, and the history
 //! agrees with the final step states.
 //!
-//! `STEPWISE_MODEL_CASES` (default 48) sets the number of cases, `STEPWISE_MODEL_SEED` fixes the
-//! random seed. docs/reliability.md explains what the model checks.
+//! A second property runs two to four scripted sagas side by side under the same workers
+//! (claims of several sagas, group commit), without the faults that stop a whole worker.
+//!
+//! `STEPWISE_MODEL_CASES` (default 48; the side-by-side property runs half as many) sets the
+//! number of cases, `STEPWISE_MODEL_SEED` fixes the random seed. docs/reliability.md explains
+//! what the model checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -599,31 +603,49 @@ fn model_skill(name: &str, shared: &Arc<Shared>) -> Skill {
     builder.build().expect("the model skill builds")
 }
 
+/// One engine and clock for a case: a skill per script, the workers' settings, the faults
+/// signalled by the steps.
 struct Harness {
     engine: Engine,
     clock: ManualClock,
-    shared: Arc<Shared>,
+    /// One per script, with its skill's name.
+    skills: Vec<(Arc<Shared>, String)>,
     signals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Signal>>,
-    skill: String,
+    commit_batch: usize,
     workers: AtomicUsize,
+}
+
+/// What a round asks of the clock, least first: retries and expired leases are due after the
+/// lease, a sleep after its end, an unanswered wait after its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Advance {
+    None,
+    Lease,
+    Sleep,
+    Deadline,
 }
 
 /// Skill names are unique per case, so a case's workers never touch another case's sagas.
 static CASES: AtomicUsize = AtomicUsize::new(0);
 
 impl Harness {
-    fn new(pool: PgPool, script: Script) -> Self {
-        let skill = format!("model_{}", CASES.fetch_add(1, Ordering::Relaxed));
+    fn new(pool: PgPool, scripts: Vec<Script>, commit_batch: usize) -> Self {
+        let case = CASES.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            script,
-            scripted: Mutex::new(None),
-            calls: Mutex::new(Vec::new()),
-            signals: tx,
-            met: Mutex::new(BTreeSet::new()),
-        });
         let mut registry = Registry::new();
-        registry.register(model_skill(&skill, &shared)).unwrap();
+        let mut skills = Vec::new();
+        for (i, script) in scripts.into_iter().enumerate() {
+            let shared = Arc::new(Shared {
+                script,
+                scripted: Mutex::new(None),
+                calls: Mutex::new(Vec::new()),
+                signals: tx.clone(),
+                met: Mutex::new(BTreeSet::new()),
+            });
+            let skill = format!("model_{case}_{i}");
+            registry.register(model_skill(&skill, &shared)).unwrap();
+            skills.push((shared, skill));
+        }
         let clock = ManualClock::starting_now();
         let engine = Engine::new(
             PgStore::new(pool),
@@ -633,16 +655,54 @@ impl Harness {
         Self {
             engine,
             clock,
-            shared,
+            skills,
             signals: tokio::sync::Mutex::new(rx),
-            skill,
+            commit_batch,
             workers: AtomicUsize::new(0),
         }
     }
 
     fn calls(&self, saga: Uuid) -> Vec<Call> {
-        let calls = self.shared.calls.lock().unwrap();
-        calls.iter().filter(|c| c.saga == saga).cloned().collect()
+        let mut found = Vec::new();
+        for (shared, _) in &self.skills {
+            let calls = shared.calls.lock().unwrap();
+            found.extend(calls.iter().filter(|c| c.saga == saga).cloned());
+        }
+        found
+    }
+
+    fn all_calls(&self) -> usize {
+        self.skills
+            .iter()
+            .map(|(shared, _)| shared.calls.lock().unwrap().len())
+            .sum()
+    }
+
+    /// Starts the saga of script `i` (with its early deliveries), twice with one idempotency
+    /// key: the second start returns the first saga.
+    async fn start(&self, i: usize) -> Result<Uuid, TestCaseError> {
+        let shared = &self.skills[i].0;
+        let request = self.start_request(i);
+        let started = self.engine.start(request.clone()).await.unwrap();
+        let id = started.saga.id;
+        let again = self.engine.start(request).await.unwrap();
+        prop_assert!(started.created && !again.created && again.saga.id == id);
+        *shared.scripted.lock().unwrap() = Some(id);
+        for (position, step) in shared.script.steps.iter().enumerate() {
+            if step.wait == Some(WaitPlan::DeliveredEarly) {
+                self.deliver(id, position).await;
+            }
+        }
+        Ok(id)
+    }
+
+    fn start_request(&self, i: usize) -> StartRequest {
+        StartRequest {
+            skill: self.skills[i].1.clone(),
+            input: json!({}),
+            idempotency_key: Some("model".into()),
+            started_by: "test:model".into(),
+        }
     }
 
     /// Runs a new worker until it is idle, acting on the faults its steps signal. A crash
@@ -653,10 +713,10 @@ impl Harness {
             let n = self.workers.fetch_add(1, Ordering::Relaxed);
             let worker = self.engine.worker(WorkerConfig {
                 worker_id: format!("w{n}"),
-                concurrency: 2,
+                concurrency: 4,
                 lease: LEASE,
                 jitter: JitterSource::Fixed(1.0),
-                commit_batch: self.shared.script.commit_batch,
+                commit_batch: self.commit_batch,
                 ..WorkerConfig::default()
             });
             let run = worker.run_until_idle();
@@ -696,65 +756,106 @@ impl Harness {
         self.engine.detail(id).await.unwrap().expect("saga exists")
     }
 
-    /// Drives saga `id` to a terminal state. Between rounds (the pauses of the model) it
-    /// cancels when the script says so, answers or lets time out a wait, or moves the clock past
-    /// retry delays and expired leases; at a terminal state it applies the operator actions of
-    /// the script. Returns the saga and the operator retries made.
+    /// Drives saga `id` to a terminal state; see [`Harness::drive_all`].
     async fn drive_to_terminal(
         &self,
         id: Uuid,
         script: Option<&Script>,
     ) -> Result<(SagaDetail, u32), TestCaseError> {
-        let mut pauses = 0u32;
-        let mut retries = 0u32;
+        let mut done = self.drive_all(&[(id, script)]).await?;
+        Ok(done.remove(0))
+    }
+
+    /// Drives sagas to terminal states, side by side. Between rounds (each saga's pauses in the
+    /// model: a round ended and it is not terminal) it cancels a saga when its script says so,
+    /// answers or lets time out a wait, or moves the clock past retry delays and expired
+    /// leases; at a terminal state it applies the operator actions of the script. A saga
+    /// without a script gets its events and runs to its end. Returns each saga, in order, with
+    /// the operator retries made.
+    async fn drive_all(
+        &self,
+        sagas: &[(Uuid, Option<&Script>)],
+    ) -> Result<Vec<(SagaDetail, u32)>, TestCaseError> {
+        let mut pauses = vec![0u32; sagas.len()];
+        let mut retries = vec![0u32; sagas.len()];
+        let mut done: Vec<Option<SagaDetail>> = vec![None; sagas.len()];
         for _ in 0..MAX_ROUNDS {
             self.drive_once().await;
+            let mut advance = Advance::None;
+            for (i, &(id, script)) in sagas.iter().enumerate() {
+                if done[i].is_some() {
+                    continue;
+                }
+                let saga = self.detail(id).await;
+                if saga.status.is_terminal() {
+                    match script {
+                        Some(script)
+                            if saga.status == SagaStatus::Failed
+                                && retries[i] < script.operator_retries =>
+                        {
+                            retries[i] += 1;
+                            self.engine
+                                .retry(id, &OperatorRequest::new(OPERATOR).reason("scripted"))
+                                .await
+                                .map_err(|e| TestCaseError::fail(format!("operator retry: {e}")))?;
+                        }
+                        _ => done[i] = Some(saga),
+                    }
+                    continue;
+                }
+                pauses[i] += 1;
+                let cancel = script.and_then(|s| s.cancel_at_pause) == Some(pauses[i]);
+                if cancel {
+                    self.engine
+                        .cancel(id, OPERATOR, Some("cancelled at a pause"))
+                        .await
+                        .unwrap();
+                }
+                let needs = match (saga.status, &saga.waiting_for) {
+                    // A cancel makes a waiting saga due at once.
+                    (SagaStatus::Waiting, _) if cancel => Advance::None,
+                    (SagaStatus::Waiting, Some(waiting)) if waiting["event"].is_null() => {
+                        Advance::Sleep
+                    }
+                    (SagaStatus::Waiting, Some(waiting)) => {
+                        let name = waiting["step"].as_str().unwrap_or_default();
+                        let position: usize = name.trim_start_matches('s').parse().unwrap();
+                        let plan = script.and_then(|s| s.steps[position].wait);
+                        if plan == Some(WaitPlan::TimedOut) {
+                            Advance::Deadline
+                        } else {
+                            self.deliver(id, position).await;
+                            Advance::None
+                        }
+                    }
+                    _ => Advance::Lease,
+                };
+                advance = advance.max(needs);
+            }
+            if done.iter().all(Option::is_some) {
+                return Ok(done.into_iter().flatten().zip(retries).collect());
+            }
+            self.clock.advance(match advance {
+                Advance::None => Duration::ZERO,
+                Advance::Lease => LEASE + Duration::from_secs(1),
+                Advance::Sleep => SLEEP + Duration::from_secs(1),
+                Advance::Deadline => WAIT_TIMEOUT * 2,
+            });
+        }
+        let mut stuck = Vec::new();
+        for &(id, _) in sagas {
             let saga = self.detail(id).await;
-            if saga.status.is_terminal() {
-                if let Some(script) = script {
-                    if saga.status == SagaStatus::Failed && retries < script.operator_retries {
-                        retries += 1;
-                        self.engine
-                            .retry(id, &OperatorRequest::new(OPERATOR).reason("scripted"))
-                            .await
-                            .map_err(|e| TestCaseError::fail(format!("operator retry: {e}")))?;
-                        continue;
-                    }
-                }
-                return Ok((saga, retries));
-            }
-            pauses += 1;
-            let cancel = script.and_then(|s| s.cancel_at_pause) == Some(pauses);
-            if cancel {
-                self.engine
-                    .cancel(id, OPERATOR, Some("cancelled at a pause"))
-                    .await
-                    .unwrap();
-            }
-            match (saga.status, &saga.waiting_for) {
-                // A cancel makes a waiting saga due at once.
-                (SagaStatus::Waiting, _) if cancel => {}
-                (SagaStatus::Waiting, Some(waiting)) if waiting["event"].is_null() => {
-                    self.clock.advance(SLEEP + Duration::from_secs(1));
-                }
-                (SagaStatus::Waiting, Some(waiting)) => {
-                    let name = waiting["step"].as_str().unwrap_or_default();
-                    let position: usize = name.trim_start_matches('s').parse().unwrap();
-                    let plan = script.and_then(|s| s.steps[position].wait);
-                    if plan == Some(WaitPlan::TimedOut) {
-                        self.clock.advance(WAIT_TIMEOUT * 2);
-                    } else {
-                        self.deliver(id, position).await;
-                    }
-                }
-                _ => self.clock.advance(LEASE + Duration::from_secs(1)),
+            if !saga.status.is_terminal() {
+                stuck.push(format!(
+                    "{id} {:?}: {:#?}",
+                    saga.status,
+                    common::history(&saga)
+                ));
             }
         }
-        let saga = self.detail(id).await;
         Err(TestCaseError::fail(format!(
-            "saga not terminal after {MAX_ROUNDS} rounds: {:?}\n{:#?}",
-            saga.status,
-            common::history(&saga)
+            "sagas not terminal after {MAX_ROUNDS} rounds: {}",
+            stuck.join("\n")
         )))
     }
 
@@ -1090,65 +1191,77 @@ fn check_model(saga: &SagaDetail, retries: u32, expected: &Expected) -> Result<(
     Ok(())
 }
 
-async fn run_case(pool: PgPool, script: Script) -> Result<(), TestCaseError> {
-    let h = Harness::new(pool, script.clone());
-    let request = StartRequest {
-        skill: h.skill.clone(),
-        input: json!({}),
-        idempotency_key: Some("model".into()),
-        started_by: "test:model".into(),
-    };
-    let started = h.engine.start(request.clone()).await.unwrap();
-    let id = started.saga.id;
-    // Starting again with the same key is the same saga.
-    let again = h.engine.start(request.clone()).await.unwrap();
-    prop_assert!(started.created && !again.created && again.saga.id == id);
-    *h.shared.scripted.lock().unwrap() = Some(id);
-    for (position, step) in script.steps.iter().enumerate() {
-        if step.wait == Some(WaitPlan::DeliveredEarly) {
-            h.deliver(id, position).await;
-        }
+/// Runs `scripts` side by side, a saga each, to their ends; checks each against the model and
+/// the invariants, restarts the compensated ones whose script says so, and checks that the
+/// ends are final.
+async fn run_case(
+    pool: PgPool,
+    scripts: Vec<Script>,
+    commit_batch: usize,
+    coverage: &Coverage,
+) -> Result<(), TestCaseError> {
+    let h = Harness::new(pool, scripts.clone(), commit_batch);
+    let mut ids = Vec::new();
+    for i in 0..scripts.len() {
+        ids.push(h.start(i).await?);
     }
-    let compensable: Vec<bool> = script.steps.iter().map(|s| s.compensable).collect();
+    let plan: Vec<(Uuid, Option<&Script>)> = ids
+        .iter()
+        .zip(&scripts)
+        .map(|(id, s)| (*id, Some(s)))
+        .collect();
+    let results = h.drive_all(&plan).await?;
 
-    let (saga, retries) = h.drive_to_terminal(id, Some(&script)).await?;
-    check_invariants(
-        &saga,
-        &h.calls(id),
-        &compensable,
-        script.max_attempts,
-        script.compensation_max_attempts * (1 + retries),
-    )?;
-    check_model(&saga, retries, &expect(&script))?;
+    let mut finished = Vec::new();
+    let mut replays = Vec::new();
+    for (i, (saga, retries)) in results.into_iter().enumerate() {
+        let (id, script) = (ids[i], &scripts[i]);
+        let compensable: Vec<bool> = script.steps.iter().map(|s| s.compensable).collect();
+        check_invariants(
+            &saga,
+            &h.calls(id),
+            &compensable,
+            script.max_attempts,
+            script.compensation_max_attempts * (1 + retries),
+        )?;
+        check_model(&saga, retries, &expect(script))?;
+        let restart = saga.status == SagaStatus::Compensated && script.restart_if_compensated;
+        note_coverage(coverage, &h, i, &saga, retries, restart);
+        if restart {
+            let replay = h
+                .engine
+                .restart(id, &OperatorRequest::new(OPERATOR).reason("scripted"))
+                .await
+                .map_err(|e| TestCaseError::fail(format!("restart: {e}")))?;
+            replays.push((i, replay.id));
+        }
+        finished.push((id, saga));
+    }
 
-    let mut finished = vec![(id, saga)];
-    if finished[0].1.status == SagaStatus::Compensated && script.restart_if_compensated {
-        // A restart is a new saga, linked to the original, which only gains the record of it.
-        let replay = h
-            .engine
-            .restart(id, &OperatorRequest::new(OPERATOR).reason("scripted"))
-            .await
-            .map_err(|e| TestCaseError::fail(format!("restart: {e}")))?;
-        let (again, _) = h.drive_to_terminal(replay.id, None).await?;
+    // A restart is a new saga, linked to the original, which only gains the record of it.
+    let plan: Vec<(Uuid, Option<&Script>)> = replays.iter().map(|(_, id)| (*id, None)).collect();
+    let again = h.drive_all(&plan).await?;
+    for (&(i, replay), (again, _)) in replays.iter().zip(again) {
+        let script = &scripts[i];
         prop_assert_eq!(again.status, SagaStatus::Completed);
-        prop_assert_eq!(again.replay_of, Some(id));
+        prop_assert_eq!(again.replay_of, Some(ids[i]));
         prop_assert!(again.steps.iter().all(|s| s.attempts == 1));
+        let compensable: Vec<bool> = script.steps.iter().map(|s| s.compensable).collect();
         check_invariants(
             &again,
-            &h.calls(replay.id),
+            &h.calls(replay),
             &compensable,
             script.max_attempts,
             script.compensation_max_attempts,
         )?;
-        let original = h.detail(id).await;
-        let before = finished[0].1.events.len();
+        let original = h.detail(ids[i]).await;
+        let before = finished[i].1.events.len();
         prop_assert_eq!(original.events.len(), before + 1);
         prop_assert_eq!(original.events[before].kind, EventKind::OperatorRestart);
         prop_assert_eq!(original.status, SagaStatus::Compensated);
-        finished = vec![(id, original), (replay.id, again)];
+        finished[i].1 = original;
+        finished.push((replay, again));
     }
-
-    note_coverage(&h, &finished[0].1, retries, finished.len() > 1);
 
     // A terminal saga takes no cancel and no event, and a start with its key returns it.
     for (id, _) in &finished {
@@ -1158,26 +1271,34 @@ async fn run_case(pool: PgPool, script: Script) -> Result<(), TestCaseError> {
             .await
             .unwrap());
     }
-    if let Some(position) = script
-        .steps
-        .iter()
-        .position(|s| s.wait.is_some_and(|w| w != WaitPlan::Sleep))
-    {
-        let late = h
-            .engine
-            .deliver(id, &event_name(position), json!({}), "late", "test:model")
-            .await;
-        prop_assert!(
-            matches!(late, Err(stepwise_engine::DeliverError::Terminal { .. })),
-            "{:?}",
-            late
-        );
+    for (i, script) in scripts.iter().enumerate() {
+        if let Some(position) = script
+            .steps
+            .iter()
+            .position(|s| s.wait.is_some_and(|w| w != WaitPlan::Sleep))
+        {
+            let late = h
+                .engine
+                .deliver(
+                    ids[i],
+                    &event_name(position),
+                    json!({}),
+                    "late",
+                    "test:model",
+                )
+                .await;
+            prop_assert!(
+                matches!(late, Err(stepwise_engine::DeliverError::Terminal { .. })),
+                "{:?}",
+                late
+            );
+        }
+        let again = h.engine.start(h.start_request(i)).await.unwrap();
+        prop_assert!(!again.created && again.saga.id == ids[i]);
     }
-    let again = h.engine.start(request).await.unwrap();
-    prop_assert!(!again.created && again.saga.id == id);
 
     // Terminal states are final: much later, another worker finds nothing to do.
-    let calls_before = h.shared.calls.lock().unwrap().len();
+    let calls_before = h.all_calls();
     h.clock.advance(WAIT_TIMEOUT * 3);
     h.drive_once().await;
     for (id, saga) in &finished {
@@ -1185,16 +1306,31 @@ async fn run_case(pool: PgPool, script: Script) -> Result<(), TestCaseError> {
         prop_assert_eq!(now.status, saga.status);
         prop_assert_eq!(now.events.len(), saga.events.len(), "saga {} moved", id);
     }
-    prop_assert_eq!(h.shared.calls.lock().unwrap().len(), calls_before);
+    prop_assert_eq!(h.all_calls(), calls_before);
     Ok(())
 }
 
-/// How often each final status, fault and operator action came up, over every case run.
-static COVERAGE: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+/// How often each final status, fault and operator action came up, over the cases of a run.
+type Coverage = Mutex<BTreeMap<String, usize>>;
 
-fn note_coverage(h: &Harness, saga: &SagaDetail, retries: u32, restarted: bool) {
+fn note_coverage(
+    coverage: &Coverage,
+    h: &Harness,
+    i: usize,
+    saga: &SagaDetail,
+    retries: u32,
+    restarted: bool,
+) {
     let mut seen: Vec<String> = vec![format!("status_{}", saga.status)];
-    seen.extend(h.shared.met.lock().unwrap().iter().map(|f| f.to_string()));
+    seen.extend(
+        h.skills[i]
+            .0
+            .met
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| f.to_string()),
+    );
     for (kind, label) in [
         (EventKind::WaitStarted, "wait_started"),
         (EventKind::WaitTimedOut, "wait_timed_out"),
@@ -1213,7 +1349,7 @@ fn note_coverage(h: &Harness, saga: &SagaDetail, retries: u32, restarted: bool) 
     if restarted {
         seen.push("operator_restart".into());
     }
-    let mut coverage = COVERAGE.lock().unwrap();
+    let mut coverage = coverage.lock().unwrap();
     for label in seen {
         *coverage.entry(label).or_default() += 1;
     }
@@ -1223,9 +1359,16 @@ fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Runs `script` cases on a runtime of their own (the test's runtime waits meanwhile), each in
-/// a fresh pool of the test's database.
-async fn run_model(pool: PgPool, cases: u32) {
+/// Runs `cases` cases of `strategy` on a runtime of their own (the test's runtime waits
+/// meanwhile), in a pool of their own on the test's database.
+async fn run_model(
+    pool: PgPool,
+    name: &str,
+    cases: u32,
+    strategy: fn() -> BoxedStrategy<Vec<Script>>,
+) {
+    let coverage = Arc::new(Coverage::default());
+    let seen = coverage.clone();
     let options = (*pool.connect_options()).clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1247,8 +1390,9 @@ async fn run_model(pool: PgPool, cases: u32) {
             ..Config::default()
         };
         let mut runner = TestRunner::new(config);
-        let result = runner.run(&script(), |script| {
-            runtime.block_on(run_case(pool.clone(), script))
+        let result = runner.run(&strategy(), |scripts| {
+            let commit_batch = scripts[0].commit_batch;
+            runtime.block_on(run_case(pool.clone(), scripts, commit_batch, &seen))
         });
         runtime.block_on(pool.close());
         result
@@ -1256,8 +1400,8 @@ async fn run_model(pool: PgPool, cases: u32) {
     .await
     .unwrap();
     eprintln!(
-        "saga model, {cases} cases; sagas per final status, fault and action: {:?}",
-        COVERAGE.lock().unwrap()
+        "{name}, {cases} cases; sagas per final status, fault and action: {:?}",
+        coverage.lock().unwrap()
     );
     if let Err(failure) = outcome {
         panic!("{failure}");
@@ -1268,7 +1412,52 @@ async fn run_model(pool: PgPool, cases: u32) {
 async fn sagas_follow_the_model_under_generated_outcomes_faults_and_operator_actions(pool: PgPool) {
     common::migrate(&pool).await;
     let cases = env_number("STEPWISE_MODEL_CASES").unwrap_or(48) as u32;
-    run_model(pool, cases).await;
+    run_model(pool, "one saga at a time", cases, || {
+        script().prop_map(|script| vec![script]).boxed()
+    })
+    .await;
+}
+
+/// A crash or a lost lease stops every saga its worker holds, which the model of one saga does
+/// not know: side by side, those attempts fail or return at once instead.
+fn without_worker_faults(outcome: Outcome) -> Outcome {
+    let of = |basic| match basic {
+        Basic::Ok => Outcome::Ok,
+        Basic::Retryable => Outcome::Retryable,
+        Basic::Permanent => Outcome::Permanent,
+    };
+    match outcome {
+        Outcome::Crash => Outcome::Retryable,
+        Outcome::LeaseLost(then) => of(then),
+        other => other,
+    }
+}
+
+/// Two to four sagas, each with its own script and skill, run by the same workers: claims take
+/// several at once and group commit (`commit_batch` 4) puts their steps in one transaction.
+#[sqlx::test(migrations = false)]
+async fn sagas_side_by_side_each_follow_the_model(pool: PgPool) {
+    common::migrate(&pool).await;
+    let cases = env_number("STEPWISE_MODEL_CASES").unwrap_or(48) as u32 / 2;
+    run_model(pool, "sagas side by side", cases.max(1), || {
+        (
+            prop::collection::vec(script(), 2..=4),
+            prop_oneof![Just(1usize), Just(4usize)],
+        )
+            .prop_map(|(mut scripts, commit_batch)| {
+                for script in &mut scripts {
+                    script.commit_batch = commit_batch;
+                    for step in &mut script.steps {
+                        for outcome in step.attempts.iter_mut().chain(&mut step.compensations) {
+                            *outcome = without_worker_faults(*outcome);
+                        }
+                    }
+                }
+                scripts
+            })
+            .boxed()
+    })
+    .await;
 }
 
 /// The scripts are what a reader sees when a case fails: check that the model itself agrees
@@ -1335,7 +1524,14 @@ async fn run_script(pool: PgPool, script: Script) {
         .connect_with(options)
         .await
         .unwrap();
-    let result = run_case(pool.clone(), script.clone()).await;
+    let coverage = Coverage::default();
+    let result = run_case(
+        pool.clone(),
+        vec![script.clone()],
+        script.commit_batch,
+        &coverage,
+    )
+    .await;
     pool.close().await;
     if let Err(e) = result {
         panic!("{script:#?}\n{e}");
@@ -1405,20 +1601,8 @@ async fn the_invariants_reject_doctored_sagas(pool: PgPool) {
         restart_if_compensated: false,
         commit_batch: 1,
     };
-    let h = Harness::new(pool, script.clone());
-    let id = h
-        .engine
-        .start(StartRequest {
-            skill: h.skill.clone(),
-            input: json!({}),
-            idempotency_key: None,
-            started_by: "test:model".into(),
-        })
-        .await
-        .unwrap()
-        .saga
-        .id;
-    *h.shared.scripted.lock().unwrap() = Some(id);
+    let h = Harness::new(pool, vec![script.clone()], 1);
+    let id = h.start(0).await.unwrap();
     let (saga, _) = h.drive_to_terminal(id, Some(&script)).await.unwrap();
     let calls = h.calls(id);
     let check = |saga: &SagaDetail, calls: &[Call]| {
