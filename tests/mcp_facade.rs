@@ -45,13 +45,20 @@ async fn tools_list_shows_each_role_only_its_tools(pool: PgPool) {
             "find_notes",
             "get_saga_status",
             "guest_note",
-            "list_sagas"
+            "list_sagas",
+            "provide_input"
         ])
     );
     let staff = connect(&h.facade, "staff:frontdesk").await;
     assert_eq!(
         tool_names(&staff).await,
-        set(&["find_notes", "get_saga_status", "guest_note", "list_sagas"])
+        set(&[
+            "find_notes",
+            "get_saga_status",
+            "guest_note",
+            "list_sagas",
+            "provide_input"
+        ])
     );
     let manager = connect(&h.facade, "manager:mia").await;
     assert_eq!(
@@ -62,6 +69,7 @@ async fn tools_list_shows_each_role_only_its_tools(pool: PgPool) {
             "get_saga_status",
             "guest_note",
             "list_sagas",
+            "provide_input",
             "risky_refund"
         ])
     );

@@ -140,14 +140,16 @@ async fn a_catalog_of_its_own_roles_is_served_end_to_end(pool: PgPool) {
     let librarian = connect(&h.facade, "librarian:lee").await;
     let volunteer = connect(&h.facade, "volunteer:val").await;
     let operator = connect(&h.facade, "operator:local").await;
-    let status_and_list = ["get_saga_status", "list_sagas"];
+    // Every role sees status, list and provide_input (who may answer is decided per wait).
+    let status_and_list = ["get_saga_status", "list_sagas", "provide_input"];
     assert_eq!(
         tool_names(&ana).await,
         set(&[
             "borrow_book",
             "cancel_saga",
             status_and_list[0],
-            status_and_list[1]
+            status_and_list[1],
+            status_and_list[2]
         ])
     );
     assert_eq!(
@@ -156,7 +158,8 @@ async fn a_catalog_of_its_own_roles_is_served_end_to_end(pool: PgPool) {
             "borrow_book",
             "cancel_saga",
             status_and_list[0],
-            status_and_list[1]
+            status_and_list[1],
+            status_and_list[2]
         ])
     );
     assert_eq!(tool_names(&volunteer).await, set(&status_and_list));
@@ -168,6 +171,7 @@ async fn a_catalog_of_its_own_roles_is_served_end_to_end(pool: PgPool) {
             "fork_saga",
             "get_saga_status",
             "list_sagas",
+            "provide_input",
             "restart_saga",
             "retry_saga"
         ])

@@ -31,6 +31,7 @@
 //! | [`server`] | the rmcp `ServerHandler`: dispatch, skill and query calls, control tools, resources (`saga://{id}`), tasks |
 //! | [`results`] | the saga result and tool errors (what was undone, what to do) |
 //! | [`tasks`] | the MCP tasks extension mapped onto sagas (read from PostgreSQL) |
+//! | [`input`] | waits for input shown to agents: elicitations, who may answer, wait handles |
 //! | [`audit`] | the append-only audit of every call |
 //! | [`store`] | every SQL statement of the facade: tokens (only SHA-256 stored), audit rows |
 //! | [`http`] | streamable HTTP at `/mcp` with bearer auth, `/metrics` |
@@ -39,6 +40,7 @@
 pub mod audit;
 pub mod auth;
 pub mod http;
+pub mod input;
 pub mod results;
 pub mod schema;
 pub mod server;

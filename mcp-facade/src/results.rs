@@ -189,8 +189,32 @@ pub fn saga_report(detail: &SagaDetail) -> SagaReport {
                 Some(event) => format!("event `{event}`"),
                 None => "a time".to_string(),
             };
+            let how = match (waiting["event"].as_str(), waiting["url"].as_str()) {
+                (Some(_), Some(url)) => {
+                    format!(" The answer is given at {url}; the saga goes on by itself once it is.")
+                }
+                (Some(event), None) => {
+                    let who = match waiting["roles"].as_array() {
+                        Some(roles) if !roles.is_empty() => format!(
+                            "a member of {}",
+                            roles
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(" or ")
+                        ),
+                        _ => "the person who started it".to_string(),
+                    };
+                    format!(
+                        " Ask {who}, then give the answer with provide_input (saga_id {}, event \
+                         `{event}`, data matching waiting_for.schema).",
+                        detail.id
+                    )
+                }
+                _ => String::new(),
+            };
             let text = format!(
-                "{head} is waiting for {what} until {} ({steps_done}/{steps_total} steps done).{}",
+                "{head} is waiting for {what} until {} ({steps_done}/{steps_total} steps done).{}{how}",
                 waiting["until"].as_str().unwrap_or("?"),
                 waiting["prompt"]
                     .as_str()
@@ -298,7 +322,20 @@ pub fn saga_output_schema(skill_output: Option<&Map<String, Value>>) -> Map<Stri
         "type": "object",
         "properties": {
             "saga_id": {"type": "string", "format": "uuid", "description": "The saga's id (also the task id)."},
-            "status": {"type": "string", "enum": ["pending", "running", "compensating", "completed", "compensated", "failed"]},
+            "status": {"type": "string", "enum": ["pending", "running", "waiting", "compensating", "completed", "compensated", "failed"]},
+            "waiting_for": {
+                "type": ["object", "null"],
+                "description": "While `waiting`: what the saga waits for (`event`, null for a time), until when (`until`), the question (`prompt`), the answer's JSON Schema (`schema`), the page where it is given (`url`), who may give it (`roles`; empty: who started the saga). Answer with provide_input.",
+                "properties": {
+                    "step": {"type": "string"},
+                    "event": {"type": ["string", "null"]},
+                    "until": {"type": "string"},
+                    "prompt": {"type": ["string", "null"]},
+                    "schema": {},
+                    "url": {"type": ["string", "null"]},
+                    "roles": {"type": "array", "items": {"type": "string"}}
+                }
+            },
             "skill": {"type": "string"},
             "output": output,
             "error": {

@@ -26,16 +26,18 @@ pub enum Control {
     RetrySaga,
     RestartSaga,
     ForkSaga,
+    ProvideInput,
 }
 
 impl Control {
-    pub const ALL: [Control; 6] = [
+    pub const ALL: [Control; 7] = [
         Control::GetSagaStatus,
         Control::ListSagas,
         Control::CancelSaga,
         Control::RetrySaga,
         Control::RestartSaga,
         Control::ForkSaga,
+        Control::ProvideInput,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +48,7 @@ impl Control {
             Control::RetrySaga => "retry_saga",
             Control::RestartSaga => "restart_saga",
             Control::ForkSaga => "fork_saga",
+            Control::ProvideInput => "provide_input",
         }
     }
 
@@ -54,7 +57,8 @@ impl Control {
     /// replays for roles that may replay.
     pub fn allows(self, role: &Role) -> bool {
         match self {
-            Control::GetSagaStatus | Control::ListSagas => true,
+            // Who may answer a wait is decided per wait (docs/mcp.md, "Input").
+            Control::GetSagaStatus | Control::ListSagas | Control::ProvideInput => true,
             Control::CancelSaga => role.can_cancel(),
             Control::RetrySaga | Control::RestartSaga | Control::ForkSaga => role.can_replay(),
         }
@@ -84,7 +88,7 @@ impl Control {
                 json!({
                     "type": "object",
                     "properties": {
-                        "status": {"type": "string", "enum": ["pending", "running", "compensating", "completed", "compensated", "failed"], "description": "Only sagas in this status."},
+                        "status": {"type": "string", "enum": ["pending", "running", "waiting", "compensating", "completed", "compensated", "failed"], "description": "Only sagas in this status."},
                         "skill": {"type": "string", "description": "Only sagas of this skill (tool name)."},
                         "limit": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20, "description": "At most this many sagas."}
                     },
@@ -160,6 +164,40 @@ impl Control {
                     .destructive(false)
                     .idempotent(false)
                     .open_world(true),
+            ),
+            Control::ProvideInput => (
+                "Gives a saga the input it waits for (status `waiting`, see `waiting_for`): the \
+                 answer of the person asked (an approval, a confirmation) as `data` matching \
+                 `waiting_for.schema`. Only who the wait names may answer: the person who started \
+                 the saga, or the roles in `waiting_for.roles`. Then waits a bounded time and \
+                 reports the saga.",
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "saga_id": {"type": "string", "format": "uuid", "description": "The waiting saga."},
+                        "event": {"type": "string", "minLength": 1, "description": "What it waits for: `waiting_for.event`."},
+                        "data": {"type": "object", "description": "The answer, matching `waiting_for.schema`.", "default": {}},
+                        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200, "description": "A new key for each answer; reuse it only to repeat the same answer."}
+                    },
+                    "required": ["saga_id", "event", "idempotency_key"],
+                    "additionalProperties": false
+                }),
+                {
+                    let mut schema = status_output_schema();
+                    if let Some(Value::Object(props)) = schema.get_mut("properties") {
+                        props.insert("input".into(), json!({
+                            "type": "object",
+                            "description": "The answer delivered: its event, key, and whether it repeated an earlier one.",
+                            "properties": {"event": {"type": "string"}, "idempotency_key": {"type": "string"}, "duplicate": {"type": "boolean"}}
+                        }));
+                    }
+                    Value::Object(schema)
+                },
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(false)
+                    .idempotent(true)
+                    .open_world(false),
             ),
         };
         let description = match (self, role.saga_scope()) {

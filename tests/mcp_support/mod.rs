@@ -3,10 +3,13 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    ProgressNotificationParam,
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ElicitRequestParams,
+    ElicitResult, ElicitationAction, ElicitationCapability, FormElicitationCapability,
+    Implementation, ProgressNotificationParam, ProtocolVersion, UrlElicitationCapability,
 };
-use rmcp::service::{NotificationContext, RunningService};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, NotificationContext, RequestContext, RunningService,
+};
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -16,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stepwise_engine::{
     Engine, Exposure, InputError, PgStore, Query, Registry, Skill, SkillInput, Step, StepError,
-    SystemClock, WorkerConfig,
+    SystemClock, Wait, WorkerConfig,
 };
 use stepwise_mcp::{Facade, Principal, StepwiseServer};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +72,123 @@ impl SkillInput for FindNotesInput {}
 pub struct FindNotesOutput {
     pub guest_email: String,
     pub notes: Vec<String>,
+}
+
+/// Input of the test skill `confirm_stay`: a guest confirms (the saga waits for `confirmed`
+/// from the guest who started it, on a page at `url` when given).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmInput {
+    /// The guest who confirms.
+    pub guest_email: String,
+    /// Where the guest confirms, if outside the conversation.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl SkillInput for ConfirmInput {}
+
+/// Input of the test skill `large_refund`: a refund that waits for a manager's `approval`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LargeRefundInput {
+    /// Whose refund.
+    pub guest_email: String,
+    /// Amount in cents.
+    pub amount_cents: u32,
+}
+
+impl SkillInput for LargeRefundInput {}
+
+/// The payload schema of `confirmed`.
+pub fn confirmed_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"ok": {"type": "boolean", "description": "Whether the guest confirms."}},
+        "required": ["ok"],
+        "additionalProperties": false
+    })
+}
+
+/// The payload schema of `approval`.
+pub fn approval_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "approved": {"type": "boolean", "description": "Whether the refund is approved."},
+            "note": {"type": "string", "description": "Why, for the guest."}
+        },
+        "required": ["approved"],
+        "additionalProperties": false
+    })
+}
+
+/// The skills of the input tests: `confirm_stay` (the owner answers) and `large_refund` (a
+/// manager answers), both callable by guests for themselves, staff and managers.
+fn register_waiting_skills(registry: &mut Registry) {
+    let confirm = Skill::builder::<ConfirmInput>(
+        "confirm_stay",
+        1,
+        "Asks the guest to confirm the stay, then records it.",
+    )
+    .exposure(Exposure::roles(&["staff", "manager"]).self_service(&["guest"], "guest_email"))
+    .step(
+        Step::new("confirm", |ctx| async move {
+            let input: ConfirmInput = ctx.input()?;
+            let mut wait =
+                Wait::within(Duration::from_secs(60)).prompt("Do you confirm your stay?");
+            if let Some(url) = input.url {
+                wait = wait.url(url);
+            }
+            let answer = ctx.await_event("confirmed", wait)?;
+            if answer["ok"] != json!(true) {
+                return Err(StepError::permanent(
+                    "not_confirmed",
+                    "the guest did not confirm",
+                ));
+            }
+            Ok(json!({"confirmed": answer}))
+        })
+        .awaits("confirmed", confirmed_schema()),
+    )
+    .build()
+    .unwrap();
+    registry.register(confirm).unwrap();
+    let refund = Skill::builder::<LargeRefundInput>(
+        "large_refund",
+        1,
+        "Refunds a guest once a manager approves.",
+    )
+    .exposure(Exposure::roles(&["staff", "manager"]).self_service(&["guest"], "guest_email"))
+    .step(
+        Step::new("approval", |ctx| async move {
+            let input: LargeRefundInput = ctx.input()?;
+            let answer = ctx.await_event(
+                "approval",
+                Wait::within(Duration::from_secs(60))
+                    .prompt(format!(
+                        "Approve a refund of {} cents to {}?",
+                        input.amount_cents, input.guest_email
+                    ))
+                    .answered_by(["manager"]),
+            )?;
+            if answer["approved"] != json!(true) {
+                return Err(StepError::permanent(
+                    "refund_rejected",
+                    "a manager rejected the refund",
+                ));
+            }
+            Ok(json!({"approval": answer}))
+        })
+        .awaits("approval", approval_schema()),
+    )
+    .step(Step::new("refund", |ctx| async move {
+        let input: LargeRefundInput = ctx.input()?;
+        Ok(json!({"refunded_cents": input.amount_cents}))
+    }))
+    .build()
+    .unwrap();
+    registry.register(refund).unwrap();
 }
 
 /// The diagnostic skill, the hotel's roles, and the test skills and queries that name them.
@@ -128,6 +248,13 @@ pub fn test_registry() -> Registry {
     registry
 }
 
+/// [`test_registry`] plus the skills that wait for input (`confirm_stay`, `large_refund`).
+pub fn input_registry() -> Registry {
+    let mut registry = test_registry();
+    register_waiting_skills(&mut registry);
+    registry
+}
+
 pub struct Harness {
     pub engine: Engine,
     pub facade: Arc<Facade>,
@@ -167,21 +294,57 @@ pub fn harness_with(pool: PgPool, wait: Duration, registry: Registry) -> Harness
     }
 }
 
-/// Records progress notifications.
+/// Records progress notifications; declares tasks and answers elicitations when asked to.
 #[derive(Clone, Default)]
 pub struct TestClient {
     pub tasks: bool,
     pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    /// Declares the elicitation capability (form and URL) and answers every elicitation with
+    /// this result.
+    pub elicit: Option<ElicitResult>,
+    /// The elicitations received.
+    pub elicited: Arc<Mutex<Vec<ElicitRequestParams>>>,
+}
+
+impl TestClient {
+    /// A client that accepts every elicitation with `content` (none for a URL).
+    pub fn accepting(content: Option<Value>) -> Self {
+        let mut result = ElicitResult::new(ElicitationAction::Accept);
+        result.content = content;
+        Self {
+            elicit: Some(result),
+            ..Self::default()
+        }
+    }
 }
 
 impl ClientHandler for TestClient {
     fn get_info(&self) -> ClientConfig {
-        let capabilities = if self.tasks {
+        let mut capabilities = if self.tasks {
             ClientCapabilities::builder().enable_tasks().build()
         } else {
             ClientCapabilities::default()
         };
+        if self.elicit.is_some() {
+            capabilities.elicitation = Some(
+                ElicitationCapability::new()
+                    .with_form(FormElicitationCapability::default())
+                    .with_url(UrlElicitationCapability::new()),
+            );
+        }
         ClientConfig::new(capabilities, Implementation::new("stepwise-tests", "0"))
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, rmcp::ErrorData> {
+        self.elicited.lock().unwrap().push(request);
+        Ok(self
+            .elicit
+            .clone()
+            .unwrap_or_else(|| ElicitResult::new(ElicitationAction::Decline)))
     }
 
     async fn on_progress(
@@ -206,6 +369,28 @@ pub async fn connect_with(facade: &Arc<Facade>, principal: &str, handler: TestCl
         }
     });
     handler.serve(client_io).await.unwrap()
+}
+
+/// Like [`connect_with`], but the client speaks protocol 2026-07-28 (`server/discover`, no
+/// `initialize`), where a server asks for input with `InputRequiredResult` (MRTR).
+pub async fn connect_modern(facade: &Arc<Facade>, principal: &str, handler: TestClient) -> Client {
+    let principal: Principal = facade.principal(principal).unwrap();
+    let (server_io, client_io) = tokio::io::duplex(1 << 20);
+    let server = StepwiseServer::with_principal(facade.clone(), principal);
+    tokio::spawn(async move {
+        if let Ok(running) = server.serve(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    handler
+        .serve_with_lifecycle(
+            client_io,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap()
 }
 
 pub async fn connect(facade: &Arc<Facade>, principal: &str) -> Client {

@@ -9,6 +9,7 @@ impl StepwiseServer {
         skill: Arc<Skill>,
         access: Access,
         mut args: JsonObject,
+        retry: &Retry,
         ctx: &RequestContext<RoleServer>,
     ) -> Call {
         let declares_key = crate::tools::skill_declares_key(&skill);
@@ -122,69 +123,110 @@ impl StepwiseServer {
             }
         }
 
-        match self.wait_for(id, ctx).await {
-            // Still running after the wait bound, and the client declared the tasks extension:
-            // hand it a task whose id is the saga id (answered from PostgreSQL by tasks/get).
-            Ok(detail) if !detail.status.is_terminal() && client_wants_tasks(ctx) => Ok(Answer {
-                response: CreateTaskResult::new(tasks::task_of(&detail)).into(),
+        // A 2026-07-28 client repeating the call with answers to the input it was asked for:
+        // the same arguments and key found the same saga; the answers go to its wait.
+        let mut answered = None;
+        if let Some(state) = &retry.state {
+            match self.answer_retry(caller, id, state, &retry.responses).await {
+                Ok(Some(handled)) => answered = Some(handled),
+                Ok(None) => {}
+                Err(error) => return Ok(Answer::refused(error, Some(id))),
+            }
+        }
+        let detail = match self
+            .wait_for(id, ctx, answered.as_ref().map(|a| a.handle.as_str()))
+            .await
+        {
+            Ok(detail) => detail,
+            Err(e) => return Ok(Answer::refused(unavailable(e), Some(id))),
+        };
+        // Still running after the wait bound, and the client declared the tasks extension:
+        // hand it a task whose id is the saga id (answered from PostgreSQL by tasks/get; a
+        // wait for input is the task's `input_required` state).
+        if !detail.status.is_terminal() && client_wants_tasks(ctx) {
+            return Ok(Answer {
+                response: CreateTaskResult::new(tasks::task_of(&detail, &caller.principal)).into(),
                 outcome: Outcome::Pending,
                 error_code: None,
                 saga_id: Some(id),
-            }),
-            Ok(detail) => {
+            });
+        }
+        let asked_enough = answered.as_ref().is_some_and(|a| !a.ask_again);
+        match crate::input::PendingInput::of(&detail) {
+            Some(pending) if !asked_enough => {
+                self.ask_for_input(caller, detail, pending, ctx).await
+            }
+            _ => {
                 let result = saga_report(&detail).into_result();
                 Ok(Answer::saga(&detail, result))
             }
-            Err(e) => Ok(Answer::refused(unavailable(e), Some(id))),
         }
     }
 
-    /// Waits up to the facade's bound for the saga to end, sending progress notifications when
-    /// the request carried a progress token; returns the saga as it is then.
+    /// Waits up to the facade's bound for the saga to end or to wait for input (other than the
+    /// wait `answered`, just answered, which the saga has yet to leave), sending progress
+    /// notifications when the request carried a progress token; returns the saga as it is then.
     pub(super) async fn wait_for(
         &self,
         id: Uuid,
         ctx: &RequestContext<RoleServer>,
+        answered: Option<&str>,
     ) -> Result<SagaDetail, StoreError> {
         let engine = &self.facade.engine;
         let deadline = Instant::now() + self.facade.wait;
         let token = ctx.meta.get_progress_token();
         let mut reported: Option<(usize, SagaStatus)> = None;
+        let mut last_progress = Instant::now();
+        let mut pause = Duration::from_millis(2);
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let slice = if token.is_some() {
-                remaining.min(Duration::from_millis(250))
-            } else {
-                remaining
-            };
             let summary = tokio::select! {
-                summary = engine.wait(id, slice) => summary?,
+                summary = engine.store().summary(id) => summary?.ok_or(StoreError::NotFound(id))?,
                 _ = ctx.ct.cancelled() => break,
             };
-            if summary.status.is_terminal() || Instant::now() >= deadline {
+            if summary.status.is_terminal() {
                 break;
             }
-            if let Some(token) = &token {
-                let Some(detail) = engine.detail(id).await? else {
-                    return Err(StoreError::NotFound(id));
-                };
-                let now = (detail.steps_done(), detail.status);
-                if reported != Some(now) {
-                    reported = Some(now);
-                    let message = match detail.status {
-                        SagaStatus::Compensating => "undoing the steps done".to_string(),
-                        status => {
-                            format!("{status}: {} of {} steps done", now.0, detail.steps.len())
-                        }
-                    };
-                    let progress = ProgressNotificationParam::new(token.clone(), now.0 as f64)
-                        .with_total(detail.steps.len() as f64)
-                        .with_message(message);
-                    if let Err(e) = ctx.peer.notify_progress(progress).await {
-                        tracing::debug!(error = %e, "could not send a progress notification");
+            if summary.status == SagaStatus::Waiting {
+                let detail = engine.detail(id).await?.ok_or(StoreError::NotFound(id))?;
+                if let Some(pending) = crate::input::PendingInput::of(&detail) {
+                    if Some(pending.handle.as_str()) != answered {
+                        return Ok(detail);
                     }
                 }
             }
+            if Instant::now() >= deadline {
+                break;
+            }
+            if let Some(token) = &token {
+                if last_progress.elapsed() >= Duration::from_millis(250) {
+                    last_progress = Instant::now();
+                    let Some(detail) = engine.detail(id).await? else {
+                        return Err(StoreError::NotFound(id));
+                    };
+                    let now = (detail.steps_done(), detail.status);
+                    if reported != Some(now) {
+                        reported = Some(now);
+                        let message = match detail.status {
+                            SagaStatus::Compensating => "undoing the steps done".to_string(),
+                            status => {
+                                format!("{status}: {} of {} steps done", now.0, detail.steps.len())
+                            }
+                        };
+                        let progress = ProgressNotificationParam::new(token.clone(), now.0 as f64)
+                            .with_total(detail.steps.len() as f64)
+                            .with_message(message);
+                        if let Err(e) = ctx.peer.notify_progress(progress).await {
+                            tracing::debug!(error = %e, "could not send a progress notification");
+                        }
+                    }
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            tokio::select! {
+                _ = tokio::time::sleep(pause.min(remaining)) => {}
+                _ = ctx.ct.cancelled() => break,
+            }
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
         engine.detail(id).await?.ok_or(StoreError::NotFound(id))
     }

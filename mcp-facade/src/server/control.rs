@@ -120,7 +120,7 @@ impl StepwiseServer {
                     Ok(requested) => requested,
                     Err(e) => return Ok(Answer::refused(unavailable(e), Some(id))),
                 };
-                match self.wait_for(id, ctx).await {
+                match self.wait_for(id, ctx, None).await {
                     Ok(detail) => Ok(Answer::ok(
                         status_result(&caller.principal, &detail, Some(requested)),
                         Some(id),
@@ -131,6 +131,7 @@ impl StepwiseServer {
             Control::RetrySaga | Control::RestartSaga | Control::ForkSaga => {
                 self.replay(control, caller, &args, ctx).await
             }
+            Control::ProvideInput => self.provide_input(caller, &args, ctx).await,
         }
     }
 
@@ -193,7 +194,7 @@ impl StepwiseServer {
                 return Ok(answer);
             }
         };
-        match self.wait_for(summary.id, ctx).await {
+        match self.wait_for(summary.id, ctx, None).await {
             Ok(detail) => {
                 let result = saga_report(&detail).into_result();
                 Ok(Answer::saga(&detail, result))

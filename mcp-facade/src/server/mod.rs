@@ -10,10 +10,11 @@ use crate::tasks;
 use crate::tools::{access, Access, Catalog, Control, ToolTarget, IDEMPOTENCY_KEY};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
-    CreateTaskResult, ErrorCode, GetTaskParams, GetTaskResult, Implementation, JsonObject,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    Resource, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+    CreateTaskResult, ErrorCode, GetTaskParams, GetTaskResult, Implementation, InputResponses,
+    JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+    ServerCapabilities, ServerConfig, UpdateTaskParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -28,6 +29,7 @@ use uuid::Uuid;
 
 mod calls;
 mod control;
+mod input;
 
 use control::{not_for_role, status_value};
 
@@ -113,7 +115,7 @@ impl Answer {
 
     fn refused(error: ToolError, saga_id: Option<Uuid>) -> Self {
         let outcome = match error.code.as_str() {
-            "invalid_input" | "not_found" => Outcome::Invalid,
+            "invalid_input" | "not_found" | "not_waiting" | "saga_ended" => Outcome::Invalid,
             "forbidden" => Outcome::Refused,
             "idempotency_conflict" => Outcome::Conflict,
             _ => Outcome::Error,
@@ -154,6 +156,14 @@ impl Answer {
 }
 
 type Call = Result<Answer, McpError>;
+
+/// What a 2026-07-28 client sends when it repeats a call that answered `InputRequiredResult`:
+/// the answers to its input requests and the `requestState` it was given.
+#[derive(Debug, Default)]
+struct Retry {
+    responses: InputResponses,
+    state: Option<String>,
+}
 
 fn unavailable(e: impl std::fmt::Display) -> ToolError {
     tracing::error!(error = %e, "facade could not reach the database");
@@ -254,6 +264,7 @@ impl StepwiseServer {
         caller: &Caller,
         name: &str,
         args: JsonObject,
+        retry: &Retry,
         ctx: &RequestContext<RoleServer>,
     ) -> Call {
         let role = caller.principal.role();
@@ -265,7 +276,10 @@ impl StepwiseServer {
         };
         match target {
             ToolTarget::Skill(skill) => match access(skill.exposure(), role) {
-                Some(access) => self.call_skill(caller, skill, access, args, ctx).await,
+                Some(access) => {
+                    self.call_skill(caller, skill, access, args, retry, ctx)
+                        .await
+                }
                 None => Ok(Answer::refused(not_for_role(name, role), None)),
             },
             ToolTarget::Query(query) => match access(query.exposure(), role) {
@@ -329,8 +343,12 @@ impl ServerHandler for StepwiseServer {
         let caller = self.caller(&ctx)?;
         let started = Instant::now();
         let name = request.name.to_string();
+        let retry = Retry {
+            responses: request.input_responses.unwrap_or_default(),
+            state: request.request_state,
+        };
         let args = request.arguments.unwrap_or_default();
-        match self.dispatch(&caller, &name, args, &ctx).await {
+        match self.dispatch(&caller, &name, args, &retry, &ctx).await {
             Ok(answer) => {
                 tracing::info!(tool = %name, principal = %caller.principal, outcome = answer.outcome.as_str(), saga = ?answer.saga_id, "tool call");
                 self.audit(&caller, &name, &answer, started).await;
@@ -424,7 +442,19 @@ impl ServerHandler for StepwiseServer {
         let started = Instant::now();
         let read = self.task_saga(&caller, &request.task_id).await;
         self.audit_read(&caller, "tasks/get", &read, started).await;
-        Ok(GetTaskResult::new(tasks::detailed_task(&read?)))
+        Ok(GetTaskResult::new(tasks::detailed_task(
+            &read?,
+            &caller.principal,
+        )))
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let caller = self.caller(&ctx)?;
+        self.update_task_input(&caller, request).await
     }
 
     async fn cancel_task(
