@@ -81,6 +81,8 @@ enum WaitPlan {
     Delivered,
     /// Nobody answers: the deadline passes and the step fails with `wait_timed_out`.
     TimedOut,
+    /// Nobody answers, and the wait has a default payload: the step goes on with it.
+    TimedOutToDefault,
     /// Not an event: a durable sleep (`StepContext::sleep`), over when the clock passes it.
     Sleep,
 }
@@ -160,10 +162,11 @@ fn compensation_outcome() -> impl Strategy<Value = Outcome> {
 
 fn wait_plan() -> impl Strategy<Value = Option<WaitPlan>> {
     prop_oneof![
-        7 => Just(None),
+        8 => Just(None),
         1 => Just(Some(WaitPlan::DeliveredEarly)),
         2 => Just(Some(WaitPlan::Delivered)),
         1 => Just(Some(WaitPlan::TimedOut)),
+        1 => Just(Some(WaitPlan::TimedOutToDefault)),
         1 => Just(Some(WaitPlan::Sleep)),
     ]
 }
@@ -573,8 +576,11 @@ fn model_skill(name: &str, shared: &Arc<Shared>) -> Skill {
                 let outcome = shared.record(&ctx, false);
                 match wait {
                     Some(WaitPlan::Sleep) => ctx.sleep(SLEEP)?,
-                    Some(_) => {
-                        ctx.await_event(&event_name(position), Wait::within(WAIT_TIMEOUT))?;
+                    Some(plan) => {
+                        let default =
+                            (plan == WaitPlan::TimedOutToDefault).then(|| json!({"default": true}));
+                        let wait = Wait::within(WAIT_TIMEOUT).default_payload(default);
+                        ctx.await_event(&event_name(position), wait)?;
                     }
                     None => {}
                 }
@@ -821,7 +827,7 @@ impl Harness {
                         let name = waiting["step"].as_str().unwrap_or_default();
                         let position: usize = name.trim_start_matches('s').parse().unwrap();
                         let plan = script.and_then(|s| s.steps[position].wait);
-                        if plan == Some(WaitPlan::TimedOut) {
+                        if matches!(plan, Some(WaitPlan::TimedOut | WaitPlan::TimedOutToDefault)) {
                             Advance::Deadline
                         } else {
                             self.deliver(id, position).await;
