@@ -173,6 +173,9 @@ pub enum EventKind {
     SleepStarted,
     /// A durable sleep is over (detail: until).
     SleepEnded,
+    /// A worker shutting down gave back an attempt it had begun but not finished (detail:
+    /// reason `not_run` or `interrupted`, compensation): the attempt counts as not made.
+    AttemptReleased,
 }
 
 impl EventKind {

@@ -1661,8 +1661,6 @@ async fn the_invariants_reject_doctored_sagas(pool: PgPool) {
 /// (the commit starts step k+1): releasing the saga must give that attempt back, or a step
 /// with one attempt is given up ("attempt_interrupted") without ever running.
 #[sqlx::test(migrations = false)]
-#[ignore = "known engine bug, issue 13 item 3: a graceful release counts the attempt of the \
-            step it began but never ran"]
 async fn a_graceful_shutdown_gives_back_the_attempt_it_began_but_never_ran(pool: PgPool) {
     common::migrate(&pool).await;
     let calls: Arc<Mutex<Vec<&'static str>>> = Arc::default();

@@ -33,13 +33,19 @@ pub(crate) struct Driver {
     pub clock: SharedClock,
     pub lease_duration: Duration,
     pub jitter: super::JitterSource,
+    /// Cancelled when the worker stops: finish the step that runs, then give the saga back.
     pub shutdown: CancellationToken,
+    /// Cancelled when the shutdown's grace period is over: interrupt the attempt that runs
+    /// and give the saga back with that attempt not counted.
+    pub abandon: CancellationToken,
 }
 
 /// The result of one attempt of an action or compensation.
 enum Attempt {
     Done(Result<Value, StepError>),
     LeaseLost,
+    /// The worker's grace period ran out while the attempt ran ([`Driver::abandon`]).
+    Interrupted,
 }
 
 /// In-memory mirror of a claimed saga; authoritative while the lease is held because every
@@ -56,6 +62,8 @@ struct Run {
     begun: bool,
     /// Whether the saga was just woken from `waiting`: its step reads its deliveries first.
     resumed: bool,
+    /// Whether the attempt that ran was cut short by the end of the shutdown's grace period.
+    interrupted: bool,
 }
 
 impl Run {
@@ -146,6 +154,7 @@ impl Driver {
                         .is_some_and(|s| s.status == StepStatus::Running)),
             steps: claimed.steps,
             resumed: claimed.resumed,
+            interrupted: false,
         };
         if run.begun && is_first_attempt_of_saga(&run.steps) {
             metrics::saga_started(run.skill.name());
@@ -160,7 +169,7 @@ impl Driver {
         loop {
             if self.shutdown.is_cancelled() {
                 debug!("shutting down: releasing the saga");
-                return self.store.release(&run.lease, self.clock.now()).await;
+                return self.release(&mut run, None, "not_run").await;
             }
             let more = match run.status {
                 SagaStatus::Pending | SagaStatus::Running | SagaStatus::Waiting => {
@@ -238,6 +247,10 @@ impl Driver {
             None
         };
         let (result, book) = self.run_action(run, position, attempt, deliveries).await?;
+        if run.interrupted {
+            self.release(run, None, "interrupted").await?;
+            return Ok(false);
+        }
         if let Err(error) = &result {
             if let (true, Some(suspension)) = (error.code == SUSPENDED, book.suspension()) {
                 return self.suspend(run, position, &book, suspension).await;
@@ -273,6 +286,14 @@ impl Driver {
                 run.begun = false;
                 if run.cursor == run.steps.len() {
                     self.complete_into(run, &mut t);
+                    self.commit(run, &t).await?;
+                    return Ok(false);
+                }
+                if self.shutdown.is_cancelled() {
+                    // Stopping: give the saga back in this commit rather than start the next
+                    // step, whose attempt would then have to be given back.
+                    t.wake = WakeChange::Set(self.clock.now());
+                    t.release_lease = true;
                     self.commit(run, &t).await?;
                     return Ok(false);
                 }
@@ -365,6 +386,11 @@ impl Driver {
                         saga_id: run.lease.saga_id,
                     })
                 }
+                Attempt::Interrupted => {
+                    run.interrupted = true;
+                    let error = StepError::retryable("interrupted", "the worker stopped");
+                    return Ok((Err(error), book));
+                }
             };
             let suspension = match &result {
                 Err(e) if e.code == SUSPENDED => book.suspension(),
@@ -397,6 +423,55 @@ impl Driver {
             }
             return Ok((result, book));
         }
+    }
+
+    /// Gives the saga back at shutdown, due now for any worker. A graceful release never
+    /// consumes an attempt: the attempt this worker began and did not finish (the step that
+    /// its last commit or its claim started, a saga woken from a wait, or an attempt cut short
+    /// when the grace period ran out, `compensation` for a compensation's) is given back, so the
+    /// step goes back to pending with its attempt count as before and a rolling restart never
+    /// uses up a step's last attempt (README, "Concepts", the workers).
+    async fn release(
+        &self,
+        run: &mut Run,
+        compensation: Option<usize>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut t = Transition::new();
+        if let Some(position) = compensation {
+            let state = &run.steps[position];
+            t.steps.push(StepChange::ReleaseCompensationAttempt {
+                position: position as i32,
+            });
+            t.events.push(
+                NewEvent::step(
+                    EventKind::AttemptReleased,
+                    &state.name,
+                    state.compensation_attempts,
+                )
+                .with_detail(json!({"reason": reason, "compensation": true})),
+            );
+        } else if run.begun
+            && matches!(
+                run.status,
+                SagaStatus::Pending | SagaStatus::Running | SagaStatus::Waiting
+            )
+        {
+            if let Some(state) = run.steps.get(run.cursor) {
+                t.status = Some(SagaStatus::Pending);
+                t.steps.push(StepChange::ReleaseAttempt {
+                    position: run.cursor as i32,
+                });
+                t.events.push(
+                    NewEvent::step(EventKind::AttemptReleased, &state.name, state.attempts)
+                        .with_detail(json!({"reason": reason, "compensation": false})),
+                );
+            }
+        }
+        if !t.events.is_empty() {
+            info!(reason, "shutting down: the begun attempt is given back");
+        }
+        self.store.release(&run.lease, self.clock.now(), t).await
     }
 
     /// The step waits: the saga becomes `waiting`, without a lease, due at the deadline (or
@@ -576,6 +651,10 @@ impl Driver {
                     saga_id: run.lease.saga_id,
                 })
             }
+            Attempt::Interrupted => {
+                self.release(run, Some(position), "interrupted").await?;
+                return Ok(false);
+            }
         };
         match result {
             Ok(output) => {
@@ -731,6 +810,7 @@ impl Driver {
                         )),
                     });
                 }
+                _ = self.abandon.cancelled() => return Attempt::Interrupted,
                 _ = heartbeat.tick() => {
                     let until = self.clock.now() + chrono_duration(self.lease_duration);
                     match self.store.heartbeat(lease, until).await {

@@ -19,6 +19,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// How long a stopping worker waits, after its grace period, for interrupted sagas to be given
+/// back (a commit each) before it drops them and leaves them to lease expiry.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits for every saga task to end.
+async fn drain(tasks: &mut JoinSet<()>) {
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            warn!(error = %e, "a saga task ended abnormally");
+        }
+    }
+}
+
 /// How a worker behaves.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -32,8 +45,9 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// Most sagas claimed in one statement.
     pub claim_batch: usize,
-    /// On shutdown, how long in-flight steps may take to finish before they are abandoned
-    /// (their leases then expire and another worker resumes them).
+    /// On shutdown, how long in-flight steps may take to finish. Steps still running then are
+    /// interrupted and their sagas given back with that attempt not counted, due at once for
+    /// another worker.
     pub shutdown_grace: Duration,
     /// Where full-jitter retry delays draw their randomness.
     pub jitter: JitterSource,
@@ -143,7 +157,7 @@ impl Worker {
         &self.worker_id
     }
 
-    fn driver(&self, shutdown: CancellationToken) -> Driver {
+    fn driver(&self, shutdown: CancellationToken, abandon: CancellationToken) -> Driver {
         let store = if self.config.commit_batch > 1 {
             // Leave a connection for claims and heartbeats.
             let connections = self.store.pool().options().get_max_connections() as usize;
@@ -163,6 +177,7 @@ impl Worker {
             lease_duration: self.config.lease,
             jitter: self.config.jitter,
             shutdown,
+            abandon,
         }
     }
 
@@ -182,7 +197,7 @@ impl Worker {
     /// Drives every due saga until none is due, then returns how many claims it made.
     /// Deterministic under a manual clock: for tests, the demo and one-shot runs.
     pub async fn run_until_idle(&self) -> Result<usize, WorkerError> {
-        let driver = self.driver(CancellationToken::new());
+        let driver = self.driver(CancellationToken::new(), CancellationToken::new());
         let mut total = 0;
         loop {
             let claimed = self.claim(self.config.concurrency.max(1)).await?;
@@ -200,7 +215,8 @@ impl Worker {
         let mut listener = PgListener::connect_with(self.store.pool()).await?;
         listener.listen(WORK_CHANNEL).await?;
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        let driver = self.driver(shutdown.clone());
+        let abandon = CancellationToken::new();
+        let driver = self.driver(shutdown.clone(), abandon.clone());
         let mut tasks = JoinSet::new();
         info!(worker = %self.worker_id, concurrency = self.config.concurrency, "worker started");
 
@@ -265,22 +281,27 @@ impl Worker {
         }
 
         info!(in_flight = tasks.len(), "worker stopping");
-        let drain = async {
-            while let Some(done) = tasks.join_next().await {
-                if let Err(e) = done {
-                    warn!(error = %e, "a saga task ended abnormally");
-                }
-            }
-        };
-        if tokio::time::timeout(self.config.shutdown_grace, drain)
+        if tokio::time::timeout(self.config.shutdown_grace, drain(&mut tasks))
             .await
             .is_err()
         {
+            // The steps still running are interrupted; each saga is given back with its
+            // attempt not counted (one commit each), so nothing waits for a lease to expire.
             warn!(
-                abandoned = tasks.len(),
-                "grace period over; abandoning in-flight steps (their leases will expire)"
+                interrupted = tasks.len(),
+                "grace period over; interrupting in-flight steps and giving their sagas back"
             );
-            tasks.shutdown().await;
+            abandon.cancel();
+            if tokio::time::timeout(RELEASE_WAIT, drain(&mut tasks))
+                .await
+                .is_err()
+            {
+                warn!(
+                    abandoned = tasks.len(),
+                    "could not give every saga back in time; their leases will expire"
+                );
+                tasks.shutdown().await;
+            }
         }
         info!("worker stopped");
         Ok(())

@@ -197,6 +197,15 @@ pub enum StepChange {
         step: String,
         ids: Vec<i64>,
     },
+    /// The attempt begun last is given back (a graceful release): the step is pending again
+    /// with one attempt fewer, so its next start has the same attempt number.
+    ReleaseAttempt {
+        position: i32,
+    },
+    /// The same for the compensation attempt begun last.
+    ReleaseCompensationAttempt {
+        position: i32,
+    },
 }
 
 /// Everything one worker commit changes, applied atomically under the lease.
@@ -692,9 +701,14 @@ impl PgStore {
         Ok(())
     }
 
-    /// Gives a saga back without finishing it (shutdown): due now, for any worker.
-    pub async fn release(&self, lease: &Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let mut t = Transition::new();
+    /// Gives a saga back without finishing it (shutdown): due now, for any worker. `t` may
+    /// carry more (the attempt given back); the wake time and the lease are set here.
+    pub async fn release(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        mut t: Transition,
+    ) -> Result<(), StoreError> {
         t.wake = WakeChange::Set(now);
         t.release_lease = true;
         self.commit(lease, now, &t).await.map(|_| ())
@@ -1124,6 +1138,25 @@ async fn apply_step_change(
         .bind(saga_id)
         .bind(position)
         .bind(deadlines),
+        StepChange::ReleaseAttempt { position } => sqlx::query(
+            "UPDATE stepwise.steps
+             SET status = 'pending', attempts = attempts - 1,
+                 started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END
+             WHERE saga_id = $1 AND position = $2 AND status = 'running' AND attempts > 0",
+        )
+        .bind(saga_id)
+        .bind(position),
+        StepChange::ReleaseCompensationAttempt { position } => sqlx::query(
+            "UPDATE stepwise.steps
+             SET compensation_status = 'pending',
+                 compensation_attempts = compensation_attempts - 1,
+                 compensation_started_at = CASE WHEN compensation_attempts = 1 THEN NULL
+                                                ELSE compensation_started_at END
+             WHERE saga_id = $1 AND position = $2 AND compensation_status = 'running'
+               AND compensation_attempts > 0",
+        )
+        .bind(saga_id)
+        .bind(position),
         StepChange::ConsumeDeliveries { step, ids, .. } => sqlx::query(
             "UPDATE stepwise.deliveries SET consumed_by = $3, consumed_at = $4
              WHERE saga_id = $1 AND id = ANY($2) AND consumed_at IS NULL",
