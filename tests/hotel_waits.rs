@@ -632,3 +632,23 @@ async fn stepwise_sandbox_takes_its_webhook_endpoint_from_the_command_line() {
     assert_eq!(settings["secret_set"], true);
     child.kill().await.unwrap();
 }
+
+/// Skills that cannot wait (a booking's deposit) still refuse a card that needs 3-D Secure,
+/// and cancel its payment so the guest cannot complete it for a booking that failed.
+#[sqlx::test(migrations = false)]
+async fn a_deposit_that_needs_3ds_fails_and_its_payment_is_cancelled(pool: PgPool) {
+    stepwise::app::migrate(&pool).await.unwrap();
+    let w = World::new(pool).await;
+    let ledger = w.ledger().await;
+    let room = hotel_support::free_vacant_rooms(&ledger, 30, 32).remove(0);
+    let mut input =
+        hotel_support::booking_input("3ds-deposit", "new.guest@example.com", &room, 30, 32);
+    input["payment_method_id"] = json!("pm_card_authenticationRequired");
+    let done = w.run("create_booking", input).await;
+    assert_eq!(status(&done), SagaStatus::Compensated);
+    assert_eq!(error_code(&done), "payment_requires_action");
+    let intents = objects(&w.ledger().await, "payment_intent");
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0]["status"], "canceled");
+    assert_eq!(intents[0]["amount_received"], 0);
+}

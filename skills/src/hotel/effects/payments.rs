@@ -10,8 +10,9 @@ use stepwise_engine::{StepContext, StepError};
 
 /// Finds or creates the payment customer and creates and confirms a payment under the step's
 /// idempotency key. A declined card is a permanent `card_declined`; a card that needs 3-D
-/// Secure is a permanent `payment_requires_action` telling what the guest must do (skills
-/// that can wait for the guest use [`create_payment`] instead).
+/// Secure is a permanent `payment_requires_action` telling what the guest must do, and the
+/// payment is cancelled first, so that the guest cannot complete it later for a step that
+/// failed (skills that can wait for the guest use [`create_payment`] instead).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn charge(
     hotel: &Hotel,
@@ -35,6 +36,13 @@ pub(crate) async fn charge(
     )
     .await?;
     if intent.status == "requires_action" {
+        // Its own key: the create's key is taken by the create (a re-run replays both).
+        cancel_payment(
+            hotel,
+            &intent.id,
+            &format!("{}/cancel", ctx.idempotency_key),
+        )
+        .await?;
         return Err(StepError::permanent(
             "payment_requires_action",
             format!(
@@ -43,8 +51,9 @@ pub(crate) async fn charge(
             ),
         )
         .with_action(format!(
-            "Ask the guest to complete the card authentication for payment {} in their banking app, \
-             or to use another card; then call again with a new idempotency_key",
+            "Payment {} needs 3-D Secure, which this skill cannot wait for; it was cancelled and \
+             nothing was charged. Ask the guest for another card, then call again with a new \
+             idempotency_key",
             intent.id
         )));
     }
