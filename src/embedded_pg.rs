@@ -49,12 +49,17 @@
 //!
 //! # Lifetime, sharing and shutdown
 //!
-//! * A first start runs `initdb -U postgres --auth=trust` (trust only matters for loopback: the
-//!   server listens on `127.0.0.1` only and its Unix socket lives in a private 0700 directory).
+//! * A first start runs `initdb -U postgres --auth=trust`. Trust is safe because nobody but the
+//!   owner can reach the server: it listens on no TCP address at all, only on its Unix socket,
+//!   which lives in a private 0700 directory of the account that runs it (another local user
+//!   cannot open it; before, the server also listened on `127.0.0.1`, where any local user could
+//!   log in as `postgres`). Clients connect through that socket
+//!   (`postgres://postgres@localhost:PORT/DB?host=SOCKET_DIR`).
 //!   Later starts reuse the initialized cluster. `fsync`/`synchronous_commit` keep their
 //!   (durable) defaults.
-//! * The server is started as `postgres -D data -k run -h 127.0.0.1 -p PORT` on a port found by
-//!   binding `127.0.0.1:0`, in its own process group (a Ctrl-C in the terminal does not hit it; the
+//! * The server is started as `postgres -D data -k run -h '' -p PORT` (the port only names the
+//!   socket file, `.s.PGSQL.PORT`; it is one found free by binding `127.0.0.1:0`), in its own
+//!   process group (a Ctrl-C in the terminal does not hit it; the
 //!   CLI decides when to stop), with its output appended to `postgres.log` in the cluster directory.
 //! * Two `stepwise` processes on one `STEPWISE_HOME`: starting is serialized by an exclusive
 //!   `flock` on `stepwise.lock`; a running server is recognized from `data/postmaster.pid` (pid,
@@ -269,7 +274,9 @@ pub async fn resolve_database_with(
     };
     let embedded = EmbeddedPostgres::start(&home).await?;
     let why = format!(
-        "the embedded PostgreSQL on 127.0.0.1:{} (cluster in {}): DATABASE_URL is unset and {why}",
+        "the embedded PostgreSQL on its private socket {}/.s.PGSQL.{} (cluster in {}): \
+         DATABASE_URL is unset and {why}",
+        embedded.socket_dir().display(),
         embedded.port(),
         embedded.cluster_dir().display()
     );
@@ -985,17 +992,17 @@ fn is_postmaster_of(pid: i32, data: &Path) -> bool {
     }
 }
 
-fn connect_options(port: u16, db: &str) -> PgConnectOptions {
+fn connect_options(socket_dir: &Path, port: u16, db: &str) -> PgConnectOptions {
     PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
+        .socket(socket_dir)
         .port(port)
         .username("postgres")
         .database(db)
 }
 
 /// Whether a PostgreSQL server on `port` accepts a connection as `postgres`.
-async fn accepts_connections(port: u16) -> bool {
-    let options = connect_options(port, "postgres");
+async fn accepts_connections(socket_dir: &Path, port: u16) -> bool {
+    let options = connect_options(socket_dir, port, "postgres");
     match tokio::time::timeout(Duration::from_secs(3), PgConnection::connect_with(&options)).await {
         Ok(Ok(conn)) => {
             let _ = conn.close().await;
@@ -1029,7 +1036,7 @@ async fn running_server(layout: &Layout) -> Result<Option<PidFile>, EmbeddedErro
             }
             return Ok(None);
         }
-        if accepts_connections(pid_file.port).await {
+        if accepts_connections(&layout.socket_dir, pid_file.port).await {
             return Ok(Some(pid_file));
         }
         if Instant::now() > deadline {
@@ -1140,7 +1147,11 @@ enum Startup {
     TimedOut,
 }
 
-async fn wait_ready(child: &mut Child, port: u16) -> Result<Startup, EmbeddedError> {
+async fn wait_ready(
+    child: &mut Child,
+    socket_dir: &Path,
+    port: u16,
+) -> Result<Startup, EmbeddedError> {
     let deadline = Instant::now() + START_DEADLINE;
     loop {
         if let Some(status) = child
@@ -1149,7 +1160,7 @@ async fn wait_ready(child: &mut Child, port: u16) -> Result<Startup, EmbeddedErr
         {
             return Ok(Startup::Exited(status.to_string()));
         }
-        if accepts_connections(port).await {
+        if accepts_connections(socket_dir, port).await {
             return Ok(Startup::Ready);
         }
         if Instant::now() > deadline {
@@ -1173,7 +1184,8 @@ fn spawn_postgres(layout: &Layout, bin: &PgBinaries, port: u16) -> Result<Child,
         .arg(&layout.data)
         .arg("-k")
         .arg(&layout.socket_dir)
-        .args(["-h", "127.0.0.1", "-p"])
+        // No TCP address: only the private socket, so only its owner can connect.
+        .args(["-h", "", "-p"])
         .arg(port.to_string())
         .current_dir(&layout.base)
         .stdin(Stdio::null())
@@ -1200,7 +1212,7 @@ async fn start_server(layout: &Layout, bin: &PgBinaries) -> Result<(u16, Child),
         let offset = fs::metadata(&layout.log).map(|m| m.len()).unwrap_or(0);
         debug!(version = %bin.version, port, data = %layout.data.display(), "starting the embedded PostgreSQL");
         let mut child = spawn_postgres(layout, bin, port)?;
-        let failure = match wait_ready(&mut child, port).await {
+        let failure = match wait_ready(&mut child, &layout.socket_dir, port).await {
             Ok(Startup::Ready) => return Ok((port, child)),
             Ok(Startup::Exited(status)) => format!("postgres exited ({status})"),
             Ok(Startup::TimedOut) => format!(
@@ -1359,18 +1371,28 @@ impl EmbeddedPostgres {
         })
     }
 
-    /// The URL of database `db` on this server, as the `postgres` superuser.
+    /// The URL of database `db` on this server, as the `postgres` superuser, through its
+    /// private Unix socket (`host` names the socket directory; `localhost` is not used).
     pub fn url(&self, db: &str) -> String {
         format!(
-            "postgres://postgres@127.0.0.1:{}/{}",
+            "postgres://postgres@localhost:{}/{}?host={}",
             self.port(),
-            encode_path_segment(db)
+            encode_path_segment(db),
+            encode_path_segment(&self.socket_dir().to_string_lossy())
         )
     }
 
-    /// The loopback port the server listens on.
+    /// The port that names the server's socket file (`.s.PGSQL.PORT`); nothing listens on it
+    /// over TCP.
     pub fn port(&self) -> u16 {
         self.inner.as_ref().map_or(0, |i| i.port)
+    }
+
+    /// The private (0700) directory holding the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        self.inner
+            .as_ref()
+            .map_or(Path::new(""), |i| i.layout.socket_dir.as_path())
     }
 
     /// The directory holding the cluster, its log and locks (`$STEPWISE_HOME/pg`, or where that

@@ -183,3 +183,36 @@ async fn a_malformed_database_url_is_reported() {
     assert!(matches!(err, EmbeddedError::InvalidUrl(_)), "{err}");
     assert_eq!(err.exit_code(), 1);
 }
+
+// Trust authentication is only as safe as the way in: the embedded server listens on no TCP
+// address (any local user could log in as `postgres` there), only on a Unix socket in a
+// directory nobody but its owner may enter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_can_reach_the_embedded_server_no_tcp_and_a_private_socket() {
+    let home = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+    let pg = EmbeddedPostgres::start(home.path()).await.expect("start");
+    let url = pg.url("postgres");
+    assert!(url.contains("?host=%2F"), "{url}");
+    assert_eq!(select_one(&url).await, 1);
+
+    let tcp = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port());
+    assert!(
+        !answers(&tcp).await,
+        "nothing listens on 127.0.0.1:{}",
+        pg.port()
+    );
+    let socket_dir = pg.socket_dir().to_path_buf();
+    let meta = fs::metadata(&socket_dir).expect("socket dir");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "{}",
+        socket_dir.display()
+    );
+    assert!(socket_dir.join(format!(".s.PGSQL.{}", pg.port())).exists());
+
+    let cluster = pg.cluster_dir().to_path_buf();
+    pg.shutdown().await.expect("shutdown");
+    remove_cluster(home.path(), &cluster);
+}
