@@ -147,9 +147,8 @@ pub fn verify(
     if now.abs_diff(timestamp) > tolerance_secs {
         return Err(SignatureError::Stale(tolerance_secs));
     }
-    let mac =
+    let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::Mismatch)?;
-    let mut mac = mac;
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
