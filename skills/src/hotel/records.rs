@@ -272,9 +272,19 @@ pub fn cents_to_dollars(cents: i64) -> f64 {
     cents as f64 / 100.0
 }
 
-/// Formats cents as `$1,234.56`-style text for messages.
+/// Formats cents as `$1,234.56`-style text for messages (`-$0.05` below zero).
 pub fn money(cents: i64) -> String {
-    format!("${}.{:02}", cents / 100, (cents % 100).abs())
+    let sign = if cents < 0 { "-" } else { "" };
+    let abs = cents.unsigned_abs();
+    let dollars = (abs / 100).to_string();
+    let mut grouped = String::with_capacity(dollars.len() + dollars.len() / 3);
+    for (i, digit) in dollars.chars().enumerate() {
+        if i > 0 && (dollars.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    format!("{sign}${grouped}.{:02}", abs % 100)
 }
 
 fn crm_error(error: crate::connectors::ConnectorError) -> StepError {
@@ -517,6 +527,10 @@ mod tests {
     fn money_is_formatted_from_cents() {
         assert_eq!(money(12_345), "$123.45");
         assert_eq!(money(5), "$0.05");
+        assert_eq!(money(244_500), "$2,445.00");
+        assert_eq!(money(123_456_789), "$1,234,567.89");
+        assert_eq!(money(100_000), "$1,000.00");
+        assert_eq!(money(-5), "-$0.05");
         assert_eq!(dollars_to_cents(189.0), 18_900);
         assert_eq!(dollars_to_cents(0.29), 29);
     }
