@@ -23,14 +23,9 @@ export DATABASE_URL="$server_url/stepwise_mcp_conformance"
 export RUST_LOG=${RUST_LOG:-warn}
 export STEPWISE_MCP_WAIT_MS=10000
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+name=mcp-conformance
+# shellcheck source=.ci/stepwise-http.sh
+. .ci/stepwise-http.sh
 
 cargo build --quiet --bin stepwise
 bin=${CARGO_TARGET_DIR:-$PWD/target}/debug/stepwise
@@ -49,17 +44,7 @@ echo "mcp-conformance: Node $(cat "$work/node-version"), $CONFORMANCE, $INSPECTO
 
 token=$("$bin" tokens create --role operator --subject conformance)
 
-"$bin" mcp --http 127.0.0.1:0 2>"$work/server.log" &
-pids+=($!)
-addr=""
-for _ in $(seq 1 600); do
-  addr=$(sed -n 's|^stepwise mcp: listening on http://\([^/]*\)/mcp.*|\1|p' "$work/server.log" | head -n1)
-  [ -n "$addr" ] && break
-  kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/server.log" >&2; echo "mcp-conformance: stepwise mcp exited" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/server.log" >&2; echo "mcp-conformance: stepwise mcp did not listen" >&2; exit 1; }
-echo "mcp-conformance: stepwise mcp listening on $addr"
+start_stepwise_http "$bin"
 
 # Unauthenticated requests are refused with a Bearer challenge.
 status=$(node -e '

@@ -14,14 +14,9 @@ export DATABASE_URL="${base%/*}/stepwise_mcp_python"
 export RUST_LOG=${RUST_LOG:-warn}
 export STEPWISE_MCP_WAIT_MS=10000
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+name=mcp-python
+# shellcheck source=.ci/stepwise-http.sh
+. .ci/stepwise-http.sh
 
 python3 -m venv "$work/venv"
 for attempt in 1 2 3; do
@@ -37,17 +32,7 @@ cargo build --quiet --bin stepwise
 bin=${CARGO_TARGET_DIR:-$PWD/target}/debug/stepwise
 operator=$("$bin" tokens create --role operator --subject python-sdk)
 
-"$bin" mcp --http 127.0.0.1:0 2>"$work/server.log" &
-pids+=($!)
-addr=""
-for _ in $(seq 1 600); do
-  addr=$(sed -n 's|^stepwise mcp: listening on http://\([^/]*\)/mcp.*|\1|p' "$work/server.log" | head -n1)
-  [ -n "$addr" ] && break
-  kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/server.log" >&2; echo "mcp-python: stepwise mcp exited" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/server.log" >&2; echo "mcp-python: stepwise mcp did not listen" >&2; exit 1; }
-echo "mcp-python: stepwise mcp listening on $addr"
+start_stepwise_http "$bin"
 
 if ! MCP_URL="http://$addr/mcp" OPERATOR_TOKEN="$operator" "$work/venv/bin/python" .ci/mcp_python_input.py; then
   tail -50 "$work/server.log" >&2
