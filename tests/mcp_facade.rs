@@ -572,18 +572,7 @@ async fn clients_declaring_tasks_get_the_saga_as_a_task_that_outlives_the_facade
         },
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let done = loop {
-        let got = client
-            .get_task(GetTaskParams::new(task_id.clone()))
-            .await
-            .unwrap();
-        if got.task.status() == TaskStatus::Completed {
-            break got;
-        }
-        assert!(std::time::Instant::now() < deadline, "task never completed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = task_reaching(&client, &task_id, TaskStatus::Completed).await;
     let wire = serde_json::to_value(&done).unwrap();
     assert_eq!(wire["taskId"], task_id);
     assert_eq!(wire["result"]["structuredContent"]["status"], "completed");
@@ -819,21 +808,7 @@ async fn tasks_cancel_compensates_the_saga_and_the_task_ends_cancelled(pool: PgP
         .cancel_task(rmcp::model::CancelTaskParams::new(task_id.clone()))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = client
-            .get_task(GetTaskParams::new(task_id.clone()))
-            .await
-            .unwrap();
-        if got.task.status() == TaskStatus::Cancelled {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "task never cancelled: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    task_reaching(&client, &task_id, TaskStatus::Cancelled).await;
     let detail = h
         .engine
         .detail(task_id.parse().unwrap())

@@ -317,18 +317,7 @@ async fn a_task_is_input_required_and_tasks_update_answers_it_after_a_restart(po
         .update_task(UpdateTaskParams::new(task_id.clone(), responses.clone()))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let done = loop {
-        let got = client
-            .get_task(GetTaskParams::new(task_id.clone()))
-            .await
-            .unwrap();
-        if got.task.status() == TaskStatus::Completed {
-            break got;
-        }
-        assert!(std::time::Instant::now() < deadline, "task never completed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = task_reaching(&client, &task_id, TaskStatus::Completed).await;
     let wire = serde_json::to_value(&done).unwrap();
     assert_eq!(wire["result"]["structuredContent"]["status"], "completed");
     // The same update again is a duplicate, not a second event.

@@ -397,6 +397,29 @@ pub async fn connect(facade: &Arc<Facade>, principal: &str) -> Client {
     connect_with(facade, principal, TestClient::default()).await
 }
 
+/// Polls `tasks/get` until the task has `status` (for at most 15 s) and returns that answer.
+pub async fn task_reaching(
+    client: &Client,
+    task_id: &str,
+    status: rmcp::model::TaskStatus,
+) -> rmcp::model::GetTaskResult {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = client
+            .get_task(rmcp::model::GetTaskParams::new(task_id.to_string()))
+            .await
+            .unwrap();
+        if got.task.status() == status {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task never became {status:?}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn params(tool: &str, args: Value) -> CallToolRequestParams {
     let mut params = CallToolRequestParams::new(tool.to_string());
     params.arguments = args.as_object().cloned();
