@@ -49,6 +49,9 @@
 //!   `POST /customers/{id}` (update), `GET /customers?email=X&limit=N` (a list object),
 //!   `GET /customers/search?query=email:'X'` (also `name`, `phone`, `metadata['k']`, joined by
 //!   `AND` or `OR`; `\'` escapes; case-insensitive exact match).
+//! - `GET /payment_intents/search?query=metadata['idempotency_key']:'X'` (also `customer`,
+//!   `status`, `currency`; exact match; newest first; a `search_result` list): how a client
+//!   finds the intent a request of its own created when the answer was lost.
 //! - `POST /payment_intents` (amount >= 50 cents, currency, customer, payment_method,
 //!   confirm, description, metadata, automatic_payment_methods[...]),
 //!   `POST /payment_intents/{id}/confirm` (optional payment_method),
@@ -123,15 +126,28 @@
 //! - `GET /_sandbox/ledger` -> `{"objects":{TYPE:[...]}, "requests":[...]}`: TYPE is each
 //!   sObject name (records as `GET` returns them) and `customer`, `payment_intent`, `refund`,
 //!   `message`; requests are every service request in order, with `service`, `method`, `path`,
-//!   `idempotency_key`, `replayed` and `status` (faulted ones included).
+//!   `idempotency_key`, `replayed`, `status` and, for a faulted one, `fault`.
 //! - `POST /_sandbox/faults` ([`faults::FaultConfig`]) `{"error_rate":0.1,"timeout_rate":0.02,
-//!   "latency_ms":20,"services":["stripe"],"path_prefix":"/stripe/v1/refunds","seed":N,
-//!   "timeout_ms":10000}`: a matching request (service listed, or all when `services` is empty;
-//!   path starting with `path_prefix` if given) is delayed by `latency_ms`, then with
-//!   probability `error_rate` answered 500 in the service's error shape, or with probability
-//!   `timeout_rate` held `timeout_ms` (default 10 s) and answered 504, in both cases WITHOUT any
-//!   effect and without storing an idempotent result. Draws are seeded (`seed`, default the
-//!   sandbox seed), so a run repeats. `{}` clears the faults; `GET` shows the current settings.
+//!   "effect_then_error_rate":0.05,"effect_then_timeout_rate":0.02,"reset_rate":0.02,
+//!   "latency_ms":20,"services":["stripe"],"path_prefix":"/stripe/v1/refunds","method":"POST",
+//!   "max_faults":3,"seed":N,"timeout_ms":10000}`: a matching request (service listed, or all
+//!   when `services` is empty; path starting with `path_prefix` if given; HTTP method equal to
+//!   `method`, any case, if given) is delayed by `latency_ms`, then drawn:
+//!   - `error_rate`: answered 500 in the service's error shape, WITHOUT any effect;
+//!   - `timeout_rate`: held `timeout_ms` (default 10 s) and answered 504, WITHOUT any effect;
+//!   - `effect_then_error_rate`: the request is applied (its idempotent result kept, so a retry
+//!     with the key replays it), then answered 500 instead of its result;
+//!   - `effect_then_timeout_rate`: applied, then held `timeout_ms` and answered 504;
+//!   - `reset_rate`: applied, then the status line, the headers (with the full
+//!     `Content-Length`) and half the body are sent and the connection is dropped (a 204 is
+//!     sent as a 200 promising one byte).
+//!
+//!   The rates together are at most 1. `max_faults` stops injecting after that many faults
+//!   (latency goes on); setting the faults again restarts the count. The ledger's record of a
+//!   faulted request has `fault` (`error`, `timeout`, `effect_then_error`,
+//!   `effect_then_timeout`, `reset`) and the status the client was answered. Draws are seeded
+//!   (`seed`, default the sandbox seed), so a run repeats. `{}` clears the faults; `GET` shows
+//!   the current settings.
 //! - `POST /_sandbox/3ds/{id}?outcome=succeed|fail` (or the body `{"outcome":...}`; default
 //!   `succeed`) plays the guest completing (or failing) the 3-D Secure challenge of an intent
 //!   in `requires_action`: it becomes `succeeded`, or `requires_payment_method` with

@@ -2,7 +2,7 @@
 //! ledger, and the `/_sandbox/*` control endpoints.
 
 use super::faults::{FaultConfig, Outcome};
-use super::state::{lock, RequestRecord, Service, SharedState, StoredResponse};
+use super::state::{lock, RequestRecord, SandboxState, Service, SharedState, StoredResponse};
 use super::webhooks::{self, WebhookConfig};
 use super::{salesforce, stripe, twilio};
 use axum::body::{Body, Bytes};
@@ -232,6 +232,8 @@ async fn dispatch(
         .and_then(|name| headers.get(name))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let decision = lock(&shared).faults.decide(service, method.as_str(), &path);
+    let outcome = decision.outcome;
     let record = |status: u16, replayed: bool| RequestRecord {
         service,
         method: method.to_string(),
@@ -239,14 +241,12 @@ async fn dispatch(
         idempotency_key: key.clone(),
         replayed,
         status,
+        fault: outcome.name(),
     };
-
-    let decision = lock(&shared).faults.decide(service, &path);
     if !decision.latency.is_zero() {
         tokio::time::sleep(decision.latency).await;
     }
-    match decision.outcome {
-        Outcome::Pass => {}
+    match outcome {
         Outcome::Error => {
             lock(&shared).record(record(500, false));
             return fault_reply(service, 500).into_response();
@@ -257,6 +257,10 @@ async fn dispatch(
             tokio::time::sleep(hold).await;
             return fault_reply(service, 504).into_response();
         }
+        Outcome::Pass
+        | Outcome::EffectThenError
+        | Outcome::EffectThenTimeout(_)
+        | Outcome::Reset => {}
     }
 
     let req = Req {
@@ -266,22 +270,46 @@ async fn dispatch(
         headers: &headers,
         body: &body,
     };
-    let mut state = lock(&shared);
+    let reply = {
+        let mut state = lock(&shared);
+        let reply = respond(&mut state, service, &req, key.as_deref());
+        // The ledger shows what the client was answered; `fault` says the effect happened.
+        let seen = match outcome {
+            Outcome::EffectThenError => 500,
+            Outcome::EffectThenTimeout(_) => 504,
+            _ => reply.status,
+        };
+        state.record(record(seen, reply.replayed));
+        webhooks::flush(&mut state);
+        reply
+    };
+    match outcome {
+        Outcome::EffectThenError => fault_reply(service, 500).into_response(),
+        Outcome::EffectThenTimeout(hold) => {
+            tokio::time::sleep(hold).await;
+            fault_reply(service, 504).into_response()
+        }
+        Outcome::Reset => cut_off(reply),
+        Outcome::Pass | Outcome::Error | Outcome::Timeout(_) => reply.into_response(),
+    }
+}
+
+/// Authenticates `req`, then replays its idempotent result or runs it (storing the result).
+fn respond(state: &mut SandboxState, service: Service, req: &Req<'_>, key: Option<&str>) -> Reply {
     let authenticated = match service {
-        Service::Stripe => stripe::authenticate(&req),
-        Service::Salesforce => salesforce::authenticate(&req),
-        Service::Twilio => twilio::authenticate(&req),
+        Service::Stripe => stripe::authenticate(req),
+        Service::Salesforce => salesforce::authenticate(req),
+        Service::Twilio => twilio::authenticate(req),
     };
     if let Err(reply) = authenticated {
-        state.record(record(reply.status, false));
-        return reply.into_response();
+        return reply;
     }
     let idempotent = key
-        .clone()
-        .filter(|_| method == Method::POST && service != Service::Salesforce);
+        .map(str::to_string)
+        .filter(|_| *req.method == Method::POST && service != Service::Salesforce);
     if let Some(key) = &idempotent {
         if key.is_empty() || key.chars().count() > 255 {
-            let reply = match service {
+            return match service {
                 Service::Stripe => stripe::invalid_idempotency_key(key),
                 _ => Reply::json(
                     400,
@@ -292,14 +320,12 @@ async fn dispatch(
                     ),
                 ),
             };
-            state.record(record(reply.status, false));
-            return reply.into_response();
         }
     }
-    let print = fingerprint(&req);
+    let print = fingerprint(req);
     if let Some(key) = &idempotent {
         if let Some(stored) = state.idempotency.get(&(service, key.clone())) {
-            let reply = if stored.fingerprint == print {
+            return if stored.fingerprint == print {
                 Reply {
                     status: stored.status,
                     body: stored.body.clone(),
@@ -311,14 +337,12 @@ async fn dispatch(
             } else {
                 twilio::idempotency_conflict(key)
             };
-            state.record(record(reply.status, reply.replayed));
-            return reply.into_response();
         }
     }
     let reply = match service {
-        Service::Stripe => stripe::handle(&mut state, &req),
-        Service::Salesforce => salesforce::handle(&mut state, &req),
-        Service::Twilio => twilio::handle(&mut state, &req),
+        Service::Stripe => stripe::handle(state, req),
+        Service::Salesforce => salesforce::handle(state, req),
+        Service::Twilio => twilio::handle(state, req),
     };
     if let Some(key) = idempotent {
         if keeps_result(reply.status) {
@@ -332,10 +356,38 @@ async fn dispatch(
             );
         }
     }
-    state.record(record(reply.status, false));
-    webhooks::flush(&mut state);
-    drop(state);
-    reply.into_response()
+    reply
+}
+
+/// The `reset` fault's answer: the status line, the headers with the full `Content-Length`,
+/// half of the body, then the connection is dropped (the client sees the answer break off).
+fn cut_off(reply: Reply) -> Response {
+    // A 204 has no body to break off: it is sent as a 200 promising one byte.
+    let status = if reply.status == 204 {
+        200
+    } else {
+        reply.status
+    };
+    let declared = reply.body.len().max(1);
+    let sent = Bytes::from(reply.body[..reply.body.len() / 2].to_vec());
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(sent),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset (sandbox fault)",
+        )),
+    ];
+    let mut response = Response::new(Body::from_stream(futures::stream::iter(chunks)));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(reply.content_type),
+    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
+    response
 }
 
 /// `/_sandbox/health`, `/_sandbox/ledger`, `/_sandbox/faults`, `/_sandbox/reset`,

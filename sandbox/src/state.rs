@@ -72,7 +72,12 @@ pub struct RequestRecord {
     pub path: String,
     pub idempotency_key: Option<String>,
     pub replayed: bool,
+    /// The status the client was answered (for `reset`, the one whose answer broke off).
     pub status: u16,
+    /// The injected fault, if any (`error`, `timeout`, `effect_then_error`,
+    /// `effect_then_timeout`, `reset`); the `effect_...` ones and `reset` took effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'static str>,
 }
 
 /// A response kept for an idempotency key.

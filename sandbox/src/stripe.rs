@@ -426,6 +426,7 @@ fn route(state: &mut SandboxState, req: &Req<'_>) -> Result<Reply, StripeError> 
         }
         (&Method::POST, ["v1", "customers", id]) => update_customer(stripe, req, id),
         (&Method::POST, ["v1", "payment_intents"]) => create_intent(stripe, req, now, &base),
+        (&Method::GET, ["v1", "payment_intents", "search"]) => search_intents(stripe, req),
         (&Method::GET, ["v1", "payment_intents", id]) => {
             let intent = stripe
                 .payment_intents
@@ -566,10 +567,15 @@ struct Clause {
     value: String,
 }
 
-/// Parses the subset of Stripe's search language the sandbox supports: clauses
-/// `email:'x'`, `name:'x'`, `phone:'x'`, `metadata['key']:'x'` (quotes `'` or `"`, `\` escapes)
-/// joined by all-`AND` or all-`OR`.
-fn parse_search(query: &str) -> Result<(Vec<Clause>, bool), String> {
+/// Parses the subset of Stripe's search language the sandbox supports: clauses `field:'x'`
+/// for the resource's `fields` (customers: `email`, `name`, `phone`; payment intents:
+/// `customer`, `status`, `currency`) and `metadata['key']:'x'` (quotes `'` or `"`, `\`
+/// escapes), joined by all-`AND` or all-`OR`.
+fn parse_search(
+    query: &str,
+    resource: &str,
+    fields: &[&str],
+) -> Result<(Vec<Clause>, bool), String> {
     let chars: Vec<char> = query.chars().collect();
     let mut i = 0;
     let mut clauses = Vec::new();
@@ -626,9 +632,9 @@ fn parse_search(query: &str) -> Result<(Vec<Clause>, bool), String> {
             }
             i += 1;
             field = format!("metadata:{key}");
-        } else if !["email", "name", "phone"].contains(&field.as_str()) {
+        } else if !fields.contains(&field.as_str()) {
             return Err(format!(
-                "Field `{field}` is an unsupported search field for resource `customers`."
+                "Field `{field}` is an unsupported search field for resource `{resource}`."
             ));
         }
         if chars.get(i) != Some(&':') {
@@ -661,9 +667,10 @@ fn search_customers(stripe: &StripeState, req: &Req<'_>) -> Result<Reply, Stripe
     let query = req
         .query_param("query")
         .ok_or_else(|| StripeError::missing("query"))?;
-    let (clauses, any) = parse_search(query).map_err(|message| {
-        StripeError::invalid("parameter_invalid_string", message, Some("query"))
-    })?;
+    let (clauses, any) =
+        parse_search(query, "customers", &["email", "name", "phone"]).map_err(|message| {
+            StripeError::invalid("parameter_invalid_string", message, Some("query"))
+        })?;
     let limit = limit_param(req)?;
     let matches = |c: &Customer, clause: &Clause| -> bool {
         let value = match clause.field.as_str() {
@@ -690,6 +697,50 @@ fn search_customers(stripe: &StripeState, req: &Req<'_>) -> Result<Reply, Stripe
         .map(to_json)
         .collect();
     let mut page = list_page(data, limit, "/v1/customers/search");
+    page["object"] = json!("search_result");
+    page["next_page"] = Value::Null;
+    Ok(Reply::json(200, &page))
+}
+
+/// `GET /v1/payment_intents/search?query=metadata['k']:'v'`: how a client finds the intent a
+/// request of its own created when the answer was lost (metadata compares exactly, like
+/// Stripe's; `customer`, `status`, `currency` too). Newest first.
+fn search_intents(stripe: &StripeState, req: &Req<'_>) -> Result<Reply, StripeError> {
+    let query = req
+        .query_param("query")
+        .ok_or_else(|| StripeError::missing("query"))?;
+    let (clauses, any) = parse_search(
+        query,
+        "payment_intents",
+        &["customer", "status", "currency"],
+    )
+    .map_err(|message| StripeError::invalid("parameter_invalid_string", message, Some("query")))?;
+    let limit = limit_param(req)?;
+    let matches = |intent: &PaymentIntent, clause: &Clause| -> bool {
+        let value = match clause.field.as_str() {
+            "customer" => intent.customer.as_deref(),
+            "status" => Some(intent.status),
+            "currency" => Some(intent.currency.as_str()),
+            other => other
+                .strip_prefix("metadata:")
+                .and_then(|key| intent.metadata.get(key).map(String::as_str)),
+        };
+        value == Some(clause.value.as_str())
+    };
+    let data: Vec<Value> = stripe
+        .payment_intents
+        .values()
+        .rev()
+        .filter(|intent| {
+            if any {
+                clauses.iter().any(|cl| matches(intent, cl))
+            } else {
+                clauses.iter().all(|cl| matches(intent, cl))
+            }
+        })
+        .map(to_json)
+        .collect();
+    let mut page = list_page(data, limit, "/v1/payment_intents/search");
     page["object"] = json!("search_result");
     page["next_page"] = Value::Null;
     Ok(Reply::json(200, &page))
@@ -1145,17 +1196,22 @@ fn dollars(cents: i64) -> String {
 mod tests {
     use super::*;
 
+    fn parse_search_customers(query: &str) -> Result<(Vec<Clause>, bool), String> {
+        parse_search(query, "customers", &["email", "name", "phone"])
+    }
+
     #[test]
     fn search_parses_quoted_values_with_escapes() {
-        let (clauses, any) = parse_search(r"email:'o\'brien@example.com'").expect("parses");
+        let (clauses, any) =
+            parse_search_customers(r"email:'o\'brien@example.com'").expect("parses");
         assert!(!any);
         assert_eq!(clauses[0].value, "o'brien@example.com");
         let (clauses, _) =
-            parse_search(r#"email:"a@b.c" AND metadata['guest']:'x'"#).expect("parses");
+            parse_search_customers(r#"email:"a@b.c" AND metadata['guest']:'x'"#).expect("parses");
         assert_eq!(clauses.len(), 2);
         assert_eq!(clauses[1].field, "metadata:guest");
-        assert!(parse_search("email:'unterminated").is_err());
-        assert!(parse_search("email:'a' OR name:'b' AND phone:'c'").is_err());
-        assert!(parse_search("created>5").is_err());
+        assert!(parse_search_customers("email:'unterminated").is_err());
+        assert!(parse_search_customers("email:'a' OR name:'b' AND phone:'c'").is_err());
+        assert!(parse_search_customers("created>5").is_err());
     }
 }

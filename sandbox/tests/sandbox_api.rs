@@ -1400,3 +1400,200 @@ async fn ids_repeat_for_a_seed_and_differ_between_seeds() {
         "{first:?} vs {other:?}"
     );
 }
+
+/// The ledger's requests as (method, status, fault) triples.
+async fn faulted_requests(env: &Env) -> Vec<(String, u64, Option<String>)> {
+    env.ledger().await["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap().to_string(),
+                r["status"].as_u64().unwrap(),
+                r["fault"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn effect_then_error_charges_then_answers_500_and_the_intent_is_found_by_its_metadata() {
+    let env = sandbox().await;
+    let (status, set) = env
+        .faults(
+            json!({"effect_then_error_rate": 1.0, "services": ["stripe"],
+                       "method": "POST", "max_faults": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["max_faults"], 1);
+    assert_eq!(set["method"], "POST");
+    let mut form = intent_form("41200", "pm_card_visa");
+    form.push(("metadata[idempotency_key]", "charge-k1".to_string()));
+    let (status, error) = json_of(
+        env.stripe(Method::POST, "/payment_intents")
+            .header("Idempotency-Key", "charge-k1")
+            .form(&form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 500, "{error}");
+    assert_eq!(error["error"]["type"], "api_error");
+    let intents = env.objects("payment_intent").await;
+    assert_eq!(
+        intents.len(),
+        1,
+        "the charge happened although the client saw 500"
+    );
+    assert_eq!(intents[0]["status"], "succeeded");
+    assert_eq!(intents[0]["amount_received"], 41200);
+
+    // A GET passes (the method filter); the search finds the intent by the key in its metadata.
+    let (status, found) = json_of(
+        env.stripe(Method::GET, "/payment_intents/search")
+            .query(&[("query", "metadata['idempotency_key']:'charge-k1'")])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["object"], "search_result");
+    assert_eq!(found["data"].as_array().unwrap().len(), 1);
+    assert_eq!(found["data"][0]["id"], intents[0]["id"]);
+    let (_, none) = json_of(
+        env.stripe(Method::GET, "/payment_intents/search")
+            .query(&[("query", "metadata['idempotency_key']:'charge-k2'")])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(none["data"], json!([]));
+
+    // max_faults is spent: the retry with the same key replays the stored charge.
+    let response = env
+        .stripe(Method::POST, "/payment_intents")
+        .header("Idempotency-Key", "charge-k1")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers().get("idempotent-replayed").unwrap(),
+        "true"
+    );
+    let (status, replayed) = json_of(response).await;
+    assert_eq!(status, 200);
+    assert_eq!(replayed["id"], intents[0]["id"]);
+    assert_eq!(env.objects("payment_intent").await.len(), 1);
+    assert_eq!(
+        faulted_requests(&env).await,
+        vec![
+            ("POST".into(), 500, Some("effect_then_error".into())),
+            ("GET".into(), 200, None),
+            ("GET".into(), 200, None),
+            ("POST".into(), 200, None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn effect_then_timeout_sends_the_message_then_holds_and_answers_504() {
+    let env = sandbox().await;
+    env.faults(json!({"effect_then_timeout_rate": 1.0, "timeout_ms": 300,
+                      "services": ["twilio"], "max_faults": 2}))
+        .await;
+    let form = [
+        ("To", "+14155550102"),
+        ("From", "+15550100000"),
+        ("Body", "hi"),
+    ];
+    let started = Instant::now();
+    let response = env.twilio(Some("slow-1"), &form).send().await.unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        env.objects("message").await.len(),
+        1,
+        "sent before the hold"
+    );
+
+    // A client that gives up sooner sees a timeout; the message went out all the same.
+    let gave_up = env
+        .twilio(Some("slow-2"), &form)
+        .timeout(Duration::from_millis(50))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    assert_eq!(env.objects("message").await.len(), 2);
+    // The third request is past max_faults: it passes.
+    let sent = env.twilio(Some("slow-3"), &form).send().await.unwrap();
+    assert_eq!(sent.status(), 201);
+    assert_eq!(
+        faulted_requests(&env).await,
+        vec![
+            ("POST".into(), 504, Some("effect_then_timeout".into())),
+            ("POST".into(), 504, Some("effect_then_timeout".into())),
+            ("POST".into(), 201, None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_reset_applies_the_request_then_breaks_off_the_answer() {
+    let env = sandbox().await;
+    let (_, rooms) = env
+        .soql("SELECT Id FROM Hotel_Room__c WHERE Name = '102'")
+        .await;
+    let room = rooms["records"][0]["Id"].as_str().unwrap().to_string();
+    env.faults(json!({"reset_rate": 1.0, "services": ["stripe", "salesforce"], "max_faults": 2}))
+        .await;
+    // Stripe: the headers arrive, the body breaks off.
+    let answer = async {
+        let response = env
+            .stripe(Method::POST, "/payment_intents")
+            .header("Idempotency-Key", "reset-1")
+            .form(&intent_form("5000", "pm_card_visa"))
+            .send()
+            .await?;
+        response.bytes().await
+    }
+    .await;
+    assert!(
+        answer.is_err(),
+        "the client sees the answer break off: {answer:?}"
+    );
+    let intents = env.objects("payment_intent").await;
+    assert_eq!(intents.len(), 1, "the charge happened");
+    assert_eq!(intents[0]["status"], "succeeded");
+
+    // Salesforce: a 204 update breaks off too, and the update was applied.
+    let answer = async {
+        env.sf(Method::PATCH, &format!("/sobjects/Hotel_Room__c/{room}"))
+            .json(&json!({"Status__c": "Cleaning"}))
+            .send()
+            .await?
+            .bytes()
+            .await
+    }
+    .await;
+    assert!(answer.is_err(), "{answer:?}");
+    let (_, updated) = env
+        .soql("SELECT Status__c FROM Hotel_Room__c WHERE Name = '102'")
+        .await;
+    assert_eq!(updated["records"][0]["Status__c"], "Cleaning");
+    let faults: Vec<Option<String>> = faulted_requests(&env)
+        .await
+        .into_iter()
+        .map(|(_, _, fault)| fault)
+        .collect();
+    assert_eq!(
+        faults,
+        vec![None, Some("reset".into()), Some("reset".into()), None],
+        "the lookup, the charge, the update, the query"
+    );
+}
