@@ -15,3 +15,4 @@ pub mod http;
 pub mod metrics_server;
 pub mod render;
 pub mod telemetry;
+pub mod throwaway_pg;

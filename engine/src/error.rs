@@ -99,3 +99,27 @@ pub enum StoreError {
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
+
+impl StoreError {
+    /// Whether the connection to PostgreSQL was lost under the statement (the server restarted
+    /// or shut down, the network dropped, or no connection could be had in time). Its outcome
+    /// is unknown, but nothing says the worker's leases are gone: once it reconnects it takes
+    /// back the sagas it was driving (docs/reliability.md, "PostgreSQL restarts").
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            StoreError::Database(error) => match error {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08: connection exception; 57P01-57P03: the server is shutting down,
+                // crashed or is not accepting connections yet.
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}

@@ -99,20 +99,31 @@ impl Run {
 }
 
 impl Driver {
-    pub async fn drive(&self, claimed: ClaimedSaga) {
+    /// Drives the saga as far as it goes. Returns its lease when the connection to PostgreSQL
+    /// was lost under it: the worker takes the saga back once it reconnects
+    /// ([`PgStore::reclaim`]) rather than leave it to lease expiry.
+    pub async fn drive(&self, claimed: ClaimedSaga) -> Option<Lease> {
         let span = info_span!(
             "saga",
             saga_id = %claimed.lease.saga_id,
             skill = %claimed.skill,
             version = claimed.skill_version,
         );
+        let lease = claimed.lease.clone();
         async move {
-            if let Err(error) = self.drive_inner(claimed).await {
-                match error {
-                    StoreError::LostLease { .. } => {
-                        info!("lease lost; another worker owns the saga now")
-                    }
-                    other => warn!(error = %other, "saga paused by a store error; its lease will expire and it will be resumed"),
+            match self.drive_inner(claimed).await {
+                Ok(()) => None,
+                Err(StoreError::LostLease { .. }) => {
+                    info!("lease lost; another worker owns the saga now");
+                    None
+                }
+                Err(error) if error.is_connection_lost() => {
+                    warn!(error = %error, "saga paused: the connection to PostgreSQL was lost; taking it back on reconnect");
+                    Some(lease)
+                }
+                Err(error) => {
+                    warn!(error = %error, "saga paused by a store error; its lease will expire and it will be resumed");
+                    None
                 }
             }
         }

@@ -9,7 +9,7 @@ mod driver;
 use crate::clock::SharedClock;
 use crate::error::StoreError;
 use crate::registry::Registry;
-use crate::store::{KnownSkills, PgStore, WORK_CHANNEL};
+use crate::store::{ClaimedSaga, KnownSkills, Lease, PgStore, WORK_CHANNEL};
 use driver::{chrono_duration, Driver};
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits for every saga task to end.
-async fn drain(tasks: &mut JoinSet<()>) {
+async fn drain(tasks: &mut JoinSet<Option<Lease>>) {
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done {
             warn!(error = %e, "a saga task ended abnormally");
@@ -181,7 +181,7 @@ impl Worker {
         }
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<crate::store::ClaimedSaga>, StoreError> {
+    async fn claim(&self, limit: usize) -> Result<Vec<ClaimedSaga>, StoreError> {
         let now = self.clock.now();
         self.store
             .claim(
@@ -205,6 +205,8 @@ impl Worker {
                 return Ok(total);
             }
             total += claimed.len();
+            // A saga paused by a lost connection is left to its lease here: one-shot runs have
+            // no loop to take it back in.
             futures::future::join_all(claimed.into_iter().map(|c| driver.drive(c))).await;
         }
     }
@@ -218,12 +220,27 @@ impl Worker {
         let abandon = CancellationToken::new();
         let driver = self.driver(shutdown.clone(), abandon.clone());
         let mut tasks = JoinSet::new();
+        // Sagas whose driver lost its connection to PostgreSQL, with the lease it held: taken
+        // back as soon as a statement goes through again (see `reclaim`).
+        let mut paused: Vec<Lease> = Vec::new();
         info!(worker = %self.worker_id, concurrency = self.config.concurrency, "worker started");
 
         while !shutdown.is_cancelled() {
             while let Some(done) = tasks.try_join_next() {
-                if let Err(e) = done {
-                    warn!(error = %e, "a saga task ended abnormally");
+                collect_paused(done, &mut paused);
+            }
+            if !paused.is_empty() && permits.available_permits() > 0 {
+                let taken = self.reclaim(&mut paused, permits.available_permits()).await;
+                for saga in taken {
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    let driver = driver.clone();
+                    tasks.spawn(async move {
+                        let paused = driver.drive(saga).await;
+                        drop(permit);
+                        paused
+                    });
                 }
             }
             let free = permits
@@ -240,8 +257,9 @@ impl Worker {
                             };
                             let driver = driver.clone();
                             tasks.spawn(async move {
-                                driver.drive(saga).await;
+                                let paused = driver.drive(saga).await;
                                 drop(permit);
+                                paused
                             });
                         }
                     }
@@ -272,11 +290,7 @@ impl Worker {
                 _ = tokio::time::sleep(wait) => {}
                 // A saga let go: a permit is free, and it may have scheduled a retry sooner
                 // than this sleep would notice.
-                Some(done) = tasks.join_next() => {
-                    if let Err(e) = done {
-                        warn!(error = %e, "a saga task ended abnormally");
-                    }
-                }
+                Some(done) = tasks.join_next() => collect_paused(done, &mut paused),
             }
         }
 
@@ -307,6 +321,39 @@ impl Worker {
         Ok(())
     }
 
+    /// Takes back up to `limit` of the sagas paused by a lost connection
+    /// ([`PgStore::reclaim`]). Those it could not take (their lease was taken over or they
+    /// ended) are forgotten; if PostgreSQL is still unreachable all stay paused for the next
+    /// turn of the loop.
+    async fn reclaim(&self, paused: &mut Vec<Lease>, limit: usize) -> Vec<ClaimedSaga> {
+        let batch: Vec<Lease> = paused.drain(..paused.len().min(limit)).collect();
+        let now = self.clock.now();
+        match self
+            .store
+            .reclaim(
+                &self.worker_id,
+                now,
+                now + chrono_duration(self.config.lease),
+                &batch,
+            )
+            .await
+        {
+            Ok(taken) => {
+                info!(
+                    paused = batch.len(),
+                    taken = taken.len(),
+                    "reconnected to PostgreSQL; took back the sagas paused by the lost connection"
+                );
+                taken
+            }
+            Err(error) => {
+                debug!(error = %error, "could not take back paused sagas yet");
+                paused.extend(batch);
+                Vec::new()
+            }
+        }
+    }
+
     /// How long to sleep when nothing was due: until the next due time, within the poll interval.
     async fn idle_wait(&self) -> Duration {
         match self.store.next_due(&self.known).await {
@@ -320,5 +367,15 @@ impl Worker {
                 self.config.poll_interval
             }
         }
+    }
+}
+
+/// Notes a finished saga task: the lease of a saga paused by a lost connection is kept to take
+/// it back.
+fn collect_paused(done: Result<Option<Lease>, tokio::task::JoinError>, paused: &mut Vec<Lease>) {
+    match done {
+        Ok(Some(lease)) => paused.push(lease),
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "a saga task ended abnormally"),
     }
 }

@@ -298,37 +298,6 @@ impl PgStore {
         limit: i64,
         skills: &KnownSkills,
     ) -> Result<Vec<ClaimedSaga>, StoreError> {
-        #[derive(sqlx::FromRow)]
-        struct ClaimRow {
-            id: Uuid,
-            skill: String,
-            skill_version: i32,
-            status: String,
-            input: Value,
-            cursor: i32,
-            fencing_token: i64,
-            cancel_requested: bool,
-            previous_owner: Option<String>,
-            begun_attempt: Option<i32>,
-            resumed: bool,
-            steps: Option<sqlx::types::Json<Vec<StepJson>>>,
-        }
-        #[derive(serde::Deserialize)]
-        struct StepJson {
-            position: i32,
-            name: String,
-            status: String,
-            attempts: i32,
-            attempts_round_base: i32,
-            /// JSON cannot tell SQL NULL from a `null` output; `has_output` can.
-            has_output: bool,
-            output: Option<Value>,
-            compensation_status: String,
-            compensation_attempts: i32,
-            compensation_round_base: i32,
-            #[serde(default)]
-            wait_deadlines: std::collections::BTreeMap<String, DateTime<Utc>>,
-        }
         // One round trip to `stepwise.claim_sagas` (engine/migrations), one statement
         // inside it with a cached plan: lock the due sagas, take them (the update finds its
         // rows by primary key, so a claim stays O(batch) however many sagas ever ran), start
@@ -348,57 +317,64 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await?;
 
-        rows.into_iter()
-            .map(|r| {
-                let steps = r
-                    .steps
-                    .map(|json| json.0)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|st| {
-                        Ok(StepState {
-                            position: st.position,
-                            name: st.name,
-                            status: parse("step status", &st.status)?,
-                            attempts: st.attempts,
-                            attempts_round_base: st.attempts_round_base,
-                            output: st.has_output.then(|| st.output.unwrap_or(Value::Null)),
-                            compensation_status: parse(
-                                "compensation status",
-                                &st.compensation_status,
-                            )?,
-                            compensation_attempts: st.compensation_attempts,
-                            compensation_round_base: st.compensation_round_base,
-                            wait_deadlines: st.wait_deadlines,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                let mut steps = steps;
-                let cursor = usize::try_from(r.cursor).unwrap_or(usize::MAX);
-                if let (Some(attempt), Some(step)) = (r.begun_attempt, steps.get_mut(cursor)) {
-                    step.status = StepStatus::Running;
-                    step.attempts = attempt;
-                }
-                Ok(ClaimedSaga {
-                    lease: Lease {
-                        saga_id: r.id,
-                        token: r.fencing_token,
-                        worker: worker.clone(),
-                        expires_at: lease_until,
-                    },
-                    status: parse::<SagaStatus>("saga status", &r.status)?,
-                    skill: r.skill,
-                    skill_version: r.skill_version,
-                    input: r.input,
-                    cursor: r.cursor,
-                    cancel_requested: r.cancel_requested,
-                    expired_owner: r.previous_owner,
-                    begun: r.begun_attempt.is_some(),
-                    resumed: r.resumed,
-                    steps,
-                })
-            })
-            .collect()
+        claimed_sagas(worker, lease_until, rows)
+    }
+
+    /// Takes back sagas this worker was driving when its connection to PostgreSQL was lost
+    /// (the server restarted), without waiting for their leases to expire. Only a saga that
+    /// still names `worker` as its lease owner with the fencing token of `held` is taken: if its
+    /// lease expired and another worker claimed it, or it ended, the token or owner differ and
+    /// it is left alone. Each one taken gets a new token (so nothing the lost connection still
+    /// carried can commit) and a fresh lease, and is returned as a claim would return it; the
+    /// driver starts the step at the cursor itself.
+    pub async fn reclaim(
+        &self,
+        worker: &Arc<str>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        held: &[Lease],
+    ) -> Result<Vec<ClaimedSaga>, StoreError> {
+        let ids: Vec<Uuid> = held.iter().map(|l| l.saga_id).collect();
+        let tokens: Vec<i64> = held.iter().map(|l| l.token).collect();
+        let rows: Vec<ClaimRow> = sqlx::query_as(
+            "WITH mine AS (
+                 SELECT s.id FROM stepwise.sagas s
+                 JOIN unnest($4::uuid[], $5::int8[]) AS held(id, token)
+                   ON s.id = held.id AND s.fencing_token = held.token
+                 WHERE s.lease_owner = $3 AND s.status IN ('running', 'compensating')
+                 FOR UPDATE OF s SKIP LOCKED),
+             claimed AS (
+                 UPDATE stepwise.sagas s
+                 SET fencing_token = s.fencing_token + 1, wake_at = $2, updated_at = $1
+                 WHERE s.id IN (SELECT id FROM mine)
+                 RETURNING s.id, s.skill, s.skill_version, s.status::text AS status, s.input,
+                           s.cursor, s.fencing_token,
+                           s.cancel_requested_at IS NOT NULL AS cancel_requested)
+             SELECT claimed.id, claimed.skill, claimed.skill_version, claimed.status,
+                    claimed.input, claimed.cursor, claimed.fencing_token,
+                    claimed.cancel_requested, NULL::text AS previous_owner,
+                    NULL::int4 AS begun_attempt, false AS resumed,
+                    (SELECT jsonb_agg(jsonb_build_object(
+                                'position', st.position, 'name', st.name, 'status', st.status,
+                                'attempts', st.attempts,
+                                'attempts_round_base', st.attempts_round_base,
+                                'has_output', st.output IS NOT NULL, 'output', st.output,
+                                'compensation_status', st.compensation_status,
+                                'compensation_attempts', st.compensation_attempts,
+                                'compensation_round_base', st.compensation_round_base,
+                                'wait_deadlines', st.wait_deadlines)
+                            ORDER BY st.position)
+                     FROM stepwise.steps st WHERE st.saga_id = claimed.id) AS steps
+             FROM claimed",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(worker.as_ref())
+        .bind(&ids)
+        .bind(&tokens)
+        .fetch_all(&self.pool)
+        .await?;
+        claimed_sagas(worker, lease_until, rows)
     }
 
     /// Applies a worker's transition atomically, fenced by its lease token.
@@ -1168,4 +1144,92 @@ async fn apply_step_change(
     };
     query.execute(&mut *tx).await?;
     Ok(())
+}
+
+/// One row of `stepwise.claim_sagas` (or of a reclaim, which has the same shape).
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    id: Uuid,
+    skill: String,
+    skill_version: i32,
+    status: String,
+    input: Value,
+    cursor: i32,
+    fencing_token: i64,
+    cancel_requested: bool,
+    previous_owner: Option<String>,
+    begun_attempt: Option<i32>,
+    resumed: bool,
+    steps: Option<sqlx::types::Json<Vec<StepJson>>>,
+}
+#[derive(serde::Deserialize)]
+struct StepJson {
+    position: i32,
+    name: String,
+    status: String,
+    attempts: i32,
+    attempts_round_base: i32,
+    /// JSON cannot tell SQL NULL from a `null` output; `has_output` can.
+    has_output: bool,
+    output: Option<Value>,
+    compensation_status: String,
+    compensation_attempts: i32,
+    compensation_round_base: i32,
+    #[serde(default)]
+    wait_deadlines: std::collections::BTreeMap<String, DateTime<Utc>>,
+}
+/// Turns claim rows into claimed sagas held by `worker` until `lease_until`.
+fn claimed_sagas(
+    worker: &Arc<str>,
+    lease_until: DateTime<Utc>,
+    rows: Vec<ClaimRow>,
+) -> Result<Vec<ClaimedSaga>, StoreError> {
+    rows.into_iter()
+        .map(|r| {
+            let steps = r
+                .steps
+                .map(|json| json.0)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|st| {
+                    Ok(StepState {
+                        position: st.position,
+                        name: st.name,
+                        status: parse("step status", &st.status)?,
+                        attempts: st.attempts,
+                        attempts_round_base: st.attempts_round_base,
+                        output: st.has_output.then(|| st.output.unwrap_or(Value::Null)),
+                        compensation_status: parse("compensation status", &st.compensation_status)?,
+                        compensation_attempts: st.compensation_attempts,
+                        compensation_round_base: st.compensation_round_base,
+                        wait_deadlines: st.wait_deadlines,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let mut steps = steps;
+            let cursor = usize::try_from(r.cursor).unwrap_or(usize::MAX);
+            if let (Some(attempt), Some(step)) = (r.begun_attempt, steps.get_mut(cursor)) {
+                step.status = StepStatus::Running;
+                step.attempts = attempt;
+            }
+            Ok(ClaimedSaga {
+                lease: Lease {
+                    saga_id: r.id,
+                    token: r.fencing_token,
+                    worker: worker.clone(),
+                    expires_at: lease_until,
+                },
+                status: parse::<SagaStatus>("saga status", &r.status)?,
+                skill: r.skill,
+                skill_version: r.skill_version,
+                input: r.input,
+                cursor: r.cursor,
+                cancel_requested: r.cancel_requested,
+                expired_owner: r.previous_owner,
+                begun: r.begun_attempt.is_some(),
+                resumed: r.resumed,
+                steps,
+            })
+        })
+        .collect()
 }
