@@ -6,6 +6,7 @@ pub mod actor;
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod console;
 pub mod db_login;
 pub mod demo;
 pub mod doctor;

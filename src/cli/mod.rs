@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod console;
 mod doctor;
 mod embedded_pg;
 mod mcp;
@@ -58,6 +59,8 @@ pub enum Command {
     /// The HTTP server: /mcp (bearer tokens), /metrics, /healthz, /readyz, with in-process
     /// workers unless --no-worker; drains requests in flight on Ctrl-C/SIGTERM.
     Serve(serve::ServeArgs),
+    /// The operator console alone (web pages at /console; `serve` includes it).
+    Console(console::ConsoleArgs),
     /// Bearer tokens for `stepwise serve` (and `stepwise mcp --http`).
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
@@ -96,6 +99,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench::run(args).await,
         Command::Mcp(args) => mcp::run(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Console(args) => console::run(args).await,
         Command::Tokens(command) => tokens::run(command).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Sandbox(args) => sandbox::run(args).await,

@@ -50,7 +50,10 @@ pub fn routes(
     bound: SocketAddr,
     sessions: CancellationToken,
     webhook_secret: Option<String>,
+    shutdown: CancellationToken,
 ) -> Router {
+    // The console's event streams end when shutdown begins, so they do not hold the drain.
+    let live = crate::console::live::Live::start(facade.engine().store().pool().clone(), shutdown);
     let hosts = stepwise_mcp::http::allowed_hosts_from_env(bound);
     let pool = facade.engine().store().pool().clone();
     let engine = facade.engine().clone();
@@ -61,8 +64,12 @@ pub fn routes(
             hosts,
             sessions,
         ))
-        .merge(stepwise_mcp::http::metrics_router(facade))
+        .merge(stepwise_mcp::http::metrics_router(facade.clone()))
         .merge(crate::http::health::router(pool))
+        .merge(crate::console::router(crate::console::Console::new(
+            facade.engine().clone(),
+            live,
+        )))
 }
 
 /// `http://ADDR` of a bound address, with a wildcard address replaced by loopback (where this
@@ -82,7 +89,8 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     run_announcing(args, |bound| {
         eprintln!(
             "{LISTENING} http://{bound} (MCP: http://{bound}/mcp, Stripe webhooks: \
-             /webhooks/stripe, metrics: /metrics, health: /healthz, /readyz)"
+             /webhooks/stripe, console: http://{bound}/console, metrics: /metrics, health: \
+             /healthz, /readyz)"
         )
     })
     .await
@@ -157,7 +165,13 @@ pub async fn run_announcing(
             secret,
         );
     }
-    let router = routes(facade, bound, stop_sessions.clone(), webhook_secret);
+    let router = routes(
+        facade,
+        bound,
+        stop_sessions.clone(),
+        webhook_secret,
+        stop_http.clone(),
+    );
     announce(bound);
     let served = crate::http::serve(listener, router, trust, stop_http.clone(), grace)
         .await

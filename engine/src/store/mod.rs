@@ -4,6 +4,7 @@
 //! transaction on the saga's fencing token: a worker that lost its lease gets
 //! [`StoreError::LostLease`] and changes nothing.
 
+mod console;
 mod group_commit;
 mod old_layout;
 mod operator;
@@ -12,6 +13,10 @@ mod rows;
 mod stats;
 mod waits;
 
+pub use console::{
+    AttentionList, ConsoleSaga, MinuteActivity, SagaPageQuery, SkillStatusCount,
+    SAGA_CHANGED_CHANNEL,
+};
 pub use operator::{HistoryPartition, OperatorEvent, PruneBatch, ReplayConflict, ReplaySaga};
 pub use queries::{
     ClaimedSaga, Committed, InsertConflict, KnownSkills, Lease, NewEvent, NewSaga, StartOutcome,
