@@ -325,7 +325,7 @@ pub fn saga_output_schema(skill_output: Option<&Map<String, Value>>) -> Map<Stri
             "status": {"type": "string", "enum": ["pending", "running", "waiting", "compensating", "completed", "compensated", "failed"]},
             "waiting_for": {
                 "type": ["object", "null"],
-                "description": "While `waiting`: what the saga waits for (`event`, null for a time), until when (`until`), the question (`prompt`), the answer's JSON Schema (`schema`), the page where it is given (`url`), who may give it (`roles`; empty: who started the saga). Answer with provide_input.",
+                "description": "While `waiting`: what it waits for (`event`; null: a timer) and until when. Answer with provide_input.",
                 "properties": {
                     "step": {"type": "string"},
                     "event": {"type": ["string", "null"]},
@@ -340,7 +340,7 @@ pub fn saga_output_schema(skill_output: Option<&Map<String, Value>>) -> Map<Stri
             "output": output,
             "error": {
                 "type": "object",
-                "description": "Why the saga did not complete and what was undone.",
+                "description": "Why it did not complete, what was undone.",
                 "properties": {
                     "code": {"type": "string"},
                     "message": {"type": "string"},

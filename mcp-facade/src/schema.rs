@@ -1,5 +1,6 @@
 //! JSON Schemas as MCP clients want them: a top-level `"type":"object"`, references inlined
-//! (many clients do not resolve `$ref`), no `$schema` keyword.
+//! (many clients do not resolve `$ref`), no `$schema` keyword, and nothing that costs an
+//! agent's context without telling it anything (docs/mcp.md, "What tools/list costs").
 
 use serde_json::{Map, Value};
 
@@ -45,7 +46,75 @@ pub fn resolve(schema: &Value) -> Map<String, Value> {
     if unresolved && !defs.is_empty() {
         root.insert("$defs".into(), Value::Object(defs));
     }
-    root
+    // The Rust type's name says nothing the tool's name does not.
+    root.remove("title");
+    let mut root = Value::Object(root);
+    compact(&mut root);
+    match root {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Keywords schemars writes that tell a client nothing: `"default": null` on an optional
+/// field (absent already means none) and Rust's integer widths as `format` (`uint32`...),
+/// which JSON Schema does not define. Walks schemas only, so a property *named* `title` or
+/// `default` is kept.
+fn compact(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.get("default").is_some_and(Value::is_null) {
+                map.remove("default");
+            }
+            if map
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(is_rust_number_format)
+            {
+                map.remove("format");
+            }
+            for (keyword, child) in map.iter_mut() {
+                match keyword.as_str() {
+                    "properties" | "patternProperties" | "$defs" | "definitions" => {
+                        if let Value::Object(children) = child {
+                            children.values_mut().for_each(compact);
+                        }
+                    }
+                    "items"
+                    | "additionalProperties"
+                    | "not"
+                    | "anyOf"
+                    | "oneOf"
+                    | "allOf"
+                    | "prefixItems"
+                    | "contains"
+                    | "if"
+                    | "then"
+                    | "else" => compact(child),
+                    _ => {}
+                }
+            }
+        }
+        Value::Array(schemas) => schemas.iter_mut().for_each(compact),
+        _ => {}
+    }
+}
+
+fn is_rust_number_format(format: &str) -> bool {
+    matches!(
+        format,
+        "int8"
+            | "int16"
+            | "int32"
+            | "int64"
+            | "uint"
+            | "uint8"
+            | "uint16"
+            | "uint32"
+            | "uint64"
+            | "float"
+            | "double"
+    )
 }
 
 fn inline(value: &mut Value, defs: &Map<String, Value>, depth: usize, unresolved: &mut bool) {
@@ -282,6 +351,32 @@ mod tests {
         let out = Value::Object(normalize(&schema));
         assert!(out.get("$defs").is_some());
         assert_eq!(out["properties"]["node"]["type"], "object");
+    }
+
+    #[test]
+    fn noise_is_dropped_but_fields_named_like_keywords_are_kept() {
+        let schema = resolve(&json!({
+            "title": "BorrowInput",
+            "type": "object",
+            "properties": {
+                "title": {"type": "string", "format": "date"},
+                "default": {"type": ["integer", "null"], "format": "uint32", "default": null},
+                "copies": {"type": "array", "items": {"type": "integer", "format": "int64"}},
+                "shelf": {"type": "integer", "default": 3}
+            }
+        }));
+        assert_eq!(
+            Value::Object(schema),
+            json!({
+                "type": "object",
+                "properties": {
+                    "title": {"type": "string", "format": "date"},
+                    "default": {"type": ["integer", "null"]},
+                    "copies": {"type": "array", "items": {"type": "integer"}},
+                    "shelf": {"type": "integer", "default": 3}
+                }
+            })
+        );
     }
 
     #[test]

@@ -423,12 +423,12 @@ fn skill_tool(skill: &Skill, access: &Access) -> Tool {
         .idempotent(true)
         .open_world(exposure.open_world)
         .with_title_of(skill.name());
+    // The skill's version is in the result (`skill`) and in `stepwise skills`; the agent
+    // needs only what the call returns (docs/mcp.md, "What tools/list costs").
     let description = format!(
-        "{} Runs as a durable saga (skill `{}` v{}): waits a bounded time and returns its \
-         status with the output, or the error and what was undone.",
+        "{} A durable saga: returns the output, or the error and what was undone; still \
+         running after a bounded wait, its status.",
         skill.description(),
-        skill.name(),
-        skill.version()
     );
     Tool::new(skill.name().to_string(), description, input)
         .with_raw_output_schema(Arc::new(output))
