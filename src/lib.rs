@@ -5,6 +5,7 @@
 pub mod actor;
 pub mod app;
 pub mod bench;
+pub mod chaos;
 pub mod cli;
 pub mod console;
 pub mod db_login;

@@ -53,6 +53,11 @@ pub enum Command {
     Demo,
     /// Benchmark the executor against PostgreSQL's own ceiling (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// The chaos suite (docs/reliability.md): hotel and synthetic sagas under sandbox faults,
+    /// killed and stopped workers, PostgreSQL restarts and a rolling restart, on a throwaway
+    /// cluster; prints one JSON line of checks and exits 1 if one fails (scripts/chaos).
+    #[command(hide = true)]
+    Chaos(crate::chaos::ChaosArgs),
     /// Serve the skills as MCP tools over stdio (acting as STEPWISE_PRINCIPAL); `--http ADDR`
     /// is `serve --addr ADDR`. Runs a worker in-process unless --no-worker.
     Mcp(mcp::McpArgs),
@@ -97,6 +102,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sagas(command) => sagas::run(command).await,
         Command::Demo => crate::demo::run().await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Chaos(args) => crate::chaos::run(args).await,
         Command::Mcp(args) => mcp::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Console(args) => console::run(args).await,
