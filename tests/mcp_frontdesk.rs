@@ -211,6 +211,14 @@ async fn a_guest_lists_only_her_bookings_and_cannot_read_another_guests(pool: Pg
     )
     .await;
     assert_eq!(error_of(&read)["code"], "booking_not_found");
+    // Every hotel error says what to do next (skills/src/hotel/errors.rs).
+    assert!(
+        error_of(&read)["action"]
+            .as_str()
+            .is_some_and(|a| a.contains("list_bookings")),
+        "{read:?}"
+    );
+    assert!(error_of(&refused)["action"].is_string(), "{refused:?}");
     guest.cancel().await.unwrap();
 
     // Staff find any guest's by email or booking number, and must give one of them.

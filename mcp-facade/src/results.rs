@@ -46,12 +46,17 @@ impl ToolError {
         }
     }
 
+    /// A refusal by role or ownership; callers with a better next move replace the action.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new("forbidden", message)
+        Self::new("forbidden", message).with_action(
+            "Not allowed for you: use only the tools tools/list shows you, on your own data, or \
+             ask someone whose role allows it.",
+        )
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new("not_found", what)
+            .with_action("Check the id or name; list_sagas lists the sagas you can see.")
     }
 
     pub fn with_action(mut self, action: impl Into<String>) -> Self {

@@ -28,6 +28,7 @@
 pub mod approval;
 pub mod calendar;
 mod effects;
+pub mod errors;
 pub mod holds;
 pub mod input;
 pub mod queries;
@@ -268,7 +269,7 @@ where
     O: Serialize + 'static,
 {
     let hotel = hotel.clone();
-    Step::new(name, move |ctx| action(hotel.clone(), ctx))
+    Step::new(name, move |ctx| errors::acted(action(hotel.clone(), ctx)))
         .retry(policy::action())
         .compensation_retry(policy::compensation())
         .timeout(Duration::from_secs(20))

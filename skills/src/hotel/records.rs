@@ -378,7 +378,7 @@ pub async fn guest_booking(
             "booking_not_found",
             format!("no booking {number} for {email}"),
         )
-        .with_action("Check the booking number and the guest's email")
+        .with_action("Check the booking number and the guest's email with list_bookings")
     };
     let contact = contact_by_email(crm, email).await?.ok_or_else(not_found)?;
     let soql = format!(

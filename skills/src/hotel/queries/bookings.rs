@@ -67,13 +67,13 @@ pub(super) fn get_booking(hotel: &Arc<Hotel>) -> Query {
         exposure::guest_self_staff_manager(),
         move |input: GetBookingInput| {
             let hotel = hotel.clone();
-            async move {
+            crate::hotel::errors::acted(async move {
                 let crm = &hotel.connectors.crm;
                 let (guest, booking): (_, Booking) =
                     records::guest_booking(crm, &input.guest_email, &input.booking_number).await?;
                 let room = records::room_by_id(crm, &booking.room).await?;
                 Ok(BookingView::new(booking, &guest, &input.guest_email, room))
-            }
+            })
         },
     )
 }
@@ -154,7 +154,7 @@ pub(super) fn list_bookings(hotel: &Arc<Hotel>) -> Query {
         exposure::guest_self_staff_manager(),
         move |input: ListBookingsInput| {
             let hotel = hotel.clone();
-            async move { list(&hotel, input).await }
+            crate::hotel::errors::acted(async move { list(&hotel, input).await })
         },
     )
 }

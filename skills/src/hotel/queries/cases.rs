@@ -84,7 +84,7 @@ pub(super) fn search_cases(hotel: &Arc<Hotel>) -> Query {
         exposure::guest_self_staff_manager(),
         move |input: SearchCasesInput| {
             let hotel = hotel.clone();
-            async move {
+            crate::hotel::errors::acted(async move {
                 let crm = &hotel.connectors.crm;
                 let mut conditions = Vec::new();
                 if let Some(email) = &input.guest_email {
@@ -136,7 +136,7 @@ pub(super) fn search_cases(hotel: &Arc<Hotel>) -> Query {
                         })
                         .collect(),
                 })
-            }
+            })
         },
     )
 }

@@ -137,7 +137,7 @@ pub(super) fn search_rooms(hotel: &Arc<Hotel>) -> Query {
         Exposure::roles(&["guest", "staff", "manager", "operator"]).open_world(),
         move |input: SearchRoomsInput| {
             let hotel = hotel.clone();
-            async move { search(&hotel, input).await }
+            crate::hotel::errors::acted(async move { search(&hotel, input).await })
         },
     )
 }

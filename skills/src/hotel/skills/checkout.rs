@@ -185,9 +185,9 @@ async fn find_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Stay, StepErro
                     .is_none_or(|n| n == b.number)
             })
             .collect();
-    let booking = match stays.as_slice() {
-        [] => {
-            return Err(StepError::permanent(
+    let booking =
+        match stays.as_slice() {
+            [] => return Err(StepError::permanent(
                 "no_checked_in_stay",
                 format!(
                     "{} has no checked-in stay{}",
@@ -199,23 +199,24 @@ async fn find_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Stay, StepErro
                         .unwrap_or_default()
                 ),
             )
-            .with_action("Check the guest's email; a guest must be checked in to check out"))
-        }
-        [one] => one.clone(),
-        several => {
-            let numbers: Vec<&str> = several.iter().map(|b| b.number.as_str()).collect();
-            return Err(StepError::permanent(
-                "multiple_stays",
-                format!(
-                    "{} has {} checked-in stays: {}",
-                    input.guest_email,
-                    several.len(),
-                    numbers.join(", ")
-                ),
-            )
-            .with_action("Call again with booking_number set to one of them"));
-        }
-    };
+            .with_action(
+                "Check the guest's email; a guest must be checked in (check_in_guest) to check out",
+            )),
+            [one] => one.clone(),
+            several => {
+                let numbers: Vec<&str> = several.iter().map(|b| b.number.as_str()).collect();
+                return Err(StepError::permanent(
+                    "multiple_stays",
+                    format!(
+                        "{} has {} checked-in stays: {}",
+                        input.guest_email,
+                        several.len(),
+                        numbers.join(", ")
+                    ),
+                )
+                .with_action("Call again with booking_number set to one of them"));
+            }
+        };
     let room = records::room_by_id(crm, &booking.room).await?;
     // The booked nights are charged (the booking's dates, whatever day the guest leaves).
     let nights = booking.nights().max(1);

@@ -115,7 +115,7 @@ async fn verify_guest_room(hotel: Arc<Hotel>, ctx: StepContext) -> Result<GuestI
                     input.guest_email, input.room_number
                 ),
             )
-            .with_action("Service requests are for the room the guest is staying in")
+            .with_action("Service requests are for the room the guest is staying in (list_bookings shows it)")
         })?;
     Ok(GuestInRoom {
         contact_id: guest.id,
