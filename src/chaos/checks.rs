@@ -17,6 +17,16 @@ pub async fn unfinished(pool: &PgPool) -> Result<i64, sqlx::Error> {
     .await
 }
 
+/// A saga that handles money: a checkout or a booking.
+#[derive(sqlx::FromRow)]
+struct PayingSaga {
+    id: uuid::Uuid,
+    skill: String,
+    status: String,
+    output: Option<Value>,
+    error: Option<Value>,
+}
+
 pub struct Report {
     pub json: Value,
     /// Every figure that must be 0 is 0.
@@ -90,8 +100,8 @@ pub async fn report(
         .count();
 
     // Every saga that handles money: checkouts (the stay) and bookings (the deposit).
-    let paying: Vec<(uuid::Uuid, String, String, Option<Value>)> = sqlx::query_as(
-        "SELECT id, skill, status::text, output FROM stepwise.sagas
+    let paying: Vec<PayingSaga> = sqlx::query_as(
+        "SELECT id, skill, status::text AS status, output, error FROM stepwise.sagas
          WHERE skill IN ('process_guest_checkout', 'create_booking')",
     )
     .fetch_all(pool)
@@ -99,7 +109,14 @@ pub async fn report(
     .map_err(db)?;
     let mut checkouts = 0;
     let mut mismatches = Vec::new();
-    for (id, skill, status, output) in &paying {
+    for PayingSaga {
+        id,
+        skill,
+        status,
+        output,
+        error,
+    } in &paying
+    {
         if skill == "process_guest_checkout" {
             checkouts += 1;
         }
@@ -122,6 +139,8 @@ pub async fn report(
             mismatches.push(json!({
                 "saga_id": id, "skill": skill, "status": status,
                 "charges": m.charges, "net": m.net, "expected_net": if status == "completed" { expected } else { 0 },
+                // Why it compensated: the step that gave up and its last error.
+                "error": error.as_ref().map(|e| json!({"step": e["step"], "code": e["code"]})),
             }));
         }
     }
