@@ -623,3 +623,50 @@ async fn the_saga_list_stays_fast_with_100000_sagas(pool: PgPool) {
     staff.get_ok("/console").await;
     eprintln!("overview: {:?}", started.elapsed());
 }
+
+#[sqlx::test(migrations = false)]
+async fn stepwise_console_serves_the_console_alone(pool: PgPool) {
+    setup(&pool).await;
+    let url = common::database_url(&pool).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["console", "--addr", "127.0.0.1:0"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("stepwise console: listening on ") {
+                return rest.trim_end_matches("/console").to_string();
+            }
+        }
+        panic!("stepwise console exited before listening");
+    })
+    .await
+    .expect("the console listens");
+    let http = client();
+    let page = http.get(format!("{base}/console")).send().await.unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(location(&page), "/console/signin");
+    let form = http
+        .get(format!("{base}/console/signin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let mcp = http.post(format!("{base}/mcp")).send().await.unwrap();
+    assert_eq!(
+        mcp.status(),
+        404,
+        "the console alone serves no MCP endpoint"
+    );
+    child.kill().await.unwrap();
+}
