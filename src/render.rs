@@ -222,7 +222,12 @@ pub fn timeline(saga: &SagaDetail) -> String {
         steps.add_row(vec![
             (s.position + 1).to_string(),
             s.name.clone(),
-            s.status.to_string(),
+            if s.possibly_done {
+                // README, "States": an attempt's outcome was unknown, so it is undone too.
+                format!("{} (possibly done)", s.status)
+            } else {
+                s.status.to_string()
+            },
             s.attempts.to_string(),
             took,
             short_error(&s.error),

@@ -292,3 +292,162 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgP
         "no write reached the external systems"
     );
 }
+
+/// Money the payments service holds for a booking: charges that succeeded minus refunds.
+fn net_money(ledger: &Value, booking_number: &str) -> (i64, i64) {
+    let charges: Vec<Value> = objects(ledger, "payment_intent")
+        .into_iter()
+        .filter(|p| p["metadata"]["booking_number"] == booking_number && p["status"] == "succeeded")
+        .collect();
+    let charged: i64 = charges
+        .iter()
+        .map(|p| p["amount_received"].as_i64().unwrap())
+        .sum();
+    let refunded: i64 = objects(ledger, "refund")
+        .iter()
+        .filter(|r| charges.iter().any(|c| c["id"] == r["payment_intent"]))
+        .map(|r| r["amount"].as_i64().unwrap())
+        .sum();
+    (charged, refunded)
+}
+
+/// A checkout whose charge took effect but whose every answer was lost (the sandbox applies the
+/// payment, then answers 500, or drops the connection mid-answer) gives up with an unknown
+/// outcome: the charge step is possibly done, its undo finds the payment by its idempotency key
+/// and refunds it, and the agent is told so (README "Concepts", docs/reliability.md).
+#[sqlx::test(migrations = false)]
+async fn a_checkout_whose_charge_answers_were_lost_refunds_the_possible_charge(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let w = World::new(pool).await;
+    let stays = checked_in_stays(&w.ledger().await);
+    for (i, fault) in ["effect_then_error_rate", "reset_rate"].iter().enumerate() {
+        let (email, number, _) = stays[i].clone();
+        // Every attempt of the charge (5) fails after the payment was applied (the later ones
+        // replay it); the search and the refund are not faulted.
+        w.faults(
+            json!({*fault: 1.0, "services": ["stripe"], "method": "POST",
+                        "path_prefix": "/stripe/v1/payment_intents", "max_faults": 5}),
+        )
+        .await;
+        let detail = w
+            .run(
+                "process_guest_checkout",
+                checkout_input(&format!("lost-{i}"), &email, "pm_card_visa"),
+            )
+            .await;
+        w.clear_faults().await;
+        assert_eq!(
+            status(&detail),
+            SagaStatus::Compensated,
+            "{fault}: {:?}",
+            detail.error
+        );
+        let charge = detail
+            .steps
+            .iter()
+            .find(|s| s.name == "charge_payment")
+            .unwrap();
+        assert_eq!(charge.attempts, 5, "{fault}");
+        assert!(charge.possibly_done, "{fault}");
+        let undone: Vec<String> = detail
+            .events
+            .iter()
+            .filter(|e| e.kind.to_string() == "compensation_succeeded")
+            .filter_map(|e| e.step.clone())
+            .collect();
+        assert_eq!(undone, ["charge_payment"], "{fault}: nothing else had run");
+
+        let ledger = w.ledger().await;
+        let (charged, refunded) = net_money(&ledger, &number);
+        assert!(
+            charged > 0,
+            "{fault}: the payment was made although every answer was lost"
+        );
+        assert_eq!(
+            charged - refunded,
+            0,
+            "{fault}: nothing is kept of a compensated checkout"
+        );
+
+        let undo = charge.compensation.output.clone().unwrap();
+        let expected = format!(
+            "a possible charge of {} was found and refunded",
+            stepwise_skills::hotel::records::money(charged)
+        );
+        assert_eq!(undo["summary"], expected.as_str(), "{undo}");
+        let recorded = detail
+            .events
+            .iter()
+            .find(|e| {
+                e.kind.to_string() == "compensation_succeeded"
+                    && e.step.as_deref() == Some("charge_payment")
+            })
+            .unwrap();
+        assert_eq!(recorded.detail.as_ref().unwrap()["possibly_done"], true);
+        assert_eq!(
+            recorded.detail.as_ref().unwrap()["output"]["summary"],
+            expected.as_str()
+        );
+        let report = stepwise_mcp::results::saga_report(&detail);
+        assert!(report.text.contains(&expected), "{}", report.text);
+        assert!(
+            !report.text.contains("Nothing had to be undone"),
+            "{}",
+            report.text
+        );
+        assert_eq!(
+            report.structured["error"]["undo_summaries"][0]["summary"],
+            expected.as_str()
+        );
+    }
+}
+
+/// The same lost answers without an effect (500 before the payment is made): the charge step is
+/// still possibly done (the client cannot tell), and its undo finds nothing: "nothing had been
+/// charged".
+#[sqlx::test(migrations = false)]
+async fn a_checkout_whose_charge_failed_unseen_says_nothing_had_been_charged(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let w = World::new(pool).await;
+    let (email, number, _) = checked_in_stays(&w.ledger().await)[0].clone();
+    w.faults(
+        json!({"error_rate": 1.0, "services": ["stripe"], "method": "POST",
+                    "path_prefix": "/stripe/v1/payment_intents"}),
+    )
+    .await;
+    let detail = w
+        .run(
+            "process_guest_checkout",
+            checkout_input("unseen-1", &email, "pm_card_visa"),
+        )
+        .await;
+    w.clear_faults().await;
+    assert_eq!(
+        status(&detail),
+        SagaStatus::Compensated,
+        "{:?}",
+        detail.error
+    );
+    let charge = detail
+        .steps
+        .iter()
+        .find(|s| s.name == "charge_payment")
+        .unwrap();
+    assert!(charge.possibly_done);
+    let undo = charge.compensation.output.clone().unwrap();
+    assert_eq!(undo["summary"], "nothing had been charged", "{undo}");
+    assert_eq!(undo["charged"], 0);
+    let ledger = w.ledger().await;
+    assert_eq!(net_money(&ledger, &number), (0, 0));
+    assert!(objects(&ledger, "refund").is_empty(), "nothing to refund");
+    let report = stepwise_mcp::results::saga_report(&detail);
+    assert!(
+        report.text.contains("nothing had been charged"),
+        "{}",
+        report.text
+    );
+}

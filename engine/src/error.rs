@@ -3,14 +3,20 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Whether trying again can help.
+/// Whether trying again can help, and whether the failed attempt may have taken effect
+/// (README, "States"; docs/skills.md, "Classifying errors").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
-    /// Timeouts, 5xx, 429, connection loss: the next attempt may succeed.
+    /// Refused before any effect (connection refused, 429, 503 with `Retry-After`): the next
+    /// attempt may succeed.
     Retryable,
-    /// Validation, business rules, a declined card: stop and compensate.
+    /// Validation, business rules, a declined card: no effect; stop and compensate.
     Permanent,
+    /// The request may have taken effect (a timeout after it was sent, a 5xx, the connection
+    /// lost while reading the answer). Retried like [`ErrorClass::Retryable`]; if the step
+    /// gives up after such an attempt it is "possibly done" and its own compensation runs too.
+    Unknown,
 }
 
 /// What a step action or compensation reports when it fails.
@@ -45,24 +51,47 @@ impl StepError {
         }
     }
 
+    /// An attempt whose effect is unknown (see [`ErrorClass::Unknown`]).
+    pub fn unknown(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Unknown,
+            code: code.into(),
+            message: message.into(),
+            action: None,
+        }
+    }
+
     pub fn with_action(mut self, action: impl Into<String>) -> Self {
         self.action = Some(action.into());
         self
     }
 
+    /// Whether another attempt may be made (retryable and unknown errors).
     pub fn is_retryable(&self) -> bool {
-        self.class == ErrorClass::Retryable
+        matches!(self.class, ErrorClass::Retryable | ErrorClass::Unknown)
     }
 
-    /// The shape stored in `steps.error` and shown by `sagas show`.
+    /// Whether the attempt may have taken effect.
+    pub fn is_unknown(&self) -> bool {
+        self.class == ErrorClass::Unknown
+    }
+
+    /// The shape stored in `steps.error` and shown by `sagas show`: `code`, `message`,
+    /// `retryable`, `action` if any, and `"outcome": "unknown"` when the attempt may have
+    /// taken effect.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::json!({
             "code": self.code,
             "message": self.message,
             "retryable": self.is_retryable(),
         });
-        if let (Some(action), Some(map)) = (&self.action, value.as_object_mut()) {
-            map.insert("action".into(), action.clone().into());
+        if let Some(map) = value.as_object_mut() {
+            if let Some(action) = &self.action {
+                map.insert("action".into(), action.clone().into());
+            }
+            if self.is_unknown() {
+                map.insert("outcome".into(), "unknown".into());
+            }
         }
         value
     }

@@ -219,6 +219,10 @@ pub struct StepView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub compensation: CompensationView,
+    /// An attempt failed with an unknown outcome and the step did not succeed after it: it may
+    /// have taken effect, so it is compensated like a succeeded step (README, "States").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub possibly_done: bool,
 }
 
 /// One row of the history.

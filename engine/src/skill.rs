@@ -53,9 +53,21 @@ pub struct StepContext {
     pub(crate) outputs: Arc<BTreeMap<String, Value>>,
     /// The step's waits (None in compensations, which cannot wait).
     pub(crate) waits: Option<Arc<WaitBook>>,
+    /// In a compensation: the step never succeeded, but an attempt failed with an unknown
+    /// outcome ([`crate::ErrorClass::Unknown`]), so it may have taken effect. The compensation
+    /// gets `Value::Null` as the output and must find out what happened (for example by the
+    /// action's idempotency key, [`StepContext::action_idempotency_key`]), undo it if it did,
+    /// and succeed when there is nothing to undo. Always false for actions.
+    pub possibly_done: bool,
 }
 
 impl StepContext {
+    /// The idempotency key the step's action uses (`{saga_id}/{step}`), also in its
+    /// compensation: what a compensation of a possibly done step looks the effect up by.
+    pub fn action_idempotency_key(&self) -> String {
+        format!("{}/{}", self.saga_id, self.step)
+    }
+
     /// The saga input, typed. Inputs are validated at start, so a failure here is permanent.
     pub fn input<T: DeserializeOwned>(&self) -> Result<T, StepError> {
         T::deserialize(self.input.as_ref())

@@ -3,7 +3,7 @@
 //! rewrite of the executor's core).
 //!
 //! Each generated [`Script`] defines a skill whose steps follow it: for every step and attempt
-//! an outcome (success, retryable or permanent error), optionally a wait for an event first
+//! an outcome (success, retryable, permanent or unknown error), optionally a wait for an event first
 //! (delivered before the wait, delivered while waiting, or timed out), and compensations with
 //! their own scripted outcomes. Faults and operator actions are part of the script: a worker
 //! that crashes mid-step (its future is dropped and the lease expires on the manual clock), a
@@ -54,6 +54,9 @@ enum Basic {
     Ok,
     Retryable,
     Permanent,
+    /// The attempt may have taken effect (`StepError::unknown`): retried like a retryable
+    /// error; a step that gives up after one is possibly done and compensated too.
+    Unknown,
 }
 
 /// What one attempt of an action or a compensation does.
@@ -62,6 +65,7 @@ enum Outcome {
     Ok,
     Retryable,
     Permanent,
+    Unknown,
     /// The worker dies mid-attempt: its future is dropped, and the lease expires later.
     Crash,
     /// The worker stalls mid-attempt past its lease; another worker takes the saga over and
@@ -133,7 +137,8 @@ fn basic() -> impl Strategy<Value = Basic> {
     prop_oneof![
         Just(Basic::Ok),
         Just(Basic::Retryable),
-        Just(Basic::Permanent)
+        Just(Basic::Permanent),
+        Just(Basic::Unknown)
     ]
 }
 
@@ -142,6 +147,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         4 => Just(Outcome::Ok),
         3 => Just(Outcome::Retryable),
         1 => Just(Outcome::Permanent),
+        2 => Just(Outcome::Unknown),
         1 => Just(Outcome::Crash),
         1 => basic().prop_map(Outcome::LeaseLost),
         1 => basic().prop_map(Outcome::CancelDuring),
@@ -154,6 +160,7 @@ fn compensation_outcome() -> impl Strategy<Value = Outcome> {
         3 => Just(Outcome::Ok),
         3 => Just(Outcome::Retryable),
         2 => Just(Outcome::Permanent),
+        1 => Just(Outcome::Unknown),
         1 => Just(Outcome::Crash),
         1 => basic().prop_map(Outcome::LeaseLost),
         1 => basic().prop_map(Outcome::CancelDuring),
@@ -239,11 +246,13 @@ struct Expected {
 }
 
 /// Steps whose outcome is unknown when the saga gives up ("possibly done", issue 13 item 1):
-/// they must be compensated too, first, in reverse order. Outcomes are never unknown today (an
-/// error is retryable or permanent), so the set is empty; when unknown outcomes exist, the
-/// script gains an `Unknown` outcome and this returns the steps whose last attempt ended in it.
-fn possibly_done(_script: &Script, _steps: &[ModelStep]) -> BTreeSet<usize> {
-    BTreeSet::new()
+/// a step that did not succeed although one of its attempts (whose result was committed, so
+/// not one fenced off after a lost lease) ended in an unknown error. They are compensated too,
+/// first, in reverse order.
+fn possibly_done(unknown: &[bool], steps: &[ModelStep]) -> BTreeSet<usize> {
+    (0..steps.len())
+        .filter(|&k| unknown[k] && steps[k].status != StepStatus::Succeeded)
+        .collect()
 }
 
 /// What the engine should do with `script` under the harness of [`Harness::drive_to_terminal`].
@@ -269,6 +278,8 @@ fn expect(script: &Script) -> Expected {
         }
     };
     let mut error: Option<String> = None;
+    // Whether an attempt of the step ended in an unknown error.
+    let mut unknown = vec![false; n];
 
     // Forward.
     'forward: for k in 0..n {
@@ -304,6 +315,7 @@ fn expect(script: &Script) -> Expected {
                 Outcome::Ok => Basic::Ok,
                 Outcome::Retryable => Basic::Retryable,
                 Outcome::Permanent => Basic::Permanent,
+                Outcome::Unknown => Basic::Unknown,
                 Outcome::Crash => {
                     pause(&mut cancel);
                     continue;
@@ -320,12 +332,18 @@ fn expect(script: &Script) -> Expected {
                     steps[k].status = StepStatus::Succeeded;
                     continue 'forward;
                 }
-                Basic::Retryable if attempt < script.max_attempts => {
+                Basic::Retryable | Basic::Unknown if attempt < script.max_attempts => {
+                    unknown[k] |= result == Basic::Unknown;
                     steps[k].status = StepStatus::Failed;
                     pause(&mut cancel);
                 }
                 Basic::Retryable => {
                     error = Some("model_retryable".into());
+                    break 'forward;
+                }
+                Basic::Unknown => {
+                    unknown[k] = true;
+                    error = Some("model_unknown".into());
                     break 'forward;
                 }
                 Basic::Permanent => {
@@ -348,7 +366,11 @@ fn expect(script: &Script) -> Expected {
     let mut to_undo: BTreeSet<usize> = (0..n)
         .filter(|&k| steps[k].status == StepStatus::Succeeded && script.steps[k].compensable)
         .collect();
-    to_undo.extend(possibly_done(script, &steps));
+    to_undo.extend(
+        possibly_done(&unknown, &steps)
+            .into_iter()
+            .filter(|&k| script.steps[k].compensable),
+    );
     for &k in &to_undo {
         steps[k].compensation = CompensationStatus::Pending;
     }
@@ -370,6 +392,8 @@ fn expect(script: &Script) -> Expected {
                 Outcome::Ok => Some(Basic::Ok),
                 Outcome::Retryable => Some(Basic::Retryable),
                 Outcome::Permanent => Some(Basic::Permanent),
+                // A compensation's unknown error is retried like a retryable one.
+                Outcome::Unknown => Some(Basic::Unknown),
                 Outcome::Crash => {
                     pause(&mut cancel);
                     None
@@ -385,7 +409,9 @@ fn expect(script: &Script) -> Expected {
                     order.remove(0);
                     false
                 }
-                Some(Basic::Retryable) if attempt - bases[k] < script.compensation_max_attempts => {
+                Some(Basic::Retryable | Basic::Unknown)
+                    if attempt - bases[k] < script.compensation_max_attempts =>
+                {
                     steps[k].compensation = CompensationStatus::Pending;
                     pause(&mut cancel);
                     false
@@ -513,6 +539,7 @@ impl Shared {
             Outcome::Ok => Basic::Ok,
             Outcome::Retryable => Basic::Retryable,
             Outcome::Permanent => Basic::Permanent,
+            Outcome::Unknown => Basic::Unknown,
             Outcome::Crash => {
                 let _ = self.signals.send(Signal {
                     fault: Fault::Crash,
@@ -542,6 +569,7 @@ impl Shared {
             Basic::Ok => Ok(output),
             Basic::Retryable => Err(StepError::retryable("model_retryable", "scripted")),
             Basic::Permanent => Err(StepError::permanent("model_permanent", "scripted")),
+            Basic::Unknown => Err(StepError::unknown("model_unknown", "scripted")),
         }
     }
 }
@@ -918,6 +946,21 @@ fn check_invariants(
 ) -> Result<(), TestCaseError> {
     let story = || format!("history: {:#?}", common::history(saga));
     prop_assert!(saga.status.is_terminal(), "not terminal: {:?}", saga.status);
+    // Possibly done, from the history alone: steps that did not succeed although an attempt
+    // failed with an unknown outcome.
+    let possibly_done: BTreeSet<usize> = saga
+        .steps
+        .iter()
+        .filter(|s| s.status != StepStatus::Succeeded)
+        .filter(|s| {
+            saga.events.iter().any(|e| {
+                e.kind == EventKind::StepFailed
+                    && e.step.as_deref() == Some(s.name.as_str())
+                    && e.detail.as_ref().is_some_and(|d| d["outcome"] == "unknown")
+            })
+        })
+        .map(|s| s.position as usize)
+        .collect();
 
     // Terminal states are final: after saga_completed/compensated/failed only operator actions
     // follow; an operator retry (of a failed saga) reopens it.
@@ -1067,8 +1110,16 @@ fn check_invariants(
                 story()
             );
             prop_assert!(
-                undo_called.is_empty(),
-                "step {} never succeeded but was compensated; {}",
+                undo_called.is_empty() || possibly_done.contains(&k),
+                "step {} never succeeded, no attempt's outcome was unknown, yet it was \
+                 compensated; {}",
+                k,
+                story()
+            );
+            prop_assert_eq!(
+                step.possibly_done,
+                possibly_done.contains(&k),
+                "step {} possibly_done vs its unknown failures; {}",
                 k,
                 story()
             );
@@ -1084,7 +1135,8 @@ fn check_invariants(
         );
         if step.compensation.status != CompensationStatus::NotNeeded {
             prop_assert!(
-                compensable[k] && step.status == StepStatus::Succeeded,
+                compensable[k]
+                    && (step.status == StepStatus::Succeeded || possibly_done.contains(&k)),
                 "step {} is {:?}, compensable {}, yet its compensation is {:?}",
                 k,
                 step.status,
@@ -1117,10 +1169,14 @@ fn check_invariants(
         story()
     );
 
+    // Every succeeded or possibly done compensable step owes exactly one compensation.
     let must_undo: BTreeSet<usize> = saga
         .steps
         .iter()
-        .filter(|s| s.status == StepStatus::Succeeded && compensable[s.position as usize])
+        .filter(|s| {
+            (s.status == StepStatus::Succeeded || possibly_done.contains(&(s.position as usize)))
+                && compensable[s.position as usize]
+        })
         .map(|s| s.position as usize)
         .collect();
     match saga.status {
@@ -1349,6 +1405,16 @@ fn note_coverage(
             seen.push(label.to_string());
         }
     }
+    if saga.steps.iter().any(|s| s.possibly_done) {
+        seen.push("possibly_done".into());
+        if saga
+            .steps
+            .iter()
+            .any(|s| s.possibly_done && s.compensation.status == CompensationStatus::Compensated)
+        {
+            seen.push("possibly_done_compensated".into());
+        }
+    }
     if retries > 0 {
         seen.push("operator_retry".into());
     }
@@ -1431,6 +1497,7 @@ fn without_worker_faults(outcome: Outcome) -> Outcome {
         Basic::Ok => Outcome::Ok,
         Basic::Retryable => Outcome::Retryable,
         Basic::Permanent => Outcome::Permanent,
+        Basic::Unknown => Outcome::Unknown,
     };
     match outcome {
         Outcome::Crash => Outcome::Retryable,

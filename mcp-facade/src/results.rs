@@ -1,7 +1,8 @@
 //! What a tool call answers: the saga result (docs/mcp.md, "Results") and tool errors.
 //!
 //! A saga tool returns `structuredContent`
-//! `{"saga_id","status","skill","output"?,"error"?:{"code","message","action"?},"steps_done","steps_total"}`
+//! `{"saga_id","status","skill","output"?,"error"?:{"code","message","action"?,"undone",`
+//! `"undo_summaries"?},"steps_done","steps_total"}`
 //! and a text rendering of it. A saga that ended `compensated` or `failed` is a tool error
 //! (`isError: true`) whose message says what was undone. Every other refusal is a tool error
 //! with `structuredContent: {"error":{"code","message","field"?,"action"?}}`.
@@ -127,13 +128,43 @@ pub fn undone_steps(detail: &SagaDetail) -> Vec<String> {
     undone.into_iter().map(|s| s.name.clone()).collect()
 }
 
-/// Steps that succeeded but whose undo failed or has not run yet.
+/// What the undos reported, last undone first: each compensated step whose compensation's
+/// output has a `summary` sentence (e.g. "a possible charge of $412.00 was found and
+/// refunded"), or that was possibly done (its outcome unknown; docs/skills.md, "Possibly done
+/// steps"), as `{"step","summary","possibly_done"}`.
+fn undo_summaries(detail: &SagaDetail) -> Vec<Value> {
+    let mut steps: Vec<_> = detail
+        .steps
+        .iter()
+        .filter(|s| s.compensation.status == CompensationStatus::Compensated)
+        .collect();
+    steps.sort_by_key(|s| std::cmp::Reverse(s.position));
+    steps
+        .into_iter()
+        .filter_map(|s| {
+            let summary = s
+                .compensation
+                .output
+                .as_ref()
+                .and_then(|o| o.get("summary"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if summary.is_none() && !s.possibly_done {
+                return None;
+            }
+            let summary = summary.unwrap_or_else(|| "its undo ran".to_string());
+            Some(json!({"step": s.name, "summary": summary, "possibly_done": s.possibly_done}))
+        })
+        .collect()
+}
+
+/// Steps that succeeded (or possibly took effect) but whose undo failed or has not run yet.
 fn not_undone_steps(detail: &SagaDetail) -> Vec<String> {
     detail
         .steps
         .iter()
         .filter(|s| {
-            s.status == StepStatus::Succeeded
+            (s.status == StepStatus::Succeeded || s.possibly_done)
                 && matches!(
                     s.compensation.status,
                     CompensationStatus::Failed
@@ -273,6 +304,19 @@ fn failure(detail: &SagaDetail) -> Value {
     } else {
         message.push_str(&format!(" Undone, in this order: {}.", list(&undone)));
     }
+    let summaries = undo_summaries(detail);
+    for summary in &summaries {
+        let step = summary["step"].as_str().unwrap_or_default();
+        let what = summary["summary"].as_str().unwrap_or_default();
+        if summary["possibly_done"] == true {
+            message.push_str(&format!(
+                " `{step}` may have taken effect (its answer was lost), so it was undone too: \
+                 {what}."
+            ));
+        } else {
+            message.push_str(&format!(" `{step}`: {what}."));
+        }
+    }
     let action = match detail.status {
         SagaStatus::Failed => {
             if !not_undone.is_empty() {
@@ -312,6 +356,9 @@ fn failure(detail: &SagaDetail) -> Value {
         error.insert("step".into(), Value::String(step.to_string()));
     }
     error.insert("undone".into(), json!(undone));
+    if !summaries.is_empty() {
+        error.insert("undo_summaries".into(), json!(summaries));
+    }
     if detail.status == SagaStatus::Failed {
         error.insert("not_undone".into(), json!(not_undone));
     }
@@ -352,7 +399,19 @@ pub fn saga_output_schema(skill_output: Option<&Map<String, Value>>) -> Map<Stri
                     "action": {"type": "string"},
                     "step": {"type": "string"},
                     "undone": {"type": "array", "items": {"type": "string"}},
-                    "not_undone": {"type": "array", "items": {"type": "string"}}
+                    "not_undone": {"type": "array", "items": {"type": "string"}},
+                    "undo_summaries": {
+                        "type": "array",
+                        "description": "What the undos reported, last undone first: e.g. `a possible charge of $412.00 was found and refunded` or `nothing had been charged` for a step whose outcome was unknown (`possibly_done`).",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "step": {"type": "string"},
+                                "summary": {"type": "string"},
+                                "possibly_done": {"type": "boolean"}
+                            }
+                        }
+                    }
                 },
                 "required": ["code", "message"]
             },

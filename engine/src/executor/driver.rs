@@ -78,6 +78,9 @@ impl Run {
     ) -> StepContext {
         let step = self.skill.steps()[position].name_arc();
         let saga_id = self.lease.saga_id;
+        let state = &self.steps[position];
+        let possibly_done =
+            compensation && state.possibly_done && state.status != StepStatus::Succeeded;
         let idempotency_key = if compensation {
             format!("{saga_id}/{step}/compensate")
         } else {
@@ -94,6 +97,7 @@ impl Run {
             input: self.input.clone(),
             outputs: Arc::new(outputs_of(&self.steps)),
             waits,
+            possibly_done,
         }
     }
 }
@@ -341,6 +345,12 @@ impl Driver {
                 t.wake = WakeChange::Set(retry_at);
                 t.release_lease = true;
                 t.events.extend(wait_events);
+                if error.is_unknown() {
+                    t.steps.push(StepChange::PossiblyDone {
+                        position: position as i32,
+                    });
+                    run.steps[position].possibly_done = true;
+                }
                 t.steps.push(StepChange::Failed {
                     position: position as i32,
                     error: error.to_json(),
@@ -528,6 +538,12 @@ impl Driver {
         warn!(step = %name, attempt = state.attempts, error = %error, "step failed for good; compensating");
         let mut t = Transition::new();
         t.events.extend(wait_events);
+        if error.is_unknown() && !state.possibly_done {
+            t.steps.push(StepChange::PossiblyDone {
+                position: position as i32,
+            });
+        }
+        let possibly_done = error.is_unknown() || state.possibly_done;
         t.steps.push(StepChange::Failed {
             position: position as i32,
             error: error.to_json(),
@@ -537,10 +553,15 @@ impl Driver {
         if interrupted {
             detail["interrupted"] = Value::Bool(true);
         }
+        if possibly_done {
+            // It gives up, but an attempt may have taken effect: it is compensated too, first.
+            detail["possibly_done"] = Value::Bool(true);
+        }
         t.events.push(
             NewEvent::step(EventKind::StepFailed, &name, state.attempts.max(1)).with_detail(detail),
         );
         run.steps[position].status = StepStatus::Failed;
+        run.steps[position].possibly_done = possibly_done;
         let mut saga_error = json!({"code": error.code, "message": error.message, "step": name});
         if let Some(action) = &error.action {
             saga_error["action"] = Value::String(action.clone());
@@ -550,8 +571,10 @@ impl Driver {
         Ok(true)
     }
 
-    /// Adds to `t` what turns the saga toward compensation: every succeeded step with a
-    /// compensation is marked pending; with nothing to undo the saga ends `compensated` at once.
+    /// Adds to `t` what turns the saga toward compensation: every succeeded or possibly done
+    /// step with a compensation is marked pending (the compensations then run from the highest
+    /// position down, so a possibly done step at the cursor is undone first); with nothing to
+    /// undo the saga ends `compensated` at once.
     fn compensation_transition(
         &self,
         run: &mut Run,
@@ -563,7 +586,7 @@ impl Driver {
             .steps
             .iter()
             .filter(|s| {
-                s.status == StepStatus::Succeeded
+                (s.status == StepStatus::Succeeded || s.possibly_done)
                     && s.compensation_status == CompensationStatus::NotNeeded
                     && skill.steps()[s.position as usize].is_compensable()
             })
@@ -634,6 +657,7 @@ impl Driver {
         let output = state.output.clone().unwrap_or(Value::Null);
 
         let ctx = run.context(position, attempt, true, self.clock.now(), None);
+        let possibly_done = ctx.possibly_done;
         let Some(fut) = step.run_compensation(ctx, output) else {
             return Err(StoreError::Corrupt(format!(
                 "step `{}` is marked for compensation but has none",
@@ -670,15 +694,17 @@ impl Driver {
         match result {
             Ok(output) => {
                 let mut t = Transition::new();
+                let mut event =
+                    NewEvent::step(EventKind::CompensationSucceeded, step.name(), attempt);
+                if possibly_done {
+                    // The history says what undoing a step that may not have run found.
+                    event = event.with_detail(json!({"possibly_done": true, "output": output}));
+                }
                 t.steps.push(StepChange::CompensationSucceeded {
                     position: position as i32,
                     output,
                 });
-                t.events.push(NewEvent::step(
-                    EventKind::CompensationSucceeded,
-                    step.name(),
-                    attempt,
-                ));
+                t.events.push(event);
                 self.commit(run, &t).await?;
                 run.steps[position].compensation_status = CompensationStatus::Compensated;
                 Ok(true)

@@ -67,6 +67,9 @@ pub struct StepState {
     pub compensation_round_base: i32,
     /// When the step's waits end (see [`crate::wait`]), by wait.
     pub wait_deadlines: std::collections::BTreeMap<String, DateTime<Utc>>,
+    /// An attempt failed with an unknown outcome ([`crate::ErrorClass::Unknown`]): if the step
+    /// does not succeed, it may have taken effect and is compensated too.
+    pub possibly_done: bool,
 }
 
 /// A saga a worker just claimed.
@@ -168,7 +171,11 @@ pub enum StepChange {
         error: Value,
         last: bool,
     },
-    /// These succeeded steps must be undone.
+    /// An attempt of this step failed with an unknown outcome: it is possibly done.
+    PossiblyDone {
+        position: i32,
+    },
+    /// These succeeded (or possibly done) steps must be undone.
     CompensationPending {
         positions: Vec<i32>,
     },
@@ -362,7 +369,8 @@ impl PgStore {
                                 'compensation_status', st.compensation_status,
                                 'compensation_attempts', st.compensation_attempts,
                                 'compensation_round_base', st.compensation_round_base,
-                                'wait_deadlines', st.wait_deadlines)
+                                'wait_deadlines', st.wait_deadlines,
+                                'possibly_done', st.possibly_done)
                             ORDER BY st.position)
                      FROM stepwise.steps st WHERE st.saga_id = claimed.id) AS steps
              FROM claimed",
@@ -758,7 +766,8 @@ impl PgStore {
         let steps: Vec<StepRow> = sqlx::query_as(
             "SELECT position, name, status, attempts, output, error, started_at, finished_at,
                     compensation_status, compensation_attempts, compensation_output,
-                    compensation_error, compensation_started_at, compensation_finished_at
+                    compensation_error, compensation_started_at, compensation_finished_at,
+                    possibly_done
              FROM stepwise.steps WHERE saga_id = $1 ORDER BY position",
         )
         .bind(id)
@@ -1058,9 +1067,14 @@ async fn apply_step_change(
         .bind(error)
         .bind(last)
         .bind(now),
+        StepChange::PossiblyDone { position } => sqlx::query(
+            "UPDATE stepwise.steps SET possibly_done = true WHERE saga_id = $1 AND position = $2",
+        )
+        .bind(saga_id)
+        .bind(position),
         StepChange::CompensationPending { positions } => sqlx::query(
             "UPDATE stepwise.steps SET compensation_status = 'pending'
-             WHERE saga_id = $1 AND position = ANY($2) AND status = 'succeeded'",
+             WHERE saga_id = $1 AND position = ANY($2) AND (status = 'succeeded' OR possibly_done)",
         )
         .bind(saga_id)
         .bind(positions),
@@ -1177,6 +1191,8 @@ struct StepJson {
     compensation_round_base: i32,
     #[serde(default)]
     wait_deadlines: std::collections::BTreeMap<String, DateTime<Utc>>,
+    #[serde(default)]
+    possibly_done: bool,
 }
 /// Turns claim rows into claimed sagas held by `worker` until `lease_until`.
 fn claimed_sagas(
@@ -1203,6 +1219,7 @@ fn claimed_sagas(
                         compensation_attempts: st.compensation_attempts,
                         compensation_round_base: st.compensation_round_base,
                         wait_deadlines: st.wait_deadlines,
+                        possibly_done: st.possibly_done,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;

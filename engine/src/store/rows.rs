@@ -78,6 +78,7 @@ pub(crate) struct StepRow {
     pub compensation_error: Option<Value>,
     pub compensation_started_at: Option<DateTime<Utc>>,
     pub compensation_finished_at: Option<DateTime<Utc>>,
+    pub possibly_done: bool,
 }
 
 impl TryFrom<StepRow> for StepView {
@@ -100,6 +101,7 @@ impl TryFrom<StepRow> for StepView {
                 started_at: r.compensation_started_at,
                 finished_at: r.compensation_finished_at,
             },
+            possibly_done: r.possibly_done && r.status != "succeeded",
         })
     }
 }

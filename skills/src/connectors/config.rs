@@ -22,7 +22,8 @@ pub struct ConnectorConfig {
     pub twilio_account_sid: String,
     /// The sender number of text messages (E.164).
     pub sms_from: String,
-    /// Per-request timeout; a timed-out request is a retryable failure.
+    /// Per-request timeout; a timed-out read is retryable, a timed-out write has an unknown
+    /// outcome (it may have taken effect).
     pub timeout: Duration,
 }
 

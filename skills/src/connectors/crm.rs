@@ -69,8 +69,8 @@ impl CrmClient {
             .query(&[("q", soql)])
             .send()
             .await
-            .map_err(|e| ConnectorError::transport(Service::Crm, e))?;
-        let result: QueryResult<T> = decode(read(response).await?)?;
+            .map_err(|e| ConnectorError::transport(Service::Crm, false, e))?;
+        let result: QueryResult<T> = decode(read(response, false).await?)?;
         Ok(result.records)
     }
 
@@ -86,8 +86,31 @@ impl CrmClient {
             .bearer_auth(&self.access_token)
             .send()
             .await
-            .map_err(|e| ConnectorError::transport(Service::Crm, e))?;
-        decode(read(response).await?)
+            .map_err(|e| ConnectorError::transport(Service::Crm, false, e))?;
+        decode(read(response, false).await?)
+    }
+
+    /// The id of the record whose external id `field` is `value`, if there is one: how the undo
+    /// of a step whose answer was lost finds what its upsert may have created.
+    pub async fn find_by_external_id(
+        &self,
+        sobject: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<Option<String>, ConnectorError> {
+        let url = self.url(&["sobjects", sobject, field, value])?;
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.access_token)
+            .send()
+            .await
+            .map_err(|e| ConnectorError::transport(Service::Crm, false, e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let record = read(response, false).await?;
+        Ok(record.get("Id").and_then(Value::as_str).map(str::to_string))
     }
 
     /// Updates fields of a record.
@@ -105,8 +128,8 @@ impl CrmClient {
             .json(fields)
             .send()
             .await
-            .map_err(|e| ConnectorError::transport(Service::Crm, e))?;
-        read(response).await.map(|_| ())
+            .map_err(|e| ConnectorError::transport(Service::Crm, true, e))?;
+        read(response, true).await.map(|_| ())
     }
 
     /// Deletes a record; one already deleted is not an error (undos run more than once).
@@ -118,11 +141,11 @@ impl CrmClient {
             .bearer_auth(&self.access_token)
             .send()
             .await
-            .map_err(|e| ConnectorError::transport(Service::Crm, e))?;
+            .map_err(|e| ConnectorError::transport(Service::Crm, true, e))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(());
         }
-        read(response).await.map(|_| ())
+        read(response, true).await.map(|_| ())
     }
 
     /// Creates the record whose external id `field` is `value`, or updates it: the way every
@@ -142,13 +165,15 @@ impl CrmClient {
             .json(fields)
             .send()
             .await
-            .map_err(|e| ConnectorError::transport(Service::Crm, e))?;
-        decode(read(response).await?)
+            .map_err(|e| ConnectorError::transport(Service::Crm, true, e))?;
+        decode(read(response, true).await?)
     }
 }
 
-async fn read(response: reqwest::Response) -> Result<Value, ConnectorError> {
-    let (status, body) = read_body(Service::Crm, response).await?;
+/// The answer's body, or its error. `write`: the request changes something.
+async fn read(response: reqwest::Response, write: bool) -> Result<Value, ConnectorError> {
+    let answer = read_body(Service::Crm, write, response).await?;
+    let (status, body) = (answer.status, answer.body);
     if (200..300).contains(&status) {
         return Ok(body);
     }
@@ -161,6 +186,8 @@ async fn read(response: reqwest::Response) -> Result<Value, ConnectorError> {
         code: text("errorCode").unwrap_or_else(|| format!("http_{status}")),
         message: text("message").unwrap_or_else(|| format!("HTTP {status}")),
         body,
+        write,
+        retry_after: answer.retry_after,
     })
 }
 

@@ -1,4 +1,12 @@
-//! How connector failures are classified: once, where they happen.
+//! How connector failures are classified: once, where they happen (docs/skills.md,
+//! "Classifying errors").
+//!
+//! Three kinds, as the engine's [`ErrorClass`](stepwise_engine::ErrorClass):
+//! - retryable, no effect: the request was never sent (connection refused, DNS), or was refused
+//!   before it was processed (429, 408, 409, 503 with `Retry-After`), or it only read;
+//! - unknown, may have taken effect: a request that changes something was sent and then timed
+//!   out, lost its connection while the answer was read, or got a 5xx;
+//! - permanent, no effect: other 4xx (validation, declined card), an unreadable answer.
 
 use serde_json::Value;
 use stepwise_engine::StepError;
@@ -30,6 +38,11 @@ pub enum ConnectorError {
     Transport {
         service: Service,
         timed_out: bool,
+        /// Whether the request may have reached the service (false: the connection was never
+        /// made, so nothing was sent).
+        sent: bool,
+        /// Whether the request changes something (anything but a GET).
+        write: bool,
         message: String,
     },
     /// The service answered with an error.
@@ -40,28 +53,75 @@ pub enum ConnectorError {
         code: String,
         message: String,
         body: Value,
+        /// Whether the request changes something (anything but a GET).
+        write: bool,
+        /// Whether the answer carried `Retry-After` (a 503 with it was refused unprocessed).
+        retry_after: bool,
     },
     /// The service answered something we cannot read.
     #[error("{service} sent an unexpected response: {message}")]
     Decode { service: Service, message: String },
 }
 
+/// What a failed request may have done: see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No effect; trying again can help.
+    Retryable,
+    /// It may have taken effect; trying again (with the same idempotency key) can help.
+    Unknown,
+    /// No effect; trying again cannot help.
+    Permanent,
+}
+
 impl ConnectorError {
-    pub fn transport(service: Service, error: reqwest::Error) -> Self {
+    /// A request that got no (complete) answer. `write`: the request changes something.
+    /// A connection that could not be made sent nothing (`sent` false); anything later
+    /// (a timeout, a reset, a body cut off) may have reached the service.
+    pub fn transport(service: Service, write: bool, error: reqwest::Error) -> Self {
         Self::Transport {
             service,
             timed_out: error.is_timeout(),
+            sent: !error.is_connect(),
+            write,
             message: error.to_string(),
         }
     }
 
-    /// Whether trying again can help: timeouts, connection errors, 5xx, 408, 409, 429.
-    pub fn is_retryable(&self) -> bool {
+    /// What the failed request may have done.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Self::Transport { .. } => true,
-            Self::Api { status, .. } => *status >= 500 || matches!(status, 408 | 409 | 429),
-            Self::Setup(_) | Self::Decode { .. } => false,
+            Self::Transport { sent, write, .. } => {
+                if *sent && *write {
+                    Outcome::Unknown
+                } else {
+                    Outcome::Retryable
+                }
+            }
+            Self::Api {
+                status,
+                write,
+                retry_after,
+                ..
+            } => match status {
+                408 | 409 | 429 => Outcome::Retryable,
+                503 if *retry_after => Outcome::Retryable,
+                500.. if *write => Outcome::Unknown,
+                500.. => Outcome::Retryable,
+                _ => Outcome::Permanent,
+            },
+            Self::Setup(_) | Self::Decode { .. } => Outcome::Permanent,
         }
+    }
+
+    /// Whether trying again can help (retryable and unknown outcomes).
+    pub fn is_retryable(&self) -> bool {
+        self.outcome() != Outcome::Permanent
+    }
+
+    /// Whether the request may have taken effect although it failed.
+    pub fn is_unknown(&self) -> bool {
+        self.outcome() == Outcome::Unknown
     }
 
     /// The API's error code, when it gave one.
@@ -83,14 +143,22 @@ impl ConnectorError {
 impl From<ConnectorError> for StepError {
     fn from(error: ConnectorError) -> Self {
         let message = error.to_string();
+        let unknown = error.is_unknown();
+        let classified = |code: String, message: String| {
+            if unknown {
+                StepError::unknown(code, message)
+            } else {
+                StepError::retryable(code, message)
+            }
+        };
         match &error {
             ConnectorError::Transport {
                 service, timed_out, ..
-            } => StepError::retryable(
+            } => classified(
                 if *timed_out {
-                    "timeout"
+                    "timeout".to_string()
                 } else {
-                    "connection_error"
+                    "connection_error".to_string()
                 },
                 message,
             )
@@ -108,7 +176,7 @@ impl From<ConnectorError> for StepError {
                 } else {
                     format!("{service}_unavailable")
                 };
-                StepError::retryable(code, message)
+                classified(code, message)
             }
             ConnectorError::Api { code, .. } => StepError::permanent(code.clone(), message),
             ConnectorError::Setup(_) => StepError::permanent("connector_setup", message),
@@ -119,23 +187,46 @@ impl From<ConnectorError> for StepError {
     }
 }
 
-/// Reads a response as its status and JSON body (a non-JSON body becomes a JSON string, so an
-/// error page from a proxy still yields a classified [`ConnectorError::Api`]).
+/// A response read in full: its status, its JSON body (a non-JSON body becomes a JSON string,
+/// so an error page from a proxy still yields a classified [`ConnectorError::Api`]), and
+/// whether it carried `Retry-After`.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: bool,
+}
+
+/// Reads a response in full. A body that breaks off is a transport failure after sending.
 pub(crate) async fn read_body(
     service: Service,
+    write: bool,
     response: reqwest::Response,
-) -> Result<(u16, Value), ConnectorError> {
+) -> Result<Answer, ConnectorError> {
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .contains_key(reqwest::header::RETRY_AFTER);
     let bytes = response
         .bytes()
         .await
-        .map_err(|e| ConnectorError::transport(service, e))?;
-    if bytes.is_empty() {
-        return Ok((status, Value::Null));
-    }
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Ok((status, body))
+        .map_err(|e| ConnectorError::Transport {
+            service,
+            timed_out: e.is_timeout(),
+            sent: true,
+            write,
+            message: format!("the answer broke off: {e}"),
+        })?;
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Ok(Answer {
+        status,
+        body,
+        retry_after,
+    })
 }
 
 #[cfg(test)]
@@ -143,29 +234,66 @@ mod tests {
     use super::*;
 
     fn api(status: u16, code: &str) -> ConnectorError {
+        api_of(status, code, true, false)
+    }
+
+    fn api_of(status: u16, code: &str, write: bool, retry_after: bool) -> ConnectorError {
         ConnectorError::Api {
             service: Service::Payments,
             status,
             code: code.into(),
             message: "m".into(),
             body: Value::Null,
+            write,
+            retry_after,
+        }
+    }
+
+    fn transport(sent: bool, write: bool) -> ConnectorError {
+        ConnectorError::Transport {
+            service: Service::Crm,
+            timed_out: sent,
+            sent,
+            write,
+            message: "deadline".into(),
         }
     }
 
     #[test]
-    fn server_errors_rate_limits_and_timeouts_are_retryable() {
-        for status in [500, 502, 503, 504, 408, 409, 429] {
-            assert!(api(status, "x").is_retryable(), "{status}");
-            assert!(StepError::from(api(status, "x")).is_retryable());
+    fn refusals_before_processing_are_retryable_without_effect() {
+        for status in [408, 409, 429] {
+            assert_eq!(api(status, "x").outcome(), Outcome::Retryable, "{status}");
+            let step = StepError::from(api(status, "x"));
+            assert!(step.is_retryable() && !step.is_unknown());
         }
-        let timeout = ConnectorError::Transport {
-            service: Service::Crm,
-            timed_out: true,
-            message: "deadline".into(),
-        };
-        let step = StepError::from(timeout);
-        assert!(step.is_retryable());
-        assert_eq!(step.code, "timeout");
+        assert_eq!(StepError::from(api(429, "x")).code, "rate_limited");
+        assert_eq!(
+            api_of(503, "x", true, true).outcome(),
+            Outcome::Retryable,
+            "503 with Retry-After was refused unprocessed"
+        );
+        let refused = StepError::from(transport(false, true));
+        assert!(refused.is_retryable() && !refused.is_unknown());
+        assert_eq!(refused.code, "connection_error");
+    }
+
+    #[test]
+    fn a_write_that_got_a_5xx_or_no_answer_after_sending_has_an_unknown_outcome() {
+        for status in [500, 502, 503, 504] {
+            assert_eq!(api(status, "x").outcome(), Outcome::Unknown, "{status}");
+            let step = StepError::from(api(status, "x"));
+            assert!(step.is_unknown() && step.is_retryable());
+            assert_eq!(step.to_json()["outcome"], "unknown");
+        }
+        let timeout = StepError::from(transport(true, true));
+        assert!(timeout.is_unknown());
+        assert_eq!(timeout.code, "timeout");
+    }
+
+    #[test]
+    fn a_read_never_has_an_effect() {
+        assert_eq!(api_of(500, "x", false, false).outcome(), Outcome::Retryable);
+        assert_eq!(transport(true, false).outcome(), Outcome::Retryable);
     }
 
     #[test]

@@ -126,6 +126,28 @@ impl PaymentsClient {
             .await
     }
 
+    /// The payment intents whose metadata `key` is `value`, newest first (Stripe's
+    /// `GET /v1/payment_intents/search`): how the undo of a charge whose answer was lost finds
+    /// the payment its request may have made, by the idempotency key kept in its metadata.
+    pub async fn search_by_metadata(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<PaymentIntent>, ConnectorError> {
+        let query = format!(
+            "metadata[{}]:{}",
+            search_literal(key),
+            search_literal(value)
+        );
+        let found: List<PaymentIntent> = self
+            .get(
+                "/v1/payment_intents/search",
+                &[("query", query.as_str()), ("limit", "10")],
+            )
+            .await?;
+        Ok(found.data)
+    }
+
     pub async fn retrieve(&self, payment_intent: &str) -> Result<PaymentIntent, ConnectorError> {
         self.get(
             &format!("/v1/payment_intents/{}", segment(payment_intent)),
@@ -174,8 +196,8 @@ impl PaymentsClient {
             .query(query)
             .send()
             .await
-            .map_err(|e| ConnectorError::transport(Service::Payments, e))?;
-        read(response).await
+            .map_err(|e| ConnectorError::transport(Service::Payments, false, e))?;
+        read(response, false).await
     }
 
     async fn post<T: DeserializeOwned>(
@@ -192,9 +214,24 @@ impl PaymentsClient {
             .form(form)
             .send()
             .await
-            .map_err(|e| ConnectorError::transport(Service::Payments, e))?;
-        read(response).await
+            .map_err(|e| ConnectorError::transport(Service::Payments, true, e))?;
+        read(response, true).await
     }
+}
+
+/// A quoted literal of Stripe's search query language (`\\` and `'` escaped), so a value can
+/// never add a clause.
+fn search_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\\' || c == '\'' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
 }
 
 /// Percent-encodes an id used as a path segment (ids come from earlier responses, but a path
@@ -205,8 +242,13 @@ fn segment(id: &str) -> String {
         .collect()
 }
 
-async fn read<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ConnectorError> {
-    let (status, body) = super::error::read_body(Service::Payments, response).await?;
+/// The answer, decoded, or its error. `write`: the request changes something.
+async fn read<T: DeserializeOwned>(
+    response: reqwest::Response,
+    write: bool,
+) -> Result<T, ConnectorError> {
+    let answer = super::error::read_body(Service::Payments, write, response).await?;
+    let (status, body) = (answer.status, answer.body);
     if (200..300).contains(&status) {
         return serde_json::from_value(body).map_err(|e| ConnectorError::Decode {
             service: Service::Payments,
@@ -224,5 +266,7 @@ async fn read<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, Con
             .unwrap_or_else(|| format!("http_{status}")),
         message: text("message").unwrap_or_else(|| format!("HTTP {status}")),
         body,
+        write,
+        retry_after: answer.retry_after,
     })
 }

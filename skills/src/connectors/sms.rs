@@ -65,8 +65,9 @@ impl SmsClient {
             .form(&[("To", to), ("From", self.from.as_str()), ("Body", body)])
             .send()
             .await
-            .map_err(|e| ConnectorError::transport(Service::Sms, e))?;
-        let (status, value) = read_body(Service::Sms, response).await?;
+            .map_err(|e| ConnectorError::transport(Service::Sms, true, e))?;
+        let answer = read_body(Service::Sms, true, response).await?;
+        let (status, value) = (answer.status, answer.body);
         if (200..300).contains(&status) {
             return serde_json::from_value(value).map_err(|e| ConnectorError::Decode {
                 service: Service::Sms,
@@ -91,6 +92,8 @@ impl SmsClient {
                 .unwrap_or("SMS request failed")
                 .to_string(),
             body: value,
+            write: true,
+            retry_after: answer.retry_after,
         })
     }
 }

@@ -297,6 +297,23 @@ pub(crate) fn record_key(ctx: &StepContext) -> String {
     crate::connectors::external_id(&ctx.idempotency_key)
 }
 
+/// In the undo of a possibly done step (`ctx.possibly_done`): the id of the `sobject` record its
+/// action's upsert may have created under its external id, if it did (docs/skills.md,
+/// "Possibly done steps").
+pub(crate) async fn possibly_created(
+    hotel: &Hotel,
+    ctx: &StepContext,
+    sobject: &str,
+) -> Result<Option<String>, StepError> {
+    let key = crate::connectors::external_id(&ctx.action_idempotency_key());
+    hotel
+        .connectors
+        .crm
+        .find_by_external_id(sobject, "External_ID__c", &key)
+        .await
+        .map_err(ext)
+}
+
 /// Turns a connector failure into a step failure.
 pub(crate) fn ext(error: crate::connectors::ConnectorError) -> StepError {
     error.into()

@@ -1,7 +1,7 @@
 //! Cases (service, housekeeping and maintenance requests) in the CRM.
 
 use crate::hotel::records::{self, CASE};
-use crate::hotel::{ext, record_key, Hotel};
+use crate::hotel::{ext, possibly_created, record_key, Hotel};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use stepwise_engine::{StepContext, StepError};
@@ -21,16 +21,29 @@ pub(crate) async fn open_case(
     Ok(json!({"case_id": case.id, "case_number": case.number, "status": case.status}))
 }
 
-/// Undoes [`open_case`]: closes the case its step recorded.
+/// Undoes [`open_case`]: closes the case its step recorded (or, when the step is possibly done,
+/// the case found under its key, if any).
 pub(crate) async fn close_case(
     hotel: Arc<Hotel>,
-    _ctx: StepContext,
+    ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
-    let id = output
-        .get("case_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| StepError::permanent("invalid_step_output", "no case_id"))?;
+    let found;
+    let id = if ctx.possibly_done {
+        found = possibly_created(&hotel, &ctx, CASE).await?;
+        match found.as_deref() {
+            Some(id) => id,
+            None => {
+                return Ok(json!({"case_id": null, "possibly_done": true,
+                                 "summary": "no case had been opened"}))
+            }
+        }
+    } else {
+        output
+            .get("case_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| StepError::permanent("invalid_step_output", "no case_id"))?
+    };
     hotel
         .connectors
         .crm

@@ -3,6 +3,7 @@
 
 use crate::hotel::records::{ContactType, Room, CONTACT, OPPORTUNITY, ROOM};
 use crate::hotel::{ext, recorded, Hotel};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -40,8 +41,8 @@ pub(crate) async fn create_contact(
 /// An opportunity's stage change, as recorded by the step that made it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StageChange {
-    opportunity_id: Option<String>,
-    previous_stage: Option<String>,
+    pub opportunity_id: Option<String>,
+    pub previous_stage: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,13 +94,26 @@ pub(crate) async fn set_stage(
     })
 }
 
-/// Undoes [`set_stage`]: the opportunity goes back to its recorded stage.
-pub(crate) async fn restore_opportunity(
-    hotel: Arc<Hotel>,
-    _ctx: StepContext,
-    output: Value,
-) -> Result<Value, StepError> {
-    let change: StageChange = recorded(output)?;
+/// Undoes [`set_stage`]: the opportunity goes back to its recorded stage. `planned` gives the
+/// change from the saga's earlier outputs (the opportunity and the stage read before it): what
+/// is written back when the step is possibly done and recorded nothing.
+pub(crate) fn restore_opportunity(
+    planned: fn(&StepContext) -> Result<StageChange, StepError>,
+) -> impl Fn(Arc<Hotel>, StepContext, Value) -> BoxFuture<'static, Result<Value, StepError>>
+       + Send
+       + Sync
+       + 'static {
+    move |hotel, ctx, output| {
+        let change = if ctx.possibly_done {
+            planned(&ctx)
+        } else {
+            recorded(output)
+        };
+        Box::pin(async move { restore_stage(&hotel, change?).await })
+    }
+}
+
+async fn restore_stage(hotel: &Hotel, change: StageChange) -> Result<Value, StepError> {
     if let (Some(id), Some(stage)) = (&change.opportunity_id, &change.previous_stage) {
         hotel
             .connectors
@@ -150,13 +164,34 @@ pub(crate) async fn set_room_status(
     })
 }
 
-/// Undoes [`set_room_status`]: the room goes back to its recorded status.
-pub(crate) async fn restore_room_status(
+/// Undoes [`set_room_status`]: the room goes back to its recorded status. `room_step` names the
+/// step that read the room first: when the step is possibly done (no recorded output), the
+/// room goes back to the status that step read.
+pub(crate) fn restore_room_status(
+    room_step: &'static str,
+) -> impl Fn(Arc<Hotel>, StepContext, Value) -> BoxFuture<'static, Result<Value, StepError>>
+       + Send
+       + Sync
+       + 'static {
+    move |hotel, ctx, output| Box::pin(restore_room(hotel, ctx, output, room_step))
+}
+
+async fn restore_room(
     hotel: Arc<Hotel>,
-    _ctx: StepContext,
+    ctx: StepContext,
     output: Value,
+    room_step: &'static str,
 ) -> Result<Value, StepError> {
-    let change: StatusChange = recorded(output)?;
+    let change: StatusChange = if ctx.possibly_done {
+        let room: Room = ctx.output(room_step)?;
+        StatusChange {
+            room_id: room.id,
+            previous: room.status,
+            status: String::new(),
+        }
+    } else {
+        recorded(output)?
+    };
     if change.previous != change.status {
         hotel
             .connectors

@@ -3,7 +3,7 @@
 
 use crate::connectors::payments::{PaymentIntent, PaymentRequest, Refund};
 use crate::hotel::records::{self, PAYMENT_TRANSACTION};
-use crate::hotel::{ext, record_key, Hotel};
+use crate::hotel::{ext, possibly_created, record_key, Hotel};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use stepwise_engine::{StepContext, StepError};
@@ -63,7 +63,9 @@ pub(crate) async fn charge(
 /// Like [`charge`], but a payment that needs the guest to authenticate (3-D Secure) comes back
 /// as it is, in status `requires_action`, with `next_action.redirect_to_url.url` where the guest
 /// authenticates ([`authentication_url`]). The payment intent's metadata names the saga
-/// (`saga_id`), so Stripe's webhook can be routed to it.
+/// (`saga_id`), so Stripe's webhook can be routed to it, and holds the step's idempotency key
+/// (`idempotency_key`), so the undo of a step whose answer was lost can find the payment
+/// ([`undo_possible_charge`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn create_payment(
     hotel: &Hotel,
@@ -83,6 +85,7 @@ pub(crate) async fn create_payment(
     let metadata = [
         ("booking_number", booking_number.to_string()),
         ("saga_id", ctx.saga_id.to_string()),
+        ("idempotency_key", ctx.idempotency_key.clone()),
     ];
     let request = PaymentRequest {
         amount,
@@ -207,15 +210,91 @@ pub(crate) async fn set_payment_status(
 }
 
 /// Undoes a step that recorded a payment (`{"payment_transaction_id": ...}`): the record is
-/// marked `Refunded`, the refund itself being the charge step's undo.
+/// marked `Refunded`, the refund itself being the charge step's undo. When the step is possibly
+/// done, the record is looked up under the step's key.
 pub(crate) async fn mark_payment_refunded(
     hotel: Arc<Hotel>,
-    _ctx: StepContext,
+    ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
-    let Some(id) = output.get("payment_transaction_id").and_then(Value::as_str) else {
+    let found = if ctx.possibly_done {
+        possibly_created(&hotel, &ctx, PAYMENT_TRANSACTION).await?
+    } else {
+        output
+            .get("payment_transaction_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let Some(id) = found.as_deref() else {
         return Ok(json!({"payment_transaction_id": null, "reason": "nothing was recorded"}));
     };
     set_payment_status(&hotel, id, "Refunded").await?;
     Ok(json!({"payment_transaction_id": id, "status": "Refunded"}))
+}
+
+/// Undoes a charge step whose outcome is unknown (possibly done: its request may have charged
+/// the card, the answer was lost). The payment is looked up by the step's idempotency key in
+/// its metadata (Stripe's search); a succeeded one is refunded (what is left of it), one not
+/// yet succeeded is cancelled, none means nothing had been charged. The output says which, in
+/// `summary`, for the agent's result (docs/skills.md, "Possibly done steps").
+pub(crate) async fn undo_possible_charge(
+    hotel: &Hotel,
+    ctx: &StepContext,
+) -> Result<Value, StepError> {
+    let payments = &hotel.connectors.payments;
+    let found = payments
+        .search_by_metadata("idempotency_key", &ctx.action_idempotency_key())
+        .await
+        .map_err(ext)?;
+    let mut refunded = 0;
+    let mut charged = 0;
+    let mut refunds = Vec::new();
+    let mut canceled = Vec::new();
+    for intent in &found {
+        match intent.status.as_str() {
+            "succeeded" => {
+                charged += intent.amount;
+                refunded += intent.amount_refunded;
+                let left = intent.amount - intent.amount_refunded;
+                if left > 0 {
+                    // A key per payment: the undo's retries replay it, never refund twice.
+                    let key = format!("{}/{}", ctx.idempotency_key, intent.id);
+                    let refund = refund(hotel, &intent.id, None, &key).await?;
+                    if refund.status != "succeeded" && refund.status != "pending" {
+                        return Err(StepError::permanent(
+                            "refund_not_succeeded",
+                            format!("refund {} is {}", refund.id, refund.status),
+                        ));
+                    }
+                    refunded += refund.amount;
+                    refunds.push(refund.id);
+                }
+            }
+            "canceled" => {}
+            _ => {
+                let key = format!("{}/{}/cancel", ctx.idempotency_key, intent.id);
+                let intent = cancel_payment(hotel, &intent.id, &key).await?;
+                canceled.push(intent.id);
+            }
+        }
+    }
+    let summary = if charged > 0 {
+        format!(
+            "a possible charge of {} was found and refunded",
+            records::money(charged)
+        )
+    } else if !canceled.is_empty() {
+        "a payment was found unfinished and cancelled; nothing had been charged".to_string()
+    } else {
+        "nothing had been charged".to_string()
+    };
+    Ok(json!({
+        "possibly_done": true,
+        "payment_intent_ids": found.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+        "charged": charged,
+        "refunded": refunded,
+        "refund_ids": refunds,
+        "canceled": canceled,
+        "summary": summary,
+    }))
 }

@@ -2,7 +2,9 @@
 //! booking, takes an optional deposit and texts a confirmation.
 
 use crate::hotel::effects::crm::create_contact;
-use crate::hotel::effects::payments::{charge, mark_payment_refunded, record_payment, refund};
+use crate::hotel::effects::payments::{
+    charge, mark_payment_refunded, record_payment, refund, undo_possible_charge,
+};
 use crate::hotel::effects::room_holds::{release_hold, Held};
 use crate::hotel::effects::sms::text_guest;
 use crate::hotel::holds::NewHold;
@@ -437,6 +439,9 @@ async fn refund_deposit(
     ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
+    if ctx.possibly_done {
+        return undo_possible_charge(&hotel, &ctx).await;
+    }
     let deposit: Deposit = recorded(output)?;
     match deposit.payment_intent_id {
         None => Ok(json!({"refunded": false, "reason": "no deposit was taken"})),

@@ -275,10 +275,18 @@ async fn add_note(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepErro
 /// Undoes [`add_note`]: deletes the note it recorded.
 async fn remove_note(
     hotel: Arc<Hotel>,
-    _ctx: StepContext,
+    ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
-    let Some(id) = output.get("note_id").and_then(Value::as_str) else {
+    let found = if ctx.possibly_done {
+        crate::hotel::possibly_created(&hotel, &ctx, CASE_NOTE).await?
+    } else {
+        output
+            .get("note_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let Some(id) = found.as_deref() else {
         return Ok(json!({"removed": false}));
     };
     hotel

@@ -62,7 +62,13 @@ pub fn check_in_guest(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     .step(undo(
         step(hotel, "update_opportunity", mark_opportunity_checked_in),
         hotel,
-        restore_opportunity,
+        restore_opportunity(|ctx| {
+            let r: Reservation = ctx.output("find_reservation")?;
+            Ok(StageChange {
+                opportunity_id: r.booking.opportunity,
+                previous_stage: r.opportunity_stage,
+            })
+        }),
     ))
     .finish(|input, outputs| {
         let r = outputs.get("find_reservation").cloned().unwrap_or_default();

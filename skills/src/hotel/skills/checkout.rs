@@ -16,7 +16,7 @@ use crate::hotel::effects::cases::{close_case, open_case};
 use crate::hotel::effects::crm::{restore_opportunity, set_stage, stage_of, StageChange};
 use crate::hotel::effects::payments::{
     authentication_url, cancel_payment, create_payment, mark_payment_refunded, payment_intent,
-    record_payment, refund,
+    record_payment, refund, undo_possible_charge,
 };
 use crate::hotel::effects::sms::text_guest;
 use crate::hotel::records::{self, booking_status, room_status, Booking, Contact, Room};
@@ -147,7 +147,17 @@ pub fn process_guest_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     .step(undo(step(hotel, "record_payment", record_stay_payment), hotel, mark_payment_refunded))
     .step(reversible(hotel, "check_out_booking", check_out_booking))
     .step(reversible(hotel, "release_room", release_room))
-    .step(undo(step(hotel, "close_opportunity", close_opportunity), hotel, restore_opportunity))
+    .step(undo(
+        step(hotel, "close_opportunity", close_opportunity),
+        hotel,
+        restore_opportunity(|ctx| {
+            let stay: Stay = ctx.output("find_stay")?;
+            Ok(StageChange {
+                opportunity_id: stay.booking.opportunity,
+                previous_stage: stay.opportunity_stage,
+            })
+        }),
+    ))
     .step(undo(step(hotel, "open_housekeeping_case", open_housekeeping_case), hotel, close_case))
     .step(step(hotel, "text_receipt", text_receipt))
     .finish(|_, outputs| {
@@ -366,9 +376,14 @@ async fn refund_stay(
     ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
+    if ctx.possibly_done {
+        // The charge's answer was lost: find out from the payments service what it did.
+        return undo_possible_charge(&hotel, &ctx).await;
+    }
     let charged: Charged = recorded(output)?;
     let Some(payment_intent_id) = charged.payment_intent_id else {
-        return Ok(json!({"refunded": false, "reason": "nothing was charged"}));
+        return Ok(json!({"refunded": false, "reason": "nothing was charged",
+                         "summary": "nothing had been charged"}));
     };
     if charged.status != "succeeded" {
         // It waited for the guest's authentication: a payment that never succeeded is
@@ -408,9 +423,9 @@ async fn refund_stay(
             format!("refund {} is {}", refund.id, refund.status),
         ));
     }
-    Ok(
-        json!({"refund_id": refund.id, "amount": refund.amount, "payment_intent_id": payment_intent_id}),
-    )
+    Ok(json!({"refund_id": refund.id, "amount": refund.amount,
+              "payment_intent_id": payment_intent_id,
+              "summary": format!("the charge of {} was refunded", records::money(refund.amount))}))
 }
 
 async fn record_stay_payment(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {

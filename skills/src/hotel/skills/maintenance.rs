@@ -85,7 +85,7 @@ pub fn submit_maintenance_request(hotel: &Arc<Hotel>) -> Result<Skill, SkillErro
     .step(undo(
         step(hotel, "set_room_maintenance", set_room_maintenance),
         hotel,
-        restore_room_status,
+        restore_room_status("find_room"),
     ))
     .step(step(hotel, "dispatch_vendor", dispatch_vendor))
     .finish(|input, outputs| {

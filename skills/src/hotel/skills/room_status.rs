@@ -70,7 +70,7 @@ pub fn update_room_status(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     .step(undo(
         step(hotel, "set_status", set_status),
         hotel,
-        restore_room_status,
+        restore_room_status("check_transition"),
     ))
     .finish(|input, outputs| {
         let room: Value = outputs.get("check_transition").cloned().unwrap_or_default();

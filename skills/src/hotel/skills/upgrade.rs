@@ -1,7 +1,9 @@
 //! `upgrade_room`: moves a booking to a dearer room and charges the rate difference for the
 //! nights still to come.
 
-use crate::hotel::effects::payments::{charge, mark_payment_refunded, record_payment, refund};
+use crate::hotel::effects::payments::{
+    charge, mark_payment_refunded, record_payment, refund, undo_possible_charge,
+};
 use crate::hotel::effects::room_holds::{release, HoldTaken};
 use crate::hotel::holds::NewHold;
 use crate::hotel::records::{self, booking_status, room_status, LiveBooking, Room, BOOKING, ROOM};
@@ -284,6 +286,9 @@ async fn refund_difference(
     ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
+    if ctx.possibly_done {
+        return undo_possible_charge(&hotel, &ctx).await;
+    }
     let intent = output
         .get("payment_intent_id")
         .and_then(Value::as_str)
