@@ -332,13 +332,26 @@ async fn change_case(hotel: Arc<Hotel>, ctx: StepContext) -> Result<CaseChange, 
     Ok(change)
 }
 
-/// Undoes [`change_case`]: writes back the priority and status the case had.
+/// Undoes [`change_case`]: writes back the priority and status the case had (when the step is
+/// possibly done, those `find_case` read).
 async fn restore_case(
     hotel: Arc<Hotel>,
-    _ctx: StepContext,
+    ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
-    let change: CaseChange = recorded(output)?;
+    let change: CaseChange = if ctx.possibly_done {
+        let case = ctx.output::<FoundCase>("find_case")?.case;
+        CaseChange {
+            case_id: case.id,
+            changed: true,
+            priority: None,
+            status: None,
+            previous_priority: case.priority,
+            previous_status: case.status,
+        }
+    } else {
+        recorded(output)?
+    };
     if change.changed {
         hotel
             .connectors
