@@ -291,6 +291,8 @@ fn expect(script: &Script) -> Expected {
                 break 'forward;
             }
             if steps[k].status == StepStatus::Running && steps[k].attempts >= script.max_attempts {
+                // The worker died during the last attempt: it may have taken effect.
+                unknown[k] = true;
                 error = Some("attempt_interrupted".into());
                 break 'forward;
             }

@@ -226,8 +226,10 @@ impl Driver {
                 && !policy
                     .allows_another((state.attempts - state.attempts_round_base).max(0) as u32)
             {
-                // The last allowed attempt was cut short (its worker died): give up.
-                let error = StepError::retryable(
+                // The last allowed attempt was cut short (its worker died): give up. It may have
+                // taken effect before the worker died, so its outcome is unknown and the step
+                // is possibly done (README, "Concepts").
+                let error = StepError::unknown(
                     "attempt_interrupted",
                     "the worker running the last allowed attempt stopped",
                 );
