@@ -158,6 +158,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), CliError> {
     )
     .await
     .map_err(StoreError::from)?;
+    // This month's and next month's audit partitions, ahead of the rows (docs/mcp.md, Audit).
+    stepwise_mcp::AuditStore::new(pool.clone())
+        .ensure_partitions(chrono::Utc::now())
+        .await
+        .map_err(StoreError::from)?;
     Ok(())
 }
 

@@ -461,3 +461,85 @@ async fn without_service_urls_mcp_warns_that_the_external_systems_are_a_sandbox(
         "{stderr:?}"
     );
 }
+
+/// The audit's tools, oldest first.
+async fn audit_tools(pool: &PgPool) -> Vec<String> {
+    let mut tools: Vec<String> = audit(pool).await.into_iter().map(|r| r.tool).collect();
+    tools.reverse();
+    tools
+}
+
+/// `stepwise audit prune` removes the audit rows older than its cutoff (a dry run only counts);
+/// `stepwise sagas prune` removes them at its own cutoff unless `--keep-audit`.
+#[sqlx::test(migrations = false)]
+async fn audit_prune_and_sagas_prune_remove_only_old_audit_rows(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let url = database_url(&pool).await;
+    let now = chrono::Utc::now();
+    let ages = [400, 200, 100, 60, 40, 1];
+    sqlx::query("SELECT mcp.ensure_audit_partitions($1, $2)")
+        .bind(now - chrono::Duration::days(400))
+        .bind(now)
+        .execute(&pool)
+        .await
+        .unwrap();
+    for days in ages {
+        sqlx::query(
+            "INSERT INTO mcp.audit (at, principal, transport, tool, outcome, duration_ms)
+             VALUES ($1, 'operator:ci', 'http', $2, 'ok', 1)",
+        )
+        .bind(now - chrono::Duration::days(days))
+        .bind(format!("{days}d"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+
+    let dry = run(&[
+        "audit",
+        "prune",
+        "--older-than",
+        "90d",
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(dry["rows"], 3, "{dry}");
+    assert_eq!(audit_tools(&pool).await.len(), 6);
+    let pruned = run(&["audit", "prune", "--older-than", "90d", "--json"]);
+    assert_eq!(pruned["rows"], 3, "{pruned}");
+    assert!(
+        !pruned["partitions_dropped"].as_array().unwrap().is_empty(),
+        "{pruned}"
+    );
+    assert_eq!(audit_tools(&pool).await, vec!["60d", "40d", "1d"]);
+
+    let kept = run(&[
+        "sagas",
+        "prune",
+        "--older-than",
+        "50d",
+        "--keep-audit",
+        "--json",
+    ]);
+    assert_eq!(kept["audit"], Value::Null, "{kept}");
+    assert_eq!(audit_tools(&pool).await, vec!["60d", "40d", "1d"]);
+    let with_sagas = run(&["sagas", "prune", "--older-than", "30d", "--json"]);
+    assert_eq!(with_sagas["audit"]["rows"], 2, "{with_sagas}");
+    assert_eq!(audit_tools(&pool).await, vec!["1d"]);
+}

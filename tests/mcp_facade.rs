@@ -932,3 +932,105 @@ async fn reading_a_saga_as_a_resource_or_a_task_is_audited_like_a_tool_call(pool
         ]
     );
 }
+
+/// A client polling a task (as `tasks/get` every 500 ms for ten minutes would: 1,200 polls)
+/// writes one audit row for its first read and one for each read whose answer changed, the
+/// last one (the saga completed) included; polls answering what the last row answered write
+/// nothing (docs/mcp.md, Audit).
+#[sqlx::test(migrations = false)]
+async fn polling_a_task_audits_the_first_read_and_each_change_not_every_poll(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let h = harness(pool.clone(), Duration::from_millis(100));
+    let with_tasks = TestClient {
+        tasks: true,
+        ..TestClient::default()
+    };
+    let client = connect_with(&h.facade, "operator:local", with_tasks.clone()).await;
+    let response = client
+        .call_tool_once(params(
+            "synthetic_chain",
+            json!({"steps": 3, "step_sleep_ms": 400, "idempotency_key": "polled"}),
+        ))
+        .await
+        .unwrap();
+    let CallToolResponse::Task(created) = response else {
+        panic!("a task was expected, got {response:?}");
+    };
+    let task_id = created.task.task_id.clone();
+    let polls_rows = |rows: &[(String, String, Option<Uuid>, String, Option<String>)]| {
+        rows.iter().filter(|r| r.1 == "tasks/get").count()
+    };
+
+    let mut polls = 0;
+    let mut answers = Vec::new();
+    let mut completed_at_poll = None;
+    while polls < 1_200 || completed_at_poll.is_none() {
+        let got = client
+            .get_task(GetTaskParams::new(task_id.clone()))
+            .await
+            .unwrap();
+        polls += 1;
+        let answer = (got.task.status(), got.task.task.status_message.clone());
+        if answers.last() != Some(&answer) {
+            answers.push(answer);
+        }
+        if got.task.status() == TaskStatus::Completed && completed_at_poll.is_none() {
+            completed_at_poll = Some(polls);
+        }
+        assert!(polls < 100_000, "the saga never completed");
+    }
+    let rows = audit_rows(&pool).await;
+    let written = polls_rows(&rows);
+    eprintln!(
+        "{polls} polls of tasks/get ({} distinct answers seen, completed at poll {completed_at_poll:?}) wrote {written} audit rows",
+        answers.len()
+    );
+    // At least the first read and the completed one; at most one per change of the saga
+    // (3 steps, each begun and done, and the end), never one per poll.
+    assert!(written >= 2, "{written} rows for {polls} polls");
+    assert!(written <= 8, "{written} rows for {polls} polls");
+    assert!(written >= answers.len().min(2));
+    let id: Uuid = task_id.parse().unwrap();
+    assert!(rows
+        .iter()
+        .filter(|r| r.1 == "tasks/get")
+        .all(|r| r.2 == Some(id) && r.3 == "ok"));
+
+    // The saga has ended: more polls of the same answer write nothing more.
+    for _ in 0..300 {
+        client
+            .get_task(GetTaskParams::new(task_id.clone()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(polls_rows(&audit_rows(&pool).await), written);
+
+    // Another caller's first read is its own row; a read of an unknown task is recorded once
+    // per answer too, and a resource read like a task read.
+    let staff = connect_with(&h.facade, "staff:frontdesk", with_tasks).await;
+    for _ in 0..50 {
+        staff
+            .get_task(GetTaskParams::new(task_id.clone()))
+            .await
+            .unwrap();
+        assert!(client
+            .get_task(GetTaskParams::new("no-such-task".to_string()))
+            .await
+            .is_err());
+        client
+            .read_resource(ReadResourceRequestParams::new(format!("saga://{id}")))
+            .await
+            .unwrap();
+    }
+    let rows = audit_rows(&pool).await;
+    let count = |principal: &str, tool: &str, outcome: &str| {
+        rows.iter()
+            .filter(|r| r.0 == principal && r.1 == tool && r.3 == outcome)
+            .count()
+    };
+    assert_eq!(count("staff:frontdesk", "tasks/get", "ok"), 1);
+    assert_eq!(count("operator:local", "tasks/get", "invalid"), 1);
+    assert_eq!(count("operator:local", "resources/read", "ok"), 1);
+}

@@ -51,7 +51,9 @@ pub mod tools;
 pub use audit::{AuditEntry, Outcome};
 pub use auth::{AuthError, Principal};
 pub use server::{Facade, StepwiseServer};
-pub use store::{AuditFilter, AuditRecord, AuditStore, CreatedToken, TokenInfo, TokenStore};
+pub use store::{
+    AuditFilter, AuditPruneReport, AuditRecord, AuditStore, CreatedToken, TokenInfo, TokenStore,
+};
 
 /// The facade's migrations (`mcp-facade/migrations/`), embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -69,7 +69,8 @@ pub enum Command {
     /// Bearer tokens for `stepwise serve` (and `stepwise mcp --http`).
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
-    /// The audit of MCP tool calls, newest first.
+    /// The audit of MCP tool calls, newest first; `audit prune --older-than 90d` removes old
+    /// rows.
     Audit(audit::AuditArgs),
     /// Serve the external-systems sandbox (Stripe, Salesforce and Twilio stand-ins) until
     /// Ctrl-C or SIGTERM.

@@ -11,11 +11,12 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::IsTerminal;
 use stepwise_engine::{
     BulkFilter, DeliverError, OperatorError, OperatorRequest, SagaFilter, SagaStatus, SagaSummary,
 };
+use stepwise_mcp::AuditStore;
 
 #[derive(Debug, Subcommand)]
 pub enum SagasCommand {
@@ -62,7 +63,8 @@ pub enum SagasCommand {
     /// its wait yet gets it when it does). Idempotent on --key.
     Send(SendArgs),
     /// Delete completed and compensated sagas that finished more than DURATION ago, with their
-    /// steps and history (failed ones wait for an operator and are kept).
+    /// steps and history (failed ones wait for an operator and are kept), and the MCP audit
+    /// rows older than DURATION (unless --keep-audit).
     Prune(PruneArgs),
 }
 
@@ -148,6 +150,9 @@ pub struct PruneArgs {
     /// Count what would be deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Leave the MCP audit alone (`stepwise audit prune` prunes it on its own).
+    #[arg(long)]
+    pub keep_audit: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -159,7 +164,7 @@ fn parse_status(text: &str) -> Result<SagaStatus, String> {
     })
 }
 
-fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration such as 30d, 12h or 90m: {e}"))
 }
@@ -603,8 +608,24 @@ async fn prune(app: &App, args: PruneArgs) -> Result<(), CliError> {
         })
         .await?;
     bar.finish_and_clear();
+    // The audit rows of the same age go too: the sagas they name are gone.
+    let audit = if args.keep_audit {
+        None
+    } else {
+        Some(
+            AuditStore::new(app.engine.store().pool().clone())
+                .prune(cutoff, args.dry_run)
+                .await
+                .map_err(|e| CliError::failed(format!("could not prune the audit: {e}")))?,
+        )
+    };
     if args.json {
-        return print_json(&report);
+        let mut value = serde_json::to_value(&report)
+            .map_err(|e| CliError::failed(format!("could not print the report: {e}")))?;
+        if let Value::Object(fields) = &mut value {
+            fields.insert("audit".to_string(), json!(audit));
+        }
+        return print_json(&value);
     }
     let partitions = if report.partitions_dropped.is_empty() {
         String::new()
@@ -632,6 +653,9 @@ async fn prune(app: &App, args: PruneArgs) -> Result<(), CliError> {
             cutoff.format("%Y-%m-%d %H:%M:%S UTC"),
             report.events_deleted
         );
+    }
+    if let Some(audit) = &audit {
+        println!("{}", super::audit::describe_prune(audit));
     }
     Ok(())
 }

@@ -51,6 +51,7 @@ pub fn routes(
     sessions: CancellationToken,
     webhook_secret: Option<String>,
     shutdown: CancellationToken,
+    limits: stepwise_mcp::http::Limits,
 ) -> Router {
     // The console's event streams end when shutdown begins, so they do not hold the drain.
     let live = crate::console::live::Live::start(facade.engine().store().pool().clone(), shutdown);
@@ -63,6 +64,7 @@ pub fn routes(
             facade.clone(),
             hosts,
             sessions,
+            limits,
         ))
         .merge(stepwise_mcp::http::metrics_router(facade.clone()))
         .merge(crate::http::health::router(pool))
@@ -103,6 +105,7 @@ pub async fn run_announcing(
 ) -> Result<(), CliError> {
     // Configuration errors come before anything is started or connected.
     let trust = TrustProxy::from_env().map_err(CliError::usage)?;
+    let limits = stepwise_mcp::http::Limits::from_env().map_err(CliError::usage)?;
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }
@@ -171,6 +174,7 @@ pub async fn run_announcing(
         stop_sessions.clone(),
         webhook_secret,
         stop_http.clone(),
+        limits,
     );
     announce(bound);
     let served = crate::http::serve(listener, router, trust, stop_http.clone(), grace)

@@ -323,8 +323,14 @@ impl StepwiseServer {
         let started = Instant::now();
         let read = self.task_saga(caller, &request.task_id).await;
         if read.is_err() {
-            self.audit_read(caller, Via::TaskUpdate.name(), &read, started)
-                .await;
+            self.audit_read(
+                caller,
+                Via::TaskUpdate.name(),
+                &request.task_id,
+                &read,
+                started,
+            )
+            .await;
         }
         let detail = read?;
         for (key, value) in &request.input_responses {

@@ -2,7 +2,7 @@
 //! and the `saga://{id}` resource template. Thin by design: it validates, authorizes, starts
 //! or finds a saga, waits a bounded time, and reports. It never orchestrates.
 
-use crate::audit::{AuditEntry, AuditStore, Outcome};
+use crate::audit::{read_fingerprint, AuditEntry, AuditStore, Outcome, RepeatedReads};
 use crate::auth::{AuthError, Principal};
 use crate::results::{saga_report, ToolError};
 use crate::schema;
@@ -41,6 +41,7 @@ pub struct Facade {
     engine: Engine,
     catalog: Catalog,
     audit: AuditStore,
+    reads: RepeatedReads,
     wait: Duration,
 }
 
@@ -53,6 +54,7 @@ impl Facade {
             engine,
             catalog,
             audit,
+            reads: RepeatedReads::default(),
             wait,
         })
     }
@@ -225,11 +227,15 @@ impl StepwiseServer {
 
     /// Audits a read of one saga outside a tool call (`resources/read`, `tasks/get`), so who
     /// looked at which saga is on record as for `get_saga_status`: found; not found or not the
-    /// caller's (no saga id, as for the tool); or the database failing.
+    /// caller's (no saga id, as for the tool); or the database failing. A `tasks/get` or
+    /// `resources/read` of `target` (the task id or URI asked for) answering what this
+    /// caller's last recorded read of it answered is not recorded again ([`RepeatedReads`]);
+    /// a failure to read is always recorded.
     async fn audit_read(
         &self,
         caller: &Caller,
-        method: &str,
+        method: &'static str,
+        target: &str,
         read: &Result<SagaDetail, McpError>,
         started: Instant,
     ) {
@@ -240,6 +246,21 @@ impl StepwiseServer {
             }
             Err(_) => (None, Outcome::Invalid, Some("not_found".to_string())),
         };
+        let polled = matches!(method, "tasks/get" | "resources/read");
+        if polled && outcome != Outcome::Error {
+            let fingerprint = match read {
+                Ok(detail) => read_fingerprint(detail),
+                Err(_) => "not_found".to_string(),
+            };
+            let principal = caller.principal.to_string();
+            if !self
+                .facade
+                .reads
+                .first_or_changed(&principal, method, target, fingerprint)
+            {
+                return;
+            }
+        }
         self.record_audit(AuditEntry {
             principal: caller.principal.to_string(),
             transport: caller.transport,
@@ -421,7 +442,7 @@ impl ServerHandler for StepwiseServer {
         let started = Instant::now();
         let uri = request.uri.clone();
         let read = self.resource_saga(&caller, &uri).await;
-        self.audit_read(&caller, "resources/read", &read, started)
+        self.audit_read(&caller, "resources/read", &uri, &read, started)
             .await;
         let detail = read?;
         let (value, _) = status_value(&caller.principal, &detail, None);
@@ -441,7 +462,8 @@ impl ServerHandler for StepwiseServer {
         let caller = self.caller(&ctx)?;
         let started = Instant::now();
         let read = self.task_saga(&caller, &request.task_id).await;
-        self.audit_read(&caller, "tasks/get", &read, started).await;
+        self.audit_read(&caller, "tasks/get", &request.task_id, &read, started)
+            .await;
         Ok(GetTaskResult::new(tasks::detailed_task(
             &read?,
             &caller.principal,
@@ -467,7 +489,7 @@ impl ServerHandler for StepwiseServer {
         let read = self.task_saga(&caller, &request.task_id).await;
         if read.is_err() {
             // An unknown (or another guest's) task is on record too, like the tool's refusal.
-            self.audit_read(&caller, "tasks/cancel", &read, started)
+            self.audit_read(&caller, "tasks/cancel", &request.task_id, &read, started)
                 .await;
         }
         let detail = read?;

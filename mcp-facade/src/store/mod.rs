@@ -5,5 +5,5 @@
 pub mod audit;
 pub mod tokens;
 
-pub use audit::{AuditFilter, AuditRecord, AuditStore};
+pub use audit::{AuditFilter, AuditPruneReport, AuditRecord, AuditStore};
 pub use tokens::{CreatedToken, TokenInfo, TokenStore};
