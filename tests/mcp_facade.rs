@@ -959,9 +959,8 @@ async fn polling_a_task_audits_the_first_read_and_each_change_not_every_poll(poo
         panic!("a task was expected, got {response:?}");
     };
     let task_id = created.task.task_id.clone();
-    let polls_rows = |rows: &[(String, String, Option<Uuid>, String, Option<String>)]| {
-        rows.iter().filter(|r| r.1 == "tasks/get").count()
-    };
+    type Row = (String, String, Option<Uuid>, String, Option<String>);
+    let polls_rows = |rows: &[Row]| rows.iter().filter(|r| r.1 == "tasks/get").count();
 
     let mut polls = 0;
     let mut answers = Vec::new();
