@@ -43,7 +43,11 @@ fn sleepy_skill(timeout: Duration) -> Skill {
                 Ok(json!({"slept_ms": input.sleep_ms}))
             })
             .timeout(timeout)
-            .retry(quick_retry),
+            .retry(quick_retry)
+            // Undoes whatever the cut-off attempts may have done (it never recorded an output).
+            .compensate(|ctx, out| async move {
+                Ok(json!({"possibly_done": ctx.possibly_done, "output_was_null": out.is_null()}))
+            }),
         )
         .build()
         .unwrap()
@@ -70,7 +74,7 @@ async fn start(engine: &Engine, sleep_ms: u64) -> uuid::Uuid {
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_step_that_outlives_its_timeout_fails_retryably_then_compensates(pool: PgPool) {
+async fn a_step_that_outlives_its_timeout_is_retried_then_undone_as_possibly_done(pool: PgPool) {
     common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
     let engine = engine(pool, Duration::from_millis(50), Arc::new(clock.clone()));
@@ -88,10 +92,29 @@ async fn a_step_that_outlives_its_timeout_fails_retryably_then_compensates(pool:
     assert_eq!(saga.steps[1].attempts, 2);
     assert_eq!(saga.steps[1].error.as_ref().unwrap()["code"], "timeout");
     assert_eq!(saga.steps[1].error.as_ref().unwrap()["retryable"], true);
+    assert_eq!(saga.steps[1].error.as_ref().unwrap()["outcome"], "unknown");
+    assert!(saga.steps[1].possibly_done);
     assert_eq!(saga.error.as_ref().unwrap()["code"], "timeout");
     let kinds = history(&saga);
     assert!(kinds.contains(&"retry_scheduled:sleep".to_string()));
-    assert!(kinds.contains(&"compensation_succeeded:prepare".to_string()));
+    // The cut-off step is undone first, told it may not have run, then the one before it.
+    let undos: Vec<_> = kinds
+        .iter()
+        .filter(|k| k.starts_with("compensation_succeeded:"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        undos,
+        [
+            "compensation_succeeded:sleep",
+            "compensation_succeeded:prepare"
+        ]
+    );
+    let sleep = &saga.steps[1];
+    assert_eq!(
+        sleep.compensation.output.as_ref().unwrap(),
+        &json!({"possibly_done": true, "output_was_null": true})
+    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -843,9 +843,15 @@ impl Driver {
                     return Attempt::Done(match result {
                         Ok(Ok(result)) => result,
                         Ok(Err(_panic)) => Err(StepError::permanent("panicked", "the step's code panicked")),
-                        Err(_elapsed) => Err(StepError::retryable(
+                        // The action was cut off mid-way: whatever it had sent may have taken
+                        // effect, so the outcome is unknown (retried, and compensated as
+                        // possibly done if the step gives up).
+                        Err(_elapsed) => Err(StepError::unknown(
                             "timeout",
-                            format!("the attempt took longer than {} ms", timeout.as_millis()),
+                            format!(
+                                "the attempt took longer than {} ms (it may have taken effect)",
+                                timeout.as_millis()
+                            ),
                         )),
                     });
                 }
