@@ -162,8 +162,10 @@ impl From<ConnectorError> for StepError {
                 },
                 message,
             )
+            // Shown when the step gives up, after Stepwise's own retries.
             .with_action(format!(
-                "{service} is unreachable; Stepwise retries automatically"
+                "{service} could not be reached, even after Stepwise's retries: try again later \
+                 with a new idempotency_key"
             )),
             ConnectorError::Api {
                 service,
