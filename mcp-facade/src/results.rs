@@ -373,7 +373,7 @@ pub fn saga_output_schema(skill_output: Option<&Map<String, Value>>) -> Map<Stri
     let schema = json!({
         "type": "object",
         "properties": {
-            "saga_id": {"type": "string", "format": "uuid", "description": "The saga's id (also the task id)."},
+            "saga_id": {"type": "string", "format": "uuid"},
             "status": {"type": "string", "enum": ["pending", "running", "waiting", "compensating", "completed", "compensated", "failed"]},
             "waiting_for": {
                 "type": ["object", "null"],
@@ -400,9 +400,10 @@ pub fn saga_output_schema(skill_output: Option<&Map<String, Value>>) -> Map<Stri
                     "step": {"type": "string"},
                     "undone": {"type": "array", "items": {"type": "string"}},
                     "not_undone": {"type": "array", "items": {"type": "string"}},
+                    // What the undos reported, last undone first (docs/mcp.md, "Results");
+                    // the message repeats them, so no description is paid for here.
                     "undo_summaries": {
                         "type": "array",
-                        "description": "What the undos reported, last undone first: e.g. `a possible charge of $412.00 was found and refunded` or `nothing had been charged` for a step whose outcome was unknown (`possibly_done`).",
                         "items": {
                             "type": "object",
                             "properties": {
@@ -415,8 +416,8 @@ pub fn saga_output_schema(skill_output: Option<&Map<String, Value>>) -> Map<Stri
                 },
                 "required": ["code", "message"]
             },
-            "steps_done": {"type": "integer", "minimum": 0},
-            "steps_total": {"type": "integer", "minimum": 0}
+            "steps_done": {"type": "integer"},
+            "steps_total": {"type": "integer"}
         },
         "required": ["saga_id", "status", "skill", "steps_done", "steps_total"]
     });
