@@ -583,6 +583,28 @@ impl Fuzz {
     }
 }
 
+/// Generates `count` calls cycling through `kinds` and sends them, `PARALLEL` at a time.
+async fn send_kinds(
+    fuzz: &mut Fuzz,
+    kinds: &[Kind],
+    count: usize,
+    http: &reqwest::Client,
+    base: &str,
+    authority: &str,
+) -> Vec<(Kind, Reply)> {
+    let wires: Vec<(Kind, Wire)> = (0..count)
+        .map(|i| {
+            let kind = kinds[i % kinds.len()];
+            (kind, fuzz.generate(kind))
+        })
+        .collect();
+    futures::stream::iter(wires)
+        .map(|(kind, wire)| async move { (kind, send(http, base, authority, wire).await) })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await
+}
+
 /// Sends `wire` to the server; a reply without a status (the connection ended) is status 0.
 async fn send(http: &reqwest::Client, base: &str, authority: &str, wire: Wire) -> Reply {
     let sent = match &wire {
@@ -940,20 +962,7 @@ async fn hostile_calls_get_clear_refusals_and_write_nothing(pool: PgPool) {
     let sagas_before = every_saga_id(&pool).await;
     let audit_before = audit_count(&pool).await;
     let first = calls * 2 / 5;
-    let wires: Vec<(Kind, Wire)> = (0..first)
-        .map(|i| {
-            let kind = BEFORE_HANDLER[i % BEFORE_HANDLER.len()];
-            (kind, fuzz.generate(kind))
-        })
-        .collect();
-    let replies: Vec<(Kind, Reply)> = futures::stream::iter(wires)
-        .map(|(kind, wire)| {
-            let (http, base, authority) = (&http, &base, &authority);
-            async move { (kind, send(http, base, authority, wire).await) }
-        })
-        .buffer_unordered(PARALLEL)
-        .collect()
-        .await;
+    let replies = send_kinds(&mut fuzz, &BEFORE_HANDLER, first, &http, &base, &authority).await;
     for (kind, reply) in &replies {
         tally.add(&format!("{kind:?}"), reply);
         match kind {
@@ -981,20 +990,7 @@ async fn hostile_calls_get_clear_refusals_and_write_nothing(pool: PgPool) {
     // 2. Calls that reach the MCP server: every saga in the database is one a caller was
     // told about.
     let second = calls - first - calls / 20;
-    let wires: Vec<(Kind, Wire)> = (0..second)
-        .map(|i| {
-            let kind = IN_HANDLER[i % IN_HANDLER.len()];
-            (kind, fuzz.generate(kind))
-        })
-        .collect();
-    let replies: Vec<(Kind, Reply)> = futures::stream::iter(wires)
-        .map(|(kind, wire)| {
-            let (http, base, authority) = (&http, &base, &authority);
-            async move { (kind, send(http, base, authority, wire).await) }
-        })
-        .buffer_unordered(PARALLEL)
-        .collect()
-        .await;
+    let replies = send_kinds(&mut fuzz, &IN_HANDLER, second, &http, &base, &authority).await;
     for (kind, reply) in &replies {
         tally.add(&format!("{kind:?}"), reply);
         assert_ne!(reply.status, 0, "{kind:?}: no answer");
