@@ -289,13 +289,7 @@ async fn restart_fork_cancel_and_send_go_through_the_operator_api(pool: PgPool) 
         )
         .await;
     assert_eq!(restarted.status(), 303);
-    let new_id: Uuid = location(&restarted)
-        .trim_start_matches("/console/sagas/")
-        .split('?')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let new_id = redirected_saga(&restarted);
     assert_eq!(detail(&engine, new_id).await.replay_of, Some(compensated));
     let original = operator
         .get_ok(&format!("/console/sagas/{compensated}"))
@@ -319,13 +313,7 @@ async fn restart_fork_cancel_and_send_go_through_the_operator_api(pool: PgPool) 
         )
         .await;
     assert_eq!(forked.status(), 303);
-    let fork_id: Uuid = location(&forked)
-        .trim_start_matches("/console/sagas/")
-        .split('?')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let fork_id = redirected_saga(&forked);
     let fork = detail(&engine, fork_id).await;
     assert_eq!(fork.replay_of, Some(completed));
     assert!(fork

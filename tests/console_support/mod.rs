@@ -173,3 +173,14 @@ pub fn location(response: &reqwest::Response) -> String {
         .unwrap()
         .to_string()
 }
+
+/// The saga a redirect to `/console/sagas/ID[?...]` points at (a replay's new saga).
+pub fn redirected_saga(response: &reqwest::Response) -> uuid::Uuid {
+    location(response)
+        .trim_start_matches("/console/sagas/")
+        .split('?')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
