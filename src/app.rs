@@ -60,9 +60,21 @@ impl App {
             .map_err(|e| CliError::usage(e.to_string()))?;
         let refund_approval =
             RefundApproval::from_env().map_err(|e| CliError::usage(e.to_string()))?;
+        crate::db_urls::listen_url_from_env().map_err(CliError::usage)?;
         let target = embedded_pg::resolve_database().await?;
-        let store = PgStore::connect(&target.url, pool_size).await?;
-        migrate(store.pool()).await?;
+        let connections = crate::db_urls::connections(&target.url).map_err(CliError::usage)?;
+        let store = PgStore::connect_with(&connections, pool_size).await?;
+        match &connections.listen_url {
+            // Migrations take a session-level lock and set a search_path: not through a
+            // transaction pooler.
+            Some(direct) => {
+                let direct = PgStore::connect(direct, 1).await?;
+                let migrated = migrate(direct.pool().raw()).await;
+                direct.pool().close().await;
+                migrated?;
+            }
+            None => migrate(store.pool().raw()).await?,
+        }
         let (config, sandbox) = connector_config(mode).await?;
         let connectors = Connectors::new(&config)
             .map_err(|e| CliError::failed(format!("cannot set up the connectors: {e}")))?;

@@ -245,7 +245,17 @@ pub async fn resolve_database_with(
         .filter(|u| !u.trim().is_empty())
     {
         debug!(url = %redact(&url), "using DATABASE_URL");
-        ensure_database_exists(&url).await?;
+        // Through a transaction pooler the database is made over the direct connection.
+        let direct = match crate::db_urls::listen_url_from_env() {
+            Ok(Some(listen))
+                if crate::db_urls::pooling_from_env()
+                    .is_ok_and(|p| p == stepwise_engine::Pooling::Transaction) =>
+            {
+                listen
+            }
+            _ => url.clone(),
+        };
+        ensure_database_exists(&direct).await?;
         return Ok(DatabaseTarget {
             url,
             embedded: None,

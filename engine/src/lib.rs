@@ -118,5 +118,5 @@ pub use role::{Role, SagaScope};
 pub use skill::{
     Exposure, InputError, Skill, SkillBuilder, SkillError, SkillInput, Step, StepContext,
 };
-pub use store::{PgStore, StartOutcome};
+pub use store::{Connections, DbPool, PgStore, Pooling, StartOutcome};
 pub use wait::{DeliverError, Delivery, Received, Wait};

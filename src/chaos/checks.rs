@@ -4,11 +4,11 @@
 use super::Disruptions;
 use crate::exit::CliError;
 use serde_json::{json, Value};
-use sqlx::PgPool;
 use std::collections::HashMap;
+use stepwise_engine::DbPool;
 
 /// Sagas not yet in a terminal state.
-pub async fn unfinished(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn unfinished(pool: &DbPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM stepwise.sagas
          WHERE status NOT IN ('completed', 'compensated', 'failed')",
@@ -45,7 +45,7 @@ struct Money {
 }
 
 pub async fn report(
-    pool: &PgPool,
+    pool: &DbPool,
     http: &reqwest::Client,
     sandbox_url: &str,
     minutes: f64,

@@ -44,7 +44,7 @@ pub async fn run(args: ConsoleArgs) -> Result<(), CliError> {
         signal.cancel();
     });
     let pool = app.engine.store().pool().clone();
-    let live = Live::start(pool.clone(), stop.clone());
+    let live = Live::start(app.engine.store().clone(), stop.clone());
     let router = crate::console::router(Console::new(app.engine.clone(), live))
         .merge(crate::http::health::router(pool));
     eprintln!("{LISTENING} http://{bound}/console");

@@ -54,7 +54,7 @@ pub fn routes(
     limits: stepwise_mcp::http::Limits,
 ) -> Router {
     // The console's event streams end when shutdown begins, so they do not hold the drain.
-    let live = crate::console::live::Live::start(facade.engine().store().pool().clone(), shutdown);
+    let live = crate::console::live::Live::start(facade.engine().store().clone(), shutdown);
     let hosts = stepwise_mcp::http::allowed_hosts_from_env(bound);
     let pool = facade.engine().store().pool().clone();
     let engine = facade.engine().clone();

@@ -11,11 +11,10 @@ use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use std::convert::Infallible;
 use std::time::Duration;
 use stepwise_engine::store::{SAGA_CHANGED_CHANNEL, WORK_CHANNEL};
+use stepwise_engine::PgStore;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -72,9 +71,9 @@ impl Live {
         }
     }
 
-    /// Starts the listener on `pool`'s database; it and every event stream stop when `stop`
-    /// is cancelled.
-    pub fn start(pool: PgPool, stop: CancellationToken) -> Self {
+    /// Starts the listener on `store`'s database (its LISTEN connection, see
+    /// [`PgStore::listener`]); it and every event stream stop when `stop` is cancelled.
+    pub fn start(store: PgStore, stop: CancellationToken) -> Self {
         let live = Self {
             sender: broadcast::channel(1024).0,
             stop: stop.clone(),
@@ -83,7 +82,7 @@ impl Live {
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = listen(pool, sender) => {}
+                _ = listen(store, sender) => {}
             }
         });
         live
@@ -94,10 +93,10 @@ impl Live {
     }
 }
 
-async fn listen(pool: PgPool, sender: broadcast::Sender<Change>) {
+async fn listen(store: PgStore, sender: broadcast::Sender<Change>) {
     let mut pause = Duration::from_millis(200);
     loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
+        let mut listener = match store.listener().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "console: cannot connect to LISTEN; retrying");

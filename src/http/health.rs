@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use sqlx::PgPool;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use stepwise_engine::migrations::SchemaMigrations;
+use stepwise_engine::DbPool;
 
 /// How long `/readyz` waits for the database before answering `503`: a probe must answer well
 /// within a load balancer's timeout even when the pool cannot connect.
@@ -28,7 +28,7 @@ fn migration_sets() -> [SchemaMigrations; 3] {
 }
 
 /// The routes: `GET /healthz`, `GET /readyz`.
-pub fn router(pool: PgPool) -> Router {
+pub fn router(pool: DbPool) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -39,7 +39,7 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(pool): State<PgPool>) -> Response {
+async fn readyz(State(pool): State<DbPool>) -> Response {
     let checked = tokio::time::timeout(READY_TIMEOUT, check_ready(&pool)).await;
     let reason = match checked {
         Ok(Ok(())) => return Json(json!({ "status": "ready" })).into_response(),
@@ -57,7 +57,7 @@ async fn readyz(State(pool): State<PgPool>) -> Response {
 }
 
 /// `Ok` when the database answers and has every migration of every crate applied.
-async fn check_ready(pool: &PgPool) -> Result<(), String> {
+async fn check_ready(pool: &DbPool) -> Result<(), String> {
     for set in migration_sets() {
         let history = format!("{}._sqlx_migrations", set.schema());
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")

@@ -26,7 +26,7 @@ impl Drop for Served {
 /// rule `trust`.
 pub async fn serve_console(engine: &Engine, trust: TrustProxy) -> Served {
     let stop = CancellationToken::new();
-    let live = Live::start(engine.store().pool().clone(), stop.clone());
+    let live = Live::start(engine.store().clone(), stop.clone());
     let router = stepwise::console::router(Console::new(engine.clone(), live));
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await

@@ -11,7 +11,6 @@ use crate::error::StoreError;
 use crate::registry::Registry;
 use crate::store::{ClaimedSaga, KnownSkills, Lease, PgStore, WORK_CHANNEL};
 use driver::{chrono_duration, Driver};
-use sqlx::postgres::PgListener;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -160,7 +159,7 @@ impl Worker {
     fn driver(&self, shutdown: CancellationToken, abandon: CancellationToken) -> Driver {
         let store = if self.config.commit_batch > 1 {
             // Leave a connection for claims and heartbeats.
-            let connections = self.store.pool().options().get_max_connections() as usize;
+            let connections = self.store.pool().raw().options().get_max_connections() as usize;
             self.store.with_group_commit(
                 self.config.commit_batch,
                 self.config
@@ -214,7 +213,7 @@ impl Worker {
     /// Runs until `shutdown` is cancelled, then stops claiming, lets in-flight steps finish
     /// within the grace period and releases their sagas.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let mut listener = PgListener::connect_with(self.store.pool()).await?;
+        let mut listener = self.store.listener().await?;
         listener.listen(WORK_CHANNEL).await?;
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let abandon = CancellationToken::new();

@@ -5,6 +5,7 @@
 //! [`StoreError::LostLease`] and changes nothing.
 
 mod console;
+mod db_pool;
 mod group_commit;
 mod old_layout;
 mod operator;
@@ -17,6 +18,7 @@ pub use console::{
     AttentionList, ConsoleSaga, MinuteActivity, SagaPageQuery, SkillStatusCount,
     SAGA_CHANGED_CHANNEL,
 };
+pub use db_pool::{pooled_options, DbPool, Pooling};
 pub use operator::{HistoryPartition, OperatorEvent, PruneBatch, ReplayConflict, ReplaySaga};
 pub use queries::{
     ClaimedSaga, Committed, InsertConflict, KnownSkills, Lease, NewEvent, NewSaga, StartOutcome,
@@ -27,10 +29,8 @@ pub use waits::{DeliveryOutcome, StoredDelivery};
 
 use crate::error::StoreError;
 use crate::migrations::SchemaMigrations;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use std::str::FromStr;
-use std::time::Duration;
 
 /// The channel workers LISTEN on; a NOTIFY means "new or due work may be waiting".
 pub const WORK_CHANNEL: &str = "stepwise_work";
@@ -42,17 +42,46 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// `stepwise._sqlx_migrations` (see [`crate::migrations`]). [`PgStore::migrate`] applies them.
 pub const MIGRATIONS: SchemaMigrations = SchemaMigrations::new("stepwise", &MIGRATOR);
 
+/// How the store reaches PostgreSQL (docs/operations.md, "Beyond one machine").
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    /// `DATABASE_URL`: every read and write, possibly through PgBouncer.
+    pub url: String,
+    /// `STEPWISE_LISTEN_URL`: a direct connection to the primary for LISTEN (and migrations),
+    /// needed when `url` goes through a transaction pooler.
+    pub listen_url: Option<String>,
+    /// `STEPWISE_PREPARED_STATEMENTS=off`: `url` goes through a transaction pooler.
+    pub pooling: Pooling,
+}
+
+impl Connections {
+    /// Everything over one direct URL.
+    pub fn direct(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Handle to the engine's tables. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pool: DbPool,
+    /// Where LISTEN connects (`STEPWISE_LISTEN_URL`), when not through `pool`: LISTEN does not
+    /// survive a transaction pooler (docs/operations.md, "PgBouncer").
+    listen: Option<PgConnectOptions>,
     /// Set on a worker's copy when its step commits are grouped across sagas.
     group: Option<std::sync::Arc<group_commit::GroupCommit>>,
 }
 
 impl PgStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool, group: None }
+    pub fn new(pool: impl Into<DbPool>) -> Self {
+        Self {
+            pool: pool.into(),
+            listen: None,
+            group: None,
+        }
     }
 
     /// A copy of this store whose hot-path commits (step results, step and compensation
@@ -60,9 +89,13 @@ impl PgStore {
     /// and one commit, by `committers` concurrent tasks. Each caller still waits for its own
     /// commit. Needs a Tokio runtime; the tasks end when every copy is dropped.
     pub fn with_group_commit(&self, max_batch: usize, committers: usize) -> Self {
-        let direct = Self::new(self.pool.clone());
+        let direct = Self {
+            group: None,
+            ..self.clone()
+        };
         Self {
             pool: self.pool.clone(),
+            listen: self.listen.clone(),
             group: Some(group_commit::GroupCommit::start(
                 direct, max_batch, committers,
             )),
@@ -71,17 +104,44 @@ impl PgStore {
 
     /// Connects with a pool of at most `max_connections`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?.application_name("stepwise");
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
-            .await?;
-        Ok(Self::new(pool))
+        Self::connect_with(&Connections::direct(url), max_connections).await
     }
 
-    pub fn pool(&self) -> &PgPool {
+    /// Connects to `connections.url` with a pool of at most `max_connections`, set up for
+    /// `connections.pooling`; LISTEN goes to `connections.listen_url` when given.
+    pub async fn connect_with(
+        connections: &Connections,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(&connections.url)?.application_name("stepwise");
+        let pool = DbPool::connect(options, max_connections, connections.pooling).await?;
+        let listen = match &connections.listen_url {
+            Some(url) => Some(PgConnectOptions::from_str(url)?.application_name("stepwise-listen")),
+            None => None,
+        };
+        Ok(Self {
+            pool,
+            listen,
+            group: None,
+        })
+    }
+
+    pub fn pool(&self) -> &DbPool {
         &self.pool
+    }
+
+    /// A LISTEN connection: to `STEPWISE_LISTEN_URL` when set, else one of the pool's.
+    pub async fn listener(&self) -> Result<PgListener, StoreError> {
+        match &self.listen {
+            // A pool of one per listener: it only reconnects the listener.
+            Some(options) => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(options.clone());
+                Ok(PgListener::connect_with(&pool).await?)
+            }
+            None => Ok(PgListener::connect_with(self.pool.raw()).await?),
+        }
     }
 
     /// Applies the engine's pending migrations (safe to run concurrently, see
@@ -89,8 +149,8 @@ impl PgStore {
     /// history, is refused with [`crate::MigrationError::OldLayout`] before anything is
     /// written.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        old_layout::refuse_old_layout(&self.pool).await?;
-        MIGRATIONS.apply(&self.pool).await?;
+        old_layout::refuse_old_layout(self.pool.raw()).await?;
+        MIGRATIONS.apply(self.pool.raw()).await?;
         // Saga ids are time-ordered (UUIDv7): keep the history's monthly partitions ahead.
         self.ensure_history_partitions(chrono::Utc::now()).await?;
         Ok(())

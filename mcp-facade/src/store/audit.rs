@@ -4,7 +4,7 @@
 use crate::audit::{AuditEntry, Outcome};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use stepwise_engine::DbPool;
 use uuid::Uuid;
 
 /// A stored row, as `stepwise audit --json` prints it.
@@ -52,12 +52,12 @@ const TOOL_MAX_CHARS: usize = 200;
 /// The audit table (append-only).
 #[derive(Debug, Clone)]
 pub struct AuditStore {
-    pool: PgPool,
+    pool: DbPool,
 }
 
 impl AuditStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: impl Into<DbPool>) -> Self {
+        Self { pool: pool.into() }
     }
 
     pub async fn record(&self, entry: &AuditEntry) -> Result<(), sqlx::Error> {

@@ -5,7 +5,7 @@
 use crate::auth::{generate_token, hash_token, AuthError, Principal};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use stepwise_engine::DbPool;
 use stepwise_engine::Registry;
 use uuid::Uuid;
 
@@ -42,12 +42,12 @@ pub struct CreatedToken {
 /// The facade's token table.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
-    pool: PgPool,
+    pool: DbPool,
 }
 
 impl TokenStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: impl Into<DbPool>) -> Self {
+        Self { pool: pool.into() }
     }
 
     /// Creates a token for `principal`; the returned secret is not stored.

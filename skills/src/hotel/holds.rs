@@ -5,14 +5,14 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::types::PgRange;
-use sqlx::PgPool;
 use std::ops::Bound;
+use stepwise_engine::DbPool;
 use stepwise_engine::{PgStore, SagaStatus, StepError};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub struct Holds {
-    pool: PgPool,
+    pool: DbPool,
     /// The engine's store, asked for the status of the sagas that took holds (the engine's
     /// tables are its own).
     sagas: PgStore,
@@ -32,7 +32,8 @@ pub struct NewHold<'a> {
 const EXCLUSION_VIOLATION: &str = "23P01";
 
 impl Holds {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: impl Into<DbPool>) -> Self {
+        let pool = pool.into();
         Self {
             sagas: PgStore::new(pool.clone()),
             pool,

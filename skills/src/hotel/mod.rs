@@ -43,10 +43,10 @@ use chrono_tz::Tz;
 use holds::Holds;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use stepwise_engine::DbPool;
 use stepwise_engine::{
     Exposure, Registry, RegistryError, RetryPolicy, Step, StepContext, StepError,
 };
@@ -101,12 +101,16 @@ pub fn parse_payment_auth_timeout(value: &str) -> Result<Duration, PaymentAuthTi
 
 impl Hotel {
     /// A hotel whose days are UTC days ([`calendar::DEFAULT_TIME_ZONE`]).
-    pub fn new(connectors: Connectors, pool: PgPool) -> Arc<Self> {
+    pub fn new(connectors: Connectors, pool: impl Into<DbPool>) -> Arc<Self> {
         Self::with_time_zone(connectors, pool, calendar::DEFAULT_TIME_ZONE)
     }
 
     /// A hotel whose "today" is the date in `time_zone` (see [`calendar`]).
-    pub fn with_time_zone(connectors: Connectors, pool: PgPool, time_zone: Tz) -> Arc<Self> {
+    pub fn with_time_zone(
+        connectors: Connectors,
+        pool: impl Into<DbPool>,
+        time_zone: Tz,
+    ) -> Arc<Self> {
         Arc::new(Self {
             connectors,
             holds: Holds::new(pool),

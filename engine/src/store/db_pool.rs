@@ -1,0 +1,196 @@
+//! The stores' connection pool, and how it runs statements when `DATABASE_URL` goes through a
+//! transaction-pooling PgBouncer (docs/operations.md, "PgBouncer").
+//!
+//! PgBouncer 1.18 in `pool_mode = transaction` gives its server connection back at every
+//! ReadyForQuery sent outside a transaction. sqlx 0.8 runs a statement with arguments in two
+//! round trips (Parse, Describe, Sync; then Bind, Execute, Sync) and names the statement
+//! (`sqlx_s_N`) even with its statement cache off. Outside a transaction the second round trip
+//! may reach a server connection that never saw the first ("prepared statement sqlx_s_N does
+//! not exist"), or one where another client left a statement of the same name ("... already
+//! exists"). With [`Pooling::Transaction`] (`STEPWISE_PREPARED_STATEMENTS=off`) the statement
+//! cache is off and every statement run on the pool runs in a transaction of its own, opened
+//! with `DEALLOCATE ALL` (the names a previous client left on that server connection) and
+//! committed before the caller sees the result; [`DbPool::begin`] opens its transactions the
+//! same way.
+
+use futures::{StreamExt, TryFutureExt, TryStreamExt};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult, PgRow, PgStatement};
+use sqlx::{Describe, Either, Execute, Executor, PgPool, Postgres, Transaction};
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// How `DATABASE_URL`'s connections reach PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooling {
+    /// Directly, or through a pooler that keeps a server connection per client connection
+    /// (PgBouncer's `pool_mode = session`): sqlx's prepared-statement cache is used.
+    #[default]
+    Direct,
+    /// Through a pooler that may switch server connections between transactions (PgBouncer's
+    /// `pool_mode = transaction`): no statement cache, every statement in a transaction.
+    Transaction,
+}
+
+/// What every transaction opened through a transaction pooler starts with.
+const POOLED_BEGIN: &str = "DEALLOCATE ALL; BEGIN";
+
+/// A PostgreSQL pool that knows whether a transaction pooler stands between it and the server.
+/// `&DbPool` is an sqlx [`Executor`], like `&PgPool`. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DbPool {
+    pool: PgPool,
+    pooling: Pooling,
+}
+
+impl From<PgPool> for DbPool {
+    fn from(pool: PgPool) -> Self {
+        Self {
+            pool,
+            pooling: Pooling::Direct,
+        }
+    }
+}
+
+impl DbPool {
+    /// A pool of at most `max_connections` to `options`, set up for `pooling`; connects once
+    /// so a wrong URL fails here.
+    pub async fn connect(
+        options: PgConnectOptions,
+        max_connections: u32,
+        pooling: Pooling,
+    ) -> Result<Self, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(pooled_options(options, pooling))
+            .await?;
+        Ok(Self { pool, pooling })
+    }
+
+    /// Like [`DbPool::connect`], without connecting until the first statement.
+    pub fn connect_lazy(options: PgConnectOptions, max_connections: u32, pooling: Pooling) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(pooled_options(options, pooling));
+        Self { pool, pooling }
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// The sqlx pool underneath. Statements run on it directly bypass [`Pooling::Transaction`]'s
+    /// precautions: use it only for what needs no statement (sizes, closing) or when the pool
+    /// is direct.
+    pub fn raw(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Starts a transaction, as [`PgPool::begin`] does.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        match self.pooling {
+            Pooling::Direct => self.pool.begin().await,
+            Pooling::Transaction => {
+                let conn = self.pool.acquire().await?;
+                Transaction::begin(conn, Some(Cow::Borrowed(POOLED_BEGIN))).await
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The connect options for `pooling`: through a transaction pooler, no statement cache and no
+/// `extra_float_digits` startup parameter (PgBouncer refuses startup parameters it does not
+/// know unless told to ignore them; PostgreSQL 12 and later print floats exactly anyway).
+pub fn pooled_options(options: PgConnectOptions, pooling: Pooling) -> PgConnectOptions {
+    match pooling {
+        Pooling::Direct => options,
+        Pooling::Transaction => options.statement_cache_capacity(0).extra_float_digits(None),
+    }
+}
+
+/// Runs `query` on a connection of `pool` in a transaction of its own, committed (or rolled
+/// back on error) before the rows are handed over.
+async fn in_own_transaction<'q, E>(
+    pool: PgPool,
+    query: E,
+) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error>
+where
+    E: 'q + Execute<'q, Postgres>,
+{
+    let conn = pool.acquire().await?;
+    let mut tx = Transaction::begin(conn, Some(Cow::Borrowed(POOLED_BEGIN))).await?;
+    let results: Vec<_> = (&mut *tx).fetch_many(query).try_collect().await?;
+    tx.commit().await?;
+    Ok(results)
+}
+
+impl<'p> Executor<'p> for &'_ DbPool {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures::stream::BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        match self.pooling {
+            Pooling::Direct => self.pool.fetch_many(query),
+            Pooling::Transaction => {
+                let pool = self.pool.clone();
+                futures::stream::once(in_own_transaction(pool, query))
+                    .map_ok(|rows| futures::stream::iter(rows.into_iter().map(Ok)))
+                    .try_flatten()
+                    .boxed()
+            }
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures::future::BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        match self.pooling {
+            Pooling::Direct => self.pool.fetch_optional(query),
+            Pooling::Transaction => Box::pin(
+                in_own_transaction(self.pool.clone(), query).and_then(|rows| async move {
+                    Ok(rows.into_iter().find_map(|r| match r {
+                        Either::Right(row) => Some(row),
+                        Either::Left(_) => None,
+                    }))
+                }),
+            ),
+        }
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [sqlx::postgres::PgTypeInfo],
+    ) -> futures::future::BoxFuture<'e, Result<PgStatement<'q>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        self.pool.prepare_with(sql, parameters)
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> futures::future::BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        self.pool.describe(sql)
+    }
+}
