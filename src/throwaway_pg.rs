@@ -63,6 +63,45 @@ pub struct Cluster {
 impl Cluster {
     /// Creates and starts a cluster in a new directory under the system's temporary directory.
     pub fn create() -> Result<Self, ClusterError> {
+        let cluster = Self::empty()?;
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+        )?;
+        cluster.start()?;
+        Ok(cluster)
+    }
+
+    /// A streaming standby of this cluster (docs/operations.md): `pg_basebackup -R` into a new
+    /// directory, started on a port of its own; it follows this server until promoted.
+    pub fn standby(&self) -> Result<Self, ClusterError> {
+        let standby = Self::empty()?;
+        let port = self.port.to_string();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &standby.data(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+            ],
+        )?;
+        standby.start()?;
+        Ok(standby)
+    }
+
+    /// A new directory and a free port, nothing in them yet.
+    fn empty() -> Result<Self, ClusterError> {
         let bin = bin_dir().ok_or(ClusterError::NoBinaries)?;
         let account = if nix::unistd::geteuid().is_root() {
             let user = nix::unistd::User::from_name("postgres")
@@ -87,19 +126,29 @@ impl Cluster {
             .and_then(|l| l.local_addr())
             .map_err(io_err("finding a free port"))?
             .port();
-        let cluster = Self {
+        Ok(Self {
             dir,
             bin,
             port,
             account,
-        };
-        let data = cluster.data();
-        cluster.run(
-            "initdb",
-            &["-D", &data, "-A", "trust", "-U", "postgres", "-E", "UTF8"],
-        )?;
-        cluster.start()?;
-        Ok(cluster)
+        })
+    }
+
+    /// Promotes a standby to a primary and waits until it accepts writes.
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "promote"])
+    }
+
+    /// Appends `settings` (postgresql.conf lines) to the configuration and reloads it.
+    pub fn configure(&self, settings: &str) -> Result<(), ClusterError> {
+        use std::io::Write;
+        let path = self.dir.join("data").join("postgresql.conf");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        writeln!(file, "{settings}").map_err(io_err(format!("writing {}", path.display())))?;
+        self.run("pg_ctl", &["-D", &self.data(), "reload"])
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.

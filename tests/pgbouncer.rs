@@ -236,6 +236,7 @@ async fn the_hotel_story_and_a_thousand_sagas_run_through_pgbouncer_200_clients_
         url: through.clone(),
         listen_url: Some(direct.clone()),
         pooling: Pooling::Transaction,
+        ..Connections::direct(&through)
     };
     let store = PgStore::connect_with(&connections, 16).await.unwrap();
     let registry = stepwise_skills::registry().unwrap();

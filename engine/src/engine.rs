@@ -169,8 +169,9 @@ impl Engine {
         }
     }
 
+    /// A read: from the read replica once it has caught up (see [`PgStore::reads`]).
     pub async fn detail(&self, id: Uuid) -> Result<Option<SagaDetail>, StoreError> {
-        self.store.detail(id).await
+        self.store.reads().await.detail(id).await
     }
 
     /// The status of each of `ids` that exists (see [`PgStore::saga_statuses`]): how other
@@ -182,8 +183,9 @@ impl Engine {
         self.store.saga_statuses(ids).await
     }
 
+    /// A read: from the read replica once it has caught up (see [`PgStore::reads`]).
     pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaSummary>, StoreError> {
-        self.store.list(filter).await
+        self.store.reads().await.list(filter).await
     }
 
     /// Waits until the saga is terminal or `timeout` passes; returns its latest summary.

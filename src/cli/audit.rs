@@ -63,7 +63,8 @@ pub async fn run(args: AuditArgs) -> Result<(), CliError> {
         return Err(CliError::usage("--limit must be between 1 and 10000"));
     }
     let app = App::open(2).await?;
-    let store = AuditStore::new(app.engine.store().pool().clone());
+    // A read: from STEPWISE_READ_URL's replica once it has caught up.
+    let store = AuditStore::new(app.engine.store().reads().await.pool().clone());
     let rows = store
         .query(&AuditFilter {
             tool: args.tool,

@@ -10,6 +10,7 @@ mod group_commit;
 mod old_layout;
 mod operator;
 mod queries;
+mod replica;
 mod rows;
 mod stats;
 mod waits;
@@ -52,6 +53,11 @@ pub struct Connections {
     pub listen_url: Option<String>,
     /// `STEPWISE_PREPARED_STATEMENTS=off`: `url` goes through a transaction pooler.
     pub pooling: Pooling,
+    /// `STEPWISE_READ_URL`: a streaming replica for read-only work (see [`PgStore::reads`]).
+    pub read_url: Option<String>,
+    /// How long a read waits for the replica to catch up before going to the primary
+    /// (`STEPWISE_READ_MAX_WAIT_MS`).
+    pub read_max_wait: std::time::Duration,
 }
 
 impl Connections {
@@ -59,10 +65,14 @@ impl Connections {
     pub fn direct(url: &str) -> Self {
         Self {
             url: url.to_owned(),
+            read_max_wait: DEFAULT_READ_MAX_WAIT,
             ..Self::default()
         }
     }
 }
+
+/// How long a read waits for the replica by default.
+pub const DEFAULT_READ_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Handle to the engine's tables. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -71,6 +81,8 @@ pub struct PgStore {
     /// Where LISTEN connects (`STEPWISE_LISTEN_URL`), when not through `pool`: LISTEN does not
     /// survive a transaction pooler (docs/operations.md, "PgBouncer").
     listen: Option<PgConnectOptions>,
+    /// The streaming replica read-only work goes to (`STEPWISE_READ_URL`).
+    read: Option<replica::ReadReplica>,
     /// Set on a worker's copy when its step commits are grouped across sagas.
     group: Option<std::sync::Arc<group_commit::GroupCommit>>,
 }
@@ -80,6 +92,7 @@ impl PgStore {
         Self {
             pool: pool.into(),
             listen: None,
+            read: None,
             group: None,
         }
     }
@@ -96,6 +109,7 @@ impl PgStore {
         Self {
             pool: self.pool.clone(),
             listen: self.listen.clone(),
+            read: self.read.clone(),
             group: Some(group_commit::GroupCommit::start(
                 direct, max_batch, committers,
             )),
@@ -119,9 +133,22 @@ impl PgStore {
             Some(url) => Some(PgConnectOptions::from_str(url)?.application_name("stepwise-listen")),
             None => None,
         };
+        // The replica is connected lazily: a replica that is down leaves reads on the primary.
+        let read = match &connections.read_url {
+            Some(url) => Some(replica::ReadReplica {
+                pool: DbPool::connect_lazy(
+                    PgConnectOptions::from_str(url)?.application_name("stepwise-read"),
+                    max_connections,
+                    connections.pooling,
+                ),
+                max_wait: connections.read_max_wait,
+            }),
+            None => None,
+        };
         Ok(Self {
             pool,
             listen,
+            read,
             group: None,
         })
     }

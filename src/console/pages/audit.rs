@@ -72,7 +72,8 @@ pub async fn page(
             OUTCOME_WINDOW
         },
     };
-    let rows = match console.audit.query(&filter).await {
+    let audit = stepwise_mcp::AuditStore::new(console.engine.store().reads().await.pool().clone());
+    let rows = match audit.query(&filter).await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(error = %e, "console: reading the audit failed");

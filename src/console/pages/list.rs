@@ -138,7 +138,14 @@ pub async fn page(
             return layout::message(StatusCode::BAD_REQUEST, Some(&viewer), "Invalid filter", &e)
         }
     };
-    let sagas = match console.engine.store().console_page(&query).await {
+    let sagas = match console
+        .engine
+        .store()
+        .reads()
+        .await
+        .console_page(&query)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "console: the saga list failed");

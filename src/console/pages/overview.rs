@@ -31,7 +31,8 @@ struct Overview {
 }
 
 async fn load(console: &Console) -> Result<Overview, stepwise_engine::StoreError> {
-    let store = console.engine.store();
+    // Reads: from STEPWISE_READ_URL's replica once it has caught up.
+    let store = console.engine.store().reads().await;
     let now = Utc::now();
     let (counts, activity, failed, waiting, oldest) = tokio::try_join!(
         store.console_counts(),
