@@ -414,3 +414,158 @@ async fn cases_are_worked_through_legal_moves_and_guests_only_add_notes_to_their
     assert!(texts[0]["body"].as_str().unwrap().contains(&leak));
     staff.cancel().await.unwrap();
 }
+
+/// A bill line as (kind, room_number, nights, nightly_rate, amount).
+type BillLineShape = (String, Option<String>, Option<i64>, Option<i64>, i64);
+
+/// Writes straight to the sandbox's CRM (the hotel's external system), as the hotel's own
+/// staff would in Salesforce: `PATCH` a record, or `POST` a new one when `id` is None.
+async fn crm_write(desk: &Desk, sobject: &str, id: Option<&str>, fields: Value) {
+    let base = format!(
+        "{}/salesforce/services/data/v60.0/sobjects/{sobject}",
+        desk.sandbox.base_url()
+    );
+    let http = reqwest::Client::new();
+    let request = match id {
+        Some(id) => http.patch(format!("{base}/{id}")),
+        None => http.post(base),
+    };
+    let response = request
+        .bearer_auth("test")
+        .json(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_three_night_stay_upgraded_on_night_two_is_billed_per_segment(pool: PgPool) {
+    let desk = desk(pool).await;
+    let staff = desk.client("staff:frontdesk@dewy.example").await;
+    let email = "ada.bill@example.com";
+    // Room 103 (Standard, $129.00) for three nights with a one-night deposit, checked in.
+    let booked = call(
+        &staff,
+        "create_booking",
+        json!({"idempotency_key": "bill-book", "guest_email": email, "guest_first_name": "Ada",
+               "guest_last_name": "Bill", "guest_phone": "+15550107777", "room_number": "103",
+               "check_in_date": day(0), "check_out_date": day(3), "payment_method_id": "pm_card_visa"}),
+    )
+    .await;
+    assert!(!is_error(&booked), "{booked:?}");
+    let number = structured(&booked)["output"]["booking_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let checked_in = call(
+        &staff,
+        "check_in_guest",
+        json!({"idempotency_key": "bill-in", "guest_email": email, "booking_number": number}),
+    )
+    .await;
+    assert!(!is_error(&checked_in), "{checked_in:?}");
+
+    // The guest arrived yesterday (the CRM says so): today is night 2 of 3. A minibar charge.
+    let ledger = desk.ledger().await;
+    let booking = hotel_support::booking(&ledger, &number);
+    let booking_id = booking["Id"].as_str().unwrap();
+    crm_write(
+        &desk,
+        "Booking__c",
+        Some(booking_id),
+        json!({"Check_In_Date__c": day(-1), "Check_Out_Date__c": day(2)}),
+    )
+    .await;
+    crm_write(
+        &desk,
+        "Payment_Transaction__c",
+        None,
+        json!({"Booking__c": booking_id, "Amount__c": 45.0, "Type__c": "Charge", "Status__c": "Pending"}),
+    )
+    .await;
+
+    // Night 2: upgraded to room 204 (Deluxe, $189.00), the difference paid for two nights.
+    let upgraded = call(
+        &staff,
+        "upgrade_room",
+        json!({"idempotency_key": "bill-up", "guest_email": email, "booking_number": number,
+               "new_room_number": "204", "payment_method_id": "pm_card_visa"}),
+    )
+    .await;
+    assert!(!is_error(&upgraded), "{upgraded:?}");
+    assert_eq!(structured(&upgraded)["output"]["amount"], 2 * 6_000);
+
+    let out = call(
+        &staff,
+        "process_guest_checkout",
+        json!({"idempotency_key": "bill-out", "guest_email": email, "payment_method_id": "pm_card_visa"}),
+    )
+    .await;
+    assert!(!is_error(&out), "{out:?}");
+    let output = structured(&out)["output"].clone();
+    let lines = output["lines"].as_array().unwrap().clone();
+    let shape: Vec<BillLineShape> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap().to_string(),
+                l["room_number"].as_str().map(str::to_string),
+                l["nights"].as_i64(),
+                l["nightly_rate"].as_i64(),
+                l["amount"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (
+                "nights".into(),
+                Some("103".into()),
+                Some(1),
+                Some(12_900),
+                12_900
+            ),
+            (
+                "nights".into(),
+                Some("204".into()),
+                Some(2),
+                Some(18_900),
+                37_800
+            ),
+            ("extra".into(), None, None, None, 4_500),
+            ("deposit".into(), None, None, None, -12_900),
+            ("deposit".into(), None, None, None, -12_000),
+        ],
+        "{output}"
+    );
+    // Every night at the new rate would have been 3 x $189.00; the fair bill is $507.00 of
+    // nights plus the extra.
+    assert_eq!(output["total"], 12_900 + 37_800 + 4_500);
+    assert_eq!(output["amount"], 12_900 + 37_800 + 4_500 - 12_900 - 12_000);
+    assert_eq!(output["nights"], 3);
+    let ledger = desk.ledger().await;
+    let charged = objects(&ledger, "payment_intent")
+        .into_iter()
+        .find(|p| p["id"] == output["payment_intent_id"])
+        .unwrap();
+    assert_eq!(charged["amount"], output["amount"]);
+    // The receipt says the total and the nights per room.
+    let receipt = objects(&ledger, "message")
+        .into_iter()
+        .map(|m| m["body"].as_str().unwrap_or("").to_string())
+        .find(|b| b.contains("receipt") && b.contains(&number))
+        .unwrap();
+    assert!(receipt.contains("total $552.00"), "{receipt}");
+    assert!(
+        receipt.contains("1 night in room 103 at $129.00, 2 nights in room 204 at $189.00"),
+        "{receipt}"
+    );
+    assert!(receipt.contains("Charged now $303.00"), "{receipt}");
+    staff.cancel().await.unwrap();
+}

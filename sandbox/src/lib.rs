@@ -90,7 +90,8 @@
 //! - Objects ([`salesforce::schema`]): `Contact` (003), `Hotel_Room__c` (a02, `Name` = room
 //!   number), `Booking__c` (a01, `Name` auto-numbered `BK-000001`, `Total_Nights__c` computed),
 //!   `Opportunity` (006), `Case` (500, `CaseNumber` auto `00001001`), `Payment_Transaction__c`
-//!   (a03), `SMS_Notification__c` (a04), `Case_Note__c` (a05, a note on a case). Ids are 18 characters with Salesforce's checksum
+//!   (a03), `SMS_Notification__c` (a04), `Case_Note__c` (a05, a note on a case), `Stay_Segment__c` (a06, nights a booking spent in a
+//!   room it has since left, at the rate that held then). Ids are 18 characters with Salesforce's checksum
 //!   suffix (15-character forms are accepted). Every record has `CreatedDate` and
 //!   `LastModifiedDate`.
 //! - Validation: unknown field -> `INVALID_FIELD`; read-only field written ->

@@ -342,8 +342,34 @@ pub static CASE_NOTE: ObjectSchema = ObjectSchema {
     }),
 };
 
+/// The nights a booking spent in a room it has since left (a mid-stay upgrade or room move),
+/// at the rate that held then: the bill charges those nights by it, the rest by the booking's
+/// current room.
+pub static STAY_SEGMENT: ObjectSchema = ObjectSchema {
+    name: "Stay_Segment__c",
+    key_prefix: "a06",
+    fields: &[
+        ID,
+        field("Name", Kind::Text(80)).read_only(),
+        field("Booking__c", Kind::Ref("Booking__c")).required(),
+        field("Hotel_Room__c", Kind::Ref("Hotel_Room__c")).required(),
+        field("Start_Date__c", Kind::Date).required(),
+        field("End_Date__c", Kind::Date).required(),
+        field("Nightly_Rate__c", Kind::Number(2)).required(),
+        EXTERNAL_ID,
+        CREATED,
+        MODIFIED,
+    ],
+    auto_number: Some(AutoNumber {
+        field: "Name",
+        prefix: "SEG-",
+        width: 6,
+        start: 1,
+    }),
+};
+
 /// Every sObject, in ledger order.
-pub static OBJECTS: [&ObjectSchema; 8] = [
+pub static OBJECTS: [&ObjectSchema; 9] = [
     &HOTEL_ROOM,
     &CONTACT,
     &BOOKING,
@@ -352,6 +378,7 @@ pub static OBJECTS: [&ObjectSchema; 8] = [
     &PAYMENT_TRANSACTION,
     &SMS_NOTIFICATION,
     &CASE_NOTE,
+    &STAY_SEGMENT,
 ];
 
 /// The sObject named `name` (exact API name, case-insensitive like Salesforce).

@@ -26,6 +26,7 @@
 //! `list_bookings`.
 
 pub mod approval;
+pub mod bill;
 pub mod calendar;
 mod effects;
 pub mod errors;

@@ -16,6 +16,7 @@ pub const CASE: &str = "Case";
 pub const PAYMENT_TRANSACTION: &str = "Payment_Transaction__c";
 pub const SMS_NOTIFICATION: &str = "SMS_Notification__c";
 pub const CASE_NOTE: &str = "Case_Note__c";
+pub const STAY_SEGMENT: &str = "Stay_Segment__c";
 
 /// Room statuses (the `Status__c` picklist of `Hotel_Room__c`).
 pub mod room_status {
@@ -246,6 +247,9 @@ impl Case {
 pub struct PaymentTransaction {
     #[serde(rename = "Id")]
     pub id: String,
+    /// The record's number, e.g. `PT-000012`.
+    #[serde(rename = "Name", default)]
+    pub name: Option<String>,
     #[serde(rename = "Stripe_Transaction_ID__c", default)]
     pub stripe_id: Option<String>,
     #[serde(rename = "Amount__c", default)]
@@ -261,7 +265,46 @@ pub struct PaymentTransaction {
 
 impl PaymentTransaction {
     pub const FIELDS: &'static str =
-        "Id, Stripe_Transaction_ID__c, Amount__c, Type__c, Status__c, External_ID__c";
+        "Id, Name, Stripe_Transaction_ID__c, Amount__c, Type__c, Status__c, External_ID__c";
+}
+
+/// Nights `[start, end)` a booking spent in a room it has since left, at the rate that held
+/// then (written by a mid-stay upgrade; see [`crate::hotel::bill`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaySegment {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Hotel_Room__c")]
+    pub room: String,
+    #[serde(rename = "Start_Date__c")]
+    pub start: NaiveDate,
+    #[serde(rename = "End_Date__c")]
+    pub end: NaiveDate,
+    /// Dollars, as the CRM stores currency.
+    #[serde(rename = "Nightly_Rate__c", default)]
+    pub nightly_rate: Option<f64>,
+}
+
+impl StaySegment {
+    pub const FIELDS: &'static str =
+        "Id, Hotel_Room__c, Start_Date__c, End_Date__c, Nightly_Rate__c";
+
+    pub fn rate_cents(&self) -> i64 {
+        dollars_to_cents(self.nightly_rate.unwrap_or(0.0))
+    }
+}
+
+/// The segments recorded for a booking, oldest first.
+pub async fn stay_segments(
+    crm: &CrmClient,
+    booking_id: &str,
+) -> Result<Vec<StaySegment>, StepError> {
+    let soql = format!(
+        "SELECT {} FROM Stay_Segment__c WHERE Booking__c = {} ORDER BY CreatedDate",
+        StaySegment::FIELDS,
+        soql::id_literal(booking_id).map_err(crm_error)?
+    );
+    crm.query(&soql).await.map_err(crm_error)
 }
 
 pub fn dollars_to_cents(dollars: f64) -> i64 {
@@ -506,17 +549,25 @@ pub async fn completed_payments(
 
 /// Pending extra charges (room service, minibar, ...) recorded against a booking, in cents.
 pub async fn pending_charges(crm: &CrmClient, booking_id: &str) -> Result<i64, StepError> {
-    let soql = format!(
-        "SELECT {} FROM Payment_Transaction__c WHERE Booking__c = {} \
-         AND Type__c = 'Charge' AND Status__c = 'Pending'",
-        PaymentTransaction::FIELDS,
-        soql::id_literal(booking_id).map_err(crm_error)?
-    );
-    let charges: Vec<PaymentTransaction> = crm.query(&soql).await.map_err(crm_error)?;
-    Ok(charges
+    Ok(pending_charge_records(crm, booking_id)
+        .await?
         .iter()
         .map(|c| dollars_to_cents(c.amount.unwrap_or(0.0)))
         .sum())
+}
+
+/// The pending extra charges recorded against a booking, oldest first.
+pub async fn pending_charge_records(
+    crm: &CrmClient,
+    booking_id: &str,
+) -> Result<Vec<PaymentTransaction>, StepError> {
+    let soql = format!(
+        "SELECT {} FROM Payment_Transaction__c WHERE Booking__c = {} \
+         AND Type__c = 'Charge' AND Status__c = 'Pending' ORDER BY CreatedDate",
+        PaymentTransaction::FIELDS,
+        soql::id_literal(booking_id).map_err(crm_error)?
+    );
+    crm.query(&soql).await.map_err(crm_error)
 }
 
 #[cfg(test)]
@@ -599,6 +650,7 @@ mod tests {
         };
         let payment = PaymentTransaction {
             id: "p".into(),
+            name: None,
             stripe_id: None,
             amount: None,
             kind: None,
@@ -610,5 +662,13 @@ mod tests {
         assert_eq!(names(&booking), listed(Booking::FIELDS));
         assert_eq!(names(&case), listed(Case::FIELDS));
         assert_eq!(names(&payment), listed(PaymentTransaction::FIELDS));
+        let segment = StaySegment {
+            id: "s".into(),
+            room: "r".into(),
+            start: day,
+            end: day,
+            nightly_rate: None,
+        };
+        assert_eq!(names(&segment), listed(StaySegment::FIELDS));
     }
 }

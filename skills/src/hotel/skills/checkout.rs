@@ -12,6 +12,7 @@
 //! while it waits also cancels the payment (only finished steps are compensated).
 
 use crate::connectors::payments::PaymentIntent;
+use crate::hotel::bill::{self, BillLine, PricedRoom};
 use crate::hotel::effects::cases::{close_case, open_case};
 use crate::hotel::effects::crm::{restore_opportunity, set_stage, stage_of, StageChange};
 use crate::hotel::effects::payments::{
@@ -92,6 +93,12 @@ struct Stay {
     room_charges: i64,
     extra_charges: i64,
     amount: i64,
+    /// The bill, night by night (docs/skills.md, "Fair bills").
+    #[serde(default)]
+    lines: Vec<BillLine>,
+    /// Nights and extras, before what was paid.
+    #[serde(default)]
+    total: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,10 +128,14 @@ pub struct CheckoutOutput {
     pub room_number: String,
     /// The payment, or null when the deposit already covered the stay.
     pub payment_intent_id: Option<String>,
-    /// Cents charged: booked nights x nightly rate + pending extra charges - deposits paid.
+    /// Cents charged now: the lines' sum.
     pub amount: i64,
     pub currency: String,
     pub nights: i64,
+    /// Nights and extras, before what was paid.
+    pub total: i64,
+    /// Nights per room and rate, extras, payments made before (negative).
+    pub lines: Vec<BillLine>,
     pub room_status: String,
     pub housekeeping_case_number: Option<String>,
 }
@@ -170,6 +181,8 @@ pub fn process_guest_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
             "amount": charged.get("amount"),
             "currency": "usd",
             "nights": stay.get("nights"),
+            "total": stay.get("total"),
+            "lines": stay.get("lines"),
             "room_status": room_status::CLEANING,
             "housekeeping_case_number": outputs.get("open_housekeeping_case").and_then(|c| c.get("case_number")),
             "receipt": outputs.get("text_receipt"),
@@ -228,17 +241,33 @@ async fn find_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Stay, StepErro
             }
         };
     let room = records::room_by_id(crm, &booking.room).await?;
-    // The booked nights are charged (the booking's dates, whatever day the guest leaves).
-    let nights = booking.nights().max(1);
-    let room_charges = nights * room.rate_cents();
-    let extra_charges = records::pending_charges(crm, &booking.id).await?;
-    let already_paid: i64 = records::completed_payments(crm, &booking.id)
-        .await?
-        .iter()
-        .map(|p| records::dollars_to_cents(p.amount.unwrap_or(0.0)))
-        .sum();
+    // The booked nights are charged (the booking's dates, whatever day the guest leaves), each
+    // at the room and rate that held it.
+    let segments = records::stay_segments(crm, &booking.id).await?;
+    let mut priced: Vec<(records::StaySegment, PricedRoom)> = Vec::new();
+    for segment in segments {
+        let segment_room = if segment.room == room.id {
+            room.clone()
+        } else {
+            records::room_by_id(crm, &segment.room).await?
+        };
+        priced.push((segment, PricedRoom::from(&segment_room)));
+    }
+    let runs = bill::nights_by_room(
+        booking.check_in,
+        booking.check_out,
+        &priced,
+        &PricedRoom::from(&room),
+    );
+    let nights = runs.iter().map(bill::NightsInRoom::nights).sum();
+    let room_charges = runs.iter().map(|r| r.nights() * r.room.rate).sum();
+    let extras = records::pending_charge_records(crm, &booking.id).await?;
+    let paid = records::completed_payments(crm, &booking.id).await?;
+    let lines = bill::lines(&runs, &extras, &paid);
+    let total = bill::total(&lines);
+    let extra_charges = total - room_charges;
     // What is still owed; amounts under the payments API's minimum (50 cents) are waived.
-    let amount = (room_charges + extra_charges - already_paid).max(0);
+    let amount = bill::due(&lines);
     let opportunity_stage = stage_of(&hotel, booking.opportunity.as_deref()).await?;
     Ok(Stay {
         guest,
@@ -249,6 +278,8 @@ async fn find_stay(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Stay, StepErro
         room_charges,
         extra_charges,
         amount,
+        lines,
+        total,
     })
 }
 
@@ -497,17 +528,38 @@ async fn text_receipt(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, Step
     let Some(phone) = stay.guest.phone.as_deref() else {
         return Ok(json!({"sent": false, "reason": "no phone number on file"}));
     };
-    let body = format!(
-        "Dewy Resort receipt: {} for booking {} ({} nights, room {}). Payment {}. Thank you for staying with us!",
-        if charged.amount > 0 {
-            format!("{} charged", records::money(charged.amount))
-        } else {
-            "nothing further due".to_string()
-        },
+    let paid_before: i64 = stay
+        .lines
+        .iter()
+        .filter(|l| l.kind == "deposit")
+        .map(|l| -l.amount)
+        .sum();
+    // A stay found before bills had lines (a saga older than this version) says its total.
+    let total = if stay.lines.is_empty() {
+        stay.room_charges + stay.extra_charges
+    } else {
+        stay.total
+    };
+    let body =
+        format!(
+        "Dewy Resort receipt for booking {}: total {} ({}{}){}. {}. Thank you for staying with us!",
         stay.booking.number,
-        stay.nights,
-        stay.room.number,
-        charged.payment_intent_id.as_deref().unwrap_or("covered by the deposit")
+        records::money(total),
+        bill::nights_summary(&stay.lines),
+        if stay.extra_charges > 0 {
+            format!(", extras {}", records::money(stay.extra_charges))
+        } else {
+            String::new()
+        },
+        if paid_before > 0 {
+            format!(", paid before {}", records::money(paid_before))
+        } else {
+            String::new()
+        },
+        match charged.payment_intent_id.as_deref() {
+            Some(id) => format!("Charged now {} (payment {id})", records::money(charged.amount)),
+            None => "Nothing further due".to_string(),
+        }
     );
     text_guest(&hotel, &ctx, phone, &body, Some(&stay.booking.id)).await
 }

@@ -6,8 +6,10 @@ use crate::hotel::effects::payments::{
 };
 use crate::hotel::effects::room_holds::{release, HoldTaken};
 use crate::hotel::holds::NewHold;
-use crate::hotel::records::{self, booking_status, room_status, LiveBooking, Room, BOOKING, ROOM};
-use crate::hotel::{exposure, ext, input, step, undo, Hotel};
+use crate::hotel::records::{
+    self, booking_status, room_status, LiveBooking, Room, BOOKING, ROOM, STAY_SEGMENT,
+};
+use crate::hotel::{exposure, ext, input, record_key, step, undo, Hotel};
 use chrono::NaiveDate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,18 @@ struct UpgradePlan {
     from: NaiveDate,
     nights: i64,
     difference: i64,
+    /// A checked-in guest's nights before `from` in the room being left, when there are any:
+    /// they stay billed at its rate (`Stay_Segment__c`, docs/skills.md "Fair bills").
+    #[serde(default)]
+    left_segment: Option<LeftSegment>,
+}
+
+/// The nights `[start, end)` a booking spent in the room it is leaving.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeftSegment {
+    start: NaiveDate,
+    end: NaiveDate,
+    nightly_rate: i64,
 }
 
 pub fn upgrade_room(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
@@ -153,12 +167,31 @@ async fn plan_upgrade(hotel: Arc<Hotel>, ctx: StepContext) -> Result<UpgradePlan
         .with_action("Pick another room (search_rooms lists them)"));
     }
     let difference = nights * (new_room.rate_cents() - current.room.rate_cents());
+    // The nights spent in the current room since the last move (or the arrival) stay billed at
+    // its rate.
+    let left_segment = if checked_in {
+        let start = records::stay_segments(crm, &current.booking.id)
+            .await?
+            .iter()
+            .map(|s| s.end)
+            .max()
+            .unwrap_or(current.booking.check_in)
+            .max(current.booking.check_in);
+        (start < from).then(|| LeftSegment {
+            start,
+            end: from,
+            nightly_rate: current.room.rate_cents(),
+        })
+    } else {
+        None
+    };
     Ok(UpgradePlan {
         current,
         new_room,
         from,
         nights,
         difference,
+        left_segment,
     })
 }
 
@@ -205,7 +238,30 @@ async fn move_booking(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, Step
         .await
         .map_err(ext)?;
     }
-    Ok(json!({"booking_id": plan.current.booking.id, "room_number": plan.new_room.number}))
+    let segment_id = match &plan.left_segment {
+        Some(left) => Some(
+            crm.upsert(
+                STAY_SEGMENT,
+                "External_ID__c",
+                &record_key(&ctx),
+                &json!({
+                    "Booking__c": plan.current.booking.id,
+                    "Hotel_Room__c": plan.current.room.id,
+                    "Start_Date__c": left.start,
+                    "End_Date__c": left.end,
+                    "Nightly_Rate__c": records::cents_to_dollars(left.nightly_rate),
+                }),
+            )
+            .await
+            .map_err(ext)?
+            .id,
+        ),
+        None => None,
+    };
+    Ok(
+        json!({"booking_id": plan.current.booking.id, "room_number": plan.new_room.number,
+              "stay_segment_id": segment_id}),
+    )
 }
 
 async fn move_booking_back(
@@ -215,6 +271,18 @@ async fn move_booking_back(
 ) -> Result<Value, StepError> {
     let plan: UpgradePlan = ctx.output("plan_upgrade")?;
     let crm = &hotel.connectors.crm;
+    // The segment the move recorded, found by its external id (also when the move's answer
+    // was lost).
+    if plan.left_segment.is_some() {
+        let key = crate::connectors::external_id(&ctx.action_idempotency_key());
+        if let Some(id) = crm
+            .find_by_external_id(STAY_SEGMENT, "External_ID__c", &key)
+            .await
+            .map_err(ext)?
+        {
+            crm.delete(STAY_SEGMENT, &id).await.map_err(ext)?;
+        }
+    }
     crm.update(
         BOOKING,
         &plan.current.booking.id,
