@@ -255,7 +255,10 @@ pub async fn resolve_database_with(
             }
             _ => url.clone(),
         };
-        ensure_database_exists(&direct).await?;
+        // A URL of several hosts (a primary and its standbys) names a database that exists.
+        if !stepwise_engine::store::multi_host::is_multi_host(&direct) {
+            ensure_database_exists(&direct).await?;
+        }
         return Ok(DatabaseTarget {
             url,
             embedded: None,

@@ -15,6 +15,7 @@
 //! must be 0 is not.
 
 mod checks;
+pub mod failover;
 mod load;
 mod workers;
 

@@ -58,6 +58,11 @@ pub enum Command {
     /// cluster; prints one JSON line of checks and exits 1 if one fails (scripts/chaos).
     #[command(hide = true)]
     Chaos(crate::chaos::ChaosArgs),
+    /// The failover drill (docs/operations.md): a primary and a streaming standby on throwaway
+    /// clusters, sagas running, the primary killed and the standby promoted; prints one JSON
+    /// line (sagas, terminal, lost, duplicated_effects, downtime_s) (scripts/failover-drill).
+    #[command(hide = true)]
+    FailoverDrill(crate::chaos::failover::FailoverArgs),
     /// Serve the skills as MCP tools over stdio (acting as STEPWISE_PRINCIPAL); `--http ADDR`
     /// is `serve --addr ADDR`. Runs a worker in-process unless --no-worker.
     Mcp(mcp::McpArgs),
@@ -104,6 +109,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo => crate::demo::run().await,
         Command::Bench(args) => bench::run(args).await,
         Command::Chaos(args) => crate::chaos::run(args).await,
+        Command::FailoverDrill(args) => crate::chaos::failover::run(args).await,
         Command::Mcp(args) => mcp::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Console(args) => console::run(args).await,

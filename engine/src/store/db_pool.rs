@@ -98,6 +98,12 @@ impl DbPool {
         }
     }
 
+    /// Where the pool's new connections go from now on (the connections open stay).
+    pub fn set_connect_options(&self, options: PgConnectOptions) {
+        self.pool
+            .set_connect_options(pooled_options(options, self.pooling));
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -7,6 +7,7 @@
 mod console;
 mod db_pool;
 mod group_commit;
+pub mod multi_host;
 mod old_layout;
 mod operator;
 mod queries;
@@ -127,8 +128,27 @@ impl PgStore {
         connections: &Connections,
         max_connections: u32,
     ) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(&connections.url)?.application_name("stepwise");
-        let pool = DbPool::connect(options, max_connections, connections.pooling).await?;
+        let pool = match multi_host::parse(&connections.url)? {
+            Some((hosts, attrs)) => {
+                let hosts = hosts
+                    .into_iter()
+                    .map(|h| h.application_name("stepwise"))
+                    .collect();
+                multi_host::connect(
+                    hosts,
+                    attrs,
+                    max_connections,
+                    connections.pooling,
+                    std::time::Duration::from_secs(30),
+                )
+                .await?
+            }
+            None => {
+                let options =
+                    PgConnectOptions::from_str(&connections.url)?.application_name("stepwise");
+                DbPool::connect(options, max_connections, connections.pooling).await?
+            }
+        };
         let listen = match &connections.listen_url {
             Some(url) => Some(PgConnectOptions::from_str(url)?.application_name("stepwise-listen")),
             None => None,

@@ -79,4 +79,14 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await?)
     }
+
+    /// How the first streaming standby of this primary replicates (`sync`, `async`, ...:
+    /// `pg_stat_replication.sync_state`), None before one streams.
+    pub async fn replication_state(&self) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT sync_state FROM pg_stat_replication WHERE state = 'streaming' LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 }
