@@ -134,6 +134,82 @@ impl Cluster {
         })
     }
 
+    /// The cluster's own directory (its data directory is `data` inside).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A base backup of this running cluster into `dest` (`pg_basebackup -X stream`, plain
+    /// format), made by the cluster's account.
+    pub fn base_backup(&self, dest: &Path) -> Result<(), ClusterError> {
+        let port = self.port.to_string();
+        let dest = dest.display().to_string();
+        self.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &dest,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+            ],
+        )
+    }
+
+    /// A new cluster restored from the base backup in `backup` (left as it is): its files are
+    /// copied into a new directory, `recovery.signal` and `settings` (postgresql.conf lines:
+    /// `restore_command`, `recovery_target_*`) added, and the server started on a port of its
+    /// own. It replays the archived WAL and is promoted at the target.
+    pub fn restore(&self, backup: &Path, settings: &str) -> Result<Self, ClusterError> {
+        let restored = Self::empty()?;
+        let data = restored.data();
+        let source = format!("{}/.", backup.display());
+        let mut copy = restored.command_path(Path::new("/bin/cp"));
+        let out = copy
+            .args(["-a", &source, &data])
+            .output()
+            .map_err(io_err("copying the base backup"))?;
+        if !out.status.success() {
+            return Err(ClusterError::Failed {
+                command: format!("cp -a {source} {data}"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        restored.append_conf(settings)?;
+        let signal = restored.dir.join("data").join("recovery.signal");
+        std::fs::write(&signal, "").map_err(io_err("writing recovery.signal"))?;
+        if let Some((uid, gid)) = restored.account {
+            std::os::unix::fs::chown(&signal, Some(uid), Some(gid))
+                .map_err(io_err("giving recovery.signal to postgres"))?;
+        }
+        restored.start()?;
+        Ok(restored)
+    }
+
+    fn append_conf(&self, settings: &str) -> Result<(), ClusterError> {
+        use std::io::Write;
+        let path = self.dir.join("data").join("postgresql.conf");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        writeln!(file, "{settings}").map_err(io_err(format!("writing {}", path.display())))
+    }
+
+    /// Appends `settings` and restarts the server (for settings such as `archive_mode`).
+    pub fn configure_and_restart(&self, settings: &str) -> Result<(), ClusterError> {
+        self.append_conf(settings)?;
+        self.stop(StopMode::Fast)?;
+        self.start()
+    }
+
     /// Promotes a standby to a primary and waits until it accepts writes.
     pub fn promote(&self) -> Result<(), ClusterError> {
         self.run("pg_ctl", &["-D", &self.data(), "-w", "promote"])
@@ -141,13 +217,7 @@ impl Cluster {
 
     /// Appends `settings` (postgresql.conf lines) to the configuration and reloads it.
     pub fn configure(&self, settings: &str) -> Result<(), ClusterError> {
-        use std::io::Write;
-        let path = self.dir.join("data").join("postgresql.conf");
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
-        writeln!(file, "{settings}").map_err(io_err(format!("writing {}", path.display())))?;
+        self.append_conf(settings)?;
         self.run("pg_ctl", &["-D", &self.data(), "reload"])
     }
 
@@ -201,7 +271,11 @@ impl Cluster {
     }
 
     fn command(&self, tool: &str) -> Command {
-        let mut command = Command::new(self.bin.join(tool));
+        self.command_path(&self.bin.join(tool))
+    }
+
+    fn command_path(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
         if let Some((uid, gid)) = self.account {
             command.uid(uid).gid(gid);
         }

@@ -17,6 +17,7 @@
 mod checks;
 pub mod failover;
 mod load;
+pub mod restore;
 mod workers;
 
 use crate::exit::CliError;

@@ -63,6 +63,12 @@ pub enum Command {
     /// line (sagas, terminal, lost, duplicated_effects, downtime_s) (scripts/failover-drill).
     #[command(hide = true)]
     FailoverDrill(crate::chaos::failover::FailoverArgs),
+    /// The restore drill (docs/operations.md): a base backup and WAL archiving on a throwaway
+    /// cluster, sagas running, point-in-time recovery into a new cluster where workers finish
+    /// the sagas in flight; prints one JSON line (sagas, terminal, lost, duplicated_effects,
+    /// recovery_s) (scripts/restore-drill).
+    #[command(hide = true)]
+    RestoreDrill(crate::chaos::restore::RestoreArgs),
     /// Serve the skills as MCP tools over stdio (acting as STEPWISE_PRINCIPAL); `--http ADDR`
     /// is `serve --addr ADDR`. Runs a worker in-process unless --no-worker.
     Mcp(mcp::McpArgs),
@@ -110,6 +116,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench::run(args).await,
         Command::Chaos(args) => crate::chaos::run(args).await,
         Command::FailoverDrill(args) => crate::chaos::failover::run(args).await,
+        Command::RestoreDrill(args) => crate::chaos::restore::run(args).await,
         Command::Mcp(args) => mcp::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Console(args) => console::run(args).await,

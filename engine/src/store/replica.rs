@@ -89,4 +89,31 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await?)
     }
+
+    /// Makes a named restore point (`pg_create_restore_point`) and switches to a new WAL file
+    /// so the archive has it; returns how many sagas exist at that point.
+    pub async fn restore_point(&self, name: &str) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM stepwise.sagas")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_create_restore_point($1)")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        sqlx::query("SELECT pg_switch_wal()")
+            .execute(&self.pool)
+            .await?;
+        Ok(sagas)
+    }
+
+    /// When the latest saga event was recorded, if any.
+    pub async fn latest_event_at(
+        &self,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT max(at) FROM stepwise.events")
+            .fetch_one(&self.pool)
+            .await?)
+    }
 }
