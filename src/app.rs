@@ -61,6 +61,8 @@ impl App {
         let refund_approval =
             RefundApproval::from_env().map_err(|e| CliError::usage(e.to_string()))?;
         crate::db_urls::listen_url_from_env().map_err(CliError::usage)?;
+        let no_show_cutoff = stepwise_skills::hotel::no_show::cutoff_from_env()
+            .map_err(|e| CliError::usage(e.to_string()))?;
         let target = embedded_pg::resolve_database().await?;
         let connections = crate::db_urls::connections(&target.url).map_err(CliError::usage)?;
         let store = PgStore::connect_with(&connections, pool_size).await?;
@@ -80,11 +82,15 @@ impl App {
             .map_err(|e| CliError::failed(format!("cannot set up the connectors: {e}")))?;
         let hotel = Hotel::with_time_zone(connectors, store.pool().clone(), time_zone)
             .with_payment_auth_timeout(payment_auth_timeout)
-            .with_refund_approval(refund_approval);
+            .with_refund_approval(refund_approval)
+            .with_no_show_cutoff(no_show_cutoff);
         let registry = stepwise_skills::registry_with_hotel(&hotel)
             .map_err(|e| CliError::failed(format!("built-in skills are inconsistent: {e}")))?;
+        let engine = Engine::new(store, Arc::new(registry), Arc::new(SystemClock));
+        // The booking skills start and wake the bookings' no-show timers on this engine.
+        hotel.sagas.attach(&engine);
         Ok(Self {
-            engine: Engine::new(store, Arc::new(registry), Arc::new(SystemClock)),
+            engine,
             database_url: target.url.clone(),
             sandbox_url: sandbox.as_ref().map(SandboxHandle::base_url),
             hotel,

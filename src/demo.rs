@@ -1,7 +1,8 @@
 //! `stepwise demo`: the story end to end on the embedded default. It migrates, starts an
 //! in-process sandbox for the hotel's external systems and a worker, and runs the Dewy Resort
 //! story (book, check in, a service request, a checkout whose card is declined, a checkout that
-//! succeeds, an urgent maintenance request), the front desk, a checkout that waits for 3-D
+//! succeeds with its bill, an urgent maintenance request), the front desk (a booking's no-show
+//! timer included), a checkout that waits for 3-D
 //! Secure, a refund that waits for a manager's approval, then the durability story (retries at
 //! persisted times, a worker killed with SIGKILL), printing every saga's timeline.
 
@@ -226,6 +227,9 @@ async fn hotel_story(app: &App) -> Result<(), CliError> {
         } else {
             SagaStatus::Completed
         };
+        if skill == "process_guest_checkout" && status == SagaStatus::Completed {
+            print_bill(engine, id).await?;
+        }
         if status != expected {
             return Err(CliError::failed(format!(
                 "demo saga {id} ({skill}) ended {status}, expected {expected}"
@@ -265,6 +269,7 @@ async fn front_desk(app: &App) -> Result<(), CliError> {
     let id = start_skill(engine, "create_booking", booking, "desk-book").await?;
     expect_completed(engine, id, "create_booking").await?;
     show(engine, id, "2. Book it").await?;
+    print_no_show_timer(engine, id).await?;
     let listed = query(app, "list_bookings", json!({"guest_email": DESK_GUEST})).await?;
     println!("\n3. list_bookings for {DESK_GUEST}:");
     for b in listed["bookings"].as_array().into_iter().flatten() {
@@ -303,6 +308,63 @@ async fn front_desk(app: &App) -> Result<(), CliError> {
 }
 
 const DESK_GUEST: &str = "ada.lovelace@example.com";
+
+/// The checkout's bill: one line per run of nights in one room at one rate, extras, and what was
+/// paid before (docs/skills.md, "Fair bills").
+async fn print_bill(engine: &Engine, id: Uuid) -> Result<(), CliError> {
+    let output = engine
+        .detail(id)
+        .await?
+        .and_then(|saga| saga.output)
+        .unwrap_or_default();
+    println!(
+        "   Bill: total {} cents, charged now {} cents",
+        output["total"], output["amount"]
+    );
+    for line in output["lines"].as_array().into_iter().flatten() {
+        println!(
+            "   {:>8} {}",
+            line["amount"],
+            line["description"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The booking's no-show timer: a `mark_no_show` saga waiting, durably, for the cutoff on the
+/// arrival day (docs/skills.md, "No-shows").
+async fn print_no_show_timer(engine: &Engine, booking: Uuid) -> Result<(), CliError> {
+    let saga = engine.detail(booking).await?;
+    let timer = saga
+        .iter()
+        .flat_map(|s| s.steps.iter())
+        .find(|s| s.name == "arm_no_show")
+        .and_then(|s| s.output.as_ref())
+        .and_then(|o| o["no_show_saga_id"].as_str())
+        .and_then(|id| id.parse::<Uuid>().ok());
+    let Some(timer) = timer else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let Some(saga) = engine.detail(timer).await? else {
+            return Ok(());
+        };
+        if saga.status == SagaStatus::Waiting || Instant::now() > deadline {
+            let until = saga
+                .waiting_for
+                .as_ref()
+                .and_then(|w| w["until"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            println!(
+                "   Its no-show timer, saga {timer} (mark_no_show), is {} until {until}: the cutoff on the arrival day; a check-in or cancellation disarms it.",
+                saga.status
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// A seeded checked-in guest whose card needs 3-D Secure.
 const THREE_DS_GUEST: &str = "sophia.wilson@example.com";

@@ -188,6 +188,16 @@ impl Engine {
         self.store.reads().await.list(filter).await
     }
 
+    /// The saga of `skill` started with idempotency key `key`, if any: how a skill finds a
+    /// saga another one started under a key both can derive (a booking's no-show timer).
+    pub async fn saga_by_key(
+        &self,
+        skill: &str,
+        key: &str,
+    ) -> Result<Option<SagaSummary>, StoreError> {
+        self.store.saga_by_key(skill, key).await
+    }
+
     /// Waits until the saga is terminal or `timeout` passes; returns its latest summary.
     pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<SagaSummary, StoreError> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -98,6 +98,7 @@ impl World {
             Arc::new(registry),
             Arc::new(clock.clone()),
         );
+        hotel.sagas.attach(&engine);
         let worker = engine.worker(WorkerConfig {
             worker_id: "hotel-test".into(),
             concurrency: 32,

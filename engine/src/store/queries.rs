@@ -828,6 +828,22 @@ impl PgStore {
         rows.into_iter().map(SagaSummary::try_from).collect()
     }
 
+    /// The saga of `skill` started with idempotency key `key`, if any.
+    pub async fn saga_by_key(
+        &self,
+        skill: &str,
+        key: &str,
+    ) -> Result<Option<SagaSummary>, StoreError> {
+        let row: Option<SummaryRow> = sqlx::query_as(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM stepwise.sagas WHERE skill = $1 AND idempotency_key = $2"
+        ))
+        .bind(skill)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(SagaSummary::try_from).transpose()
+    }
+
     /// The status of each of `ids` that exists (a pruned or unknown id is absent from the map).
     pub async fn saga_statuses(
         &self,

@@ -32,6 +32,7 @@ mod effects;
 pub mod errors;
 pub mod holds;
 pub mod input;
+pub mod no_show;
 pub mod queries;
 pub mod records;
 mod reversible;
@@ -63,6 +64,10 @@ pub struct Hotel {
     payment_auth_timeout: Duration,
     /// Which refunds wait for a manager's approval, and for how long.
     refund_approval: approval::RefundApproval,
+    /// The local time on the arrival day by which a reservation must be checked in.
+    no_show_cutoff: chrono::NaiveTime,
+    /// Starts and wakes the bookings' no-show timers (see [`no_show`]).
+    pub sagas: no_show::SagaLauncher,
 }
 
 /// The environment variable that sets how long a payment waits for the guest's 3-D Secure
@@ -118,7 +123,22 @@ impl Hotel {
             time_zone,
             payment_auth_timeout: DEFAULT_PAYMENT_AUTH_TIMEOUT,
             refund_approval: approval::RefundApproval::default(),
+            no_show_cutoff: no_show::DEFAULT_CUTOFF,
+            sagas: no_show::SagaLauncher::default(),
         })
+    }
+
+    /// The same hotel whose unarrived reservations become no-shows at `cutoff` local time on
+    /// their arrival day (see [`no_show::cutoff_from_env`]).
+    pub fn with_no_show_cutoff(self: Arc<Self>, cutoff: chrono::NaiveTime) -> Arc<Self> {
+        let mut hotel = Arc::unwrap_or_clone(self);
+        hotel.no_show_cutoff = cutoff;
+        Arc::new(hotel)
+    }
+
+    /// The local time on the arrival day by which a reservation must be checked in.
+    pub fn no_show_cutoff(&self) -> chrono::NaiveTime {
+        self.no_show_cutoff
     }
 
     /// The same hotel whose checkouts wait `timeout` for a card authentication (see
@@ -207,6 +227,7 @@ pub fn register(registry: &mut Registry, hotel: &Arc<Hotel>) -> Result<(), crate
         skills::maintenance::submit_maintenance_request(hotel)?,
         skills::room_status::update_room_status(hotel)?,
         skills::case::manage_case(hotel)?,
+        skills::no_show::mark_no_show(hotel)?,
     ] {
         registry.register(skill)?;
     }

@@ -33,6 +33,7 @@ pub mod booking_status {
     pub const CHECKED_IN: &str = "Checked In";
     pub const CHECKED_OUT: &str = "Checked Out";
     pub const CANCELLED: &str = "Cancelled";
+    pub const NO_SHOW: &str = "No Show";
 }
 
 /// Case statuses (the `Status` picklist of `Case`): New is open, Working and Escalated in
@@ -531,6 +532,28 @@ pub async fn booking_is_live(
     );
     let found: Vec<serde_json::Value> = crm.query(&soql).await.map_err(crm_error)?;
     Ok(!found.is_empty())
+}
+
+/// The booking with this external reference (a hold's `booking_ref`: its `External_ID__c`, or
+/// `crm:{Id}`), if the CRM has it.
+pub async fn booking_by_ref(
+    crm: &CrmClient,
+    booking_ref: &str,
+) -> Result<Option<Booking>, StepError> {
+    let key = match booking_ref.strip_prefix("crm:") {
+        Some(id) => format!("Id = {}", soql::id_literal(id).map_err(crm_error)?),
+        None => format!("External_ID__c = {}", soql::string(booking_ref)),
+    };
+    let soql = format!(
+        "SELECT {} FROM Booking__c WHERE {key} LIMIT 1",
+        Booking::FIELDS
+    );
+    Ok(crm
+        .query(&soql)
+        .await
+        .map_err(crm_error)?
+        .into_iter()
+        .next())
 }
 
 /// Completed payments recorded for a booking.

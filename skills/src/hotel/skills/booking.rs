@@ -170,6 +170,8 @@ pub fn create_booking(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
         mark_payment_refunded,
     ))
     .step(step(hotel, "send_confirmation", send_confirmation))
+    // The booking's no-show timer (docs/skills.md, "No-shows"): last, once the booking stands.
+    .step(step(hotel, "arm_no_show", arm_no_show))
     .finish(finish_create)
     .build()
 }
@@ -467,4 +469,17 @@ async fn send_confirmation(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value,
         booking.booking_number, input.room_number, input.check_in_date, input.check_out_date
     );
     text_guest(&hotel, &ctx, phone, &body, Some(&booking.booking_id)).await
+}
+
+/// Starts the booking's no-show timer (`mark_no_show`), keyed by the booking's reference.
+async fn arm_no_show(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let input: CreateBookingInput = ctx.input()?;
+    let booking: BookingRecord = ctx.output("create_booking_record")?;
+    crate::hotel::no_show::arm(
+        &hotel.sagas,
+        &booking_ref(&ctx),
+        &booking.booking_number,
+        &input.guest_email.to_lowercase(),
+    )
+    .await
 }

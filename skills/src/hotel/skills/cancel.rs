@@ -77,6 +77,7 @@ pub fn cancel_booking(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     // The refunds come last: they cannot be undone, so everything that can fail runs first.
     .step(step(hotel, "refund_payments", refund_payments))
     .step(step(hotel, "notify_guest", notify_cancelled))
+    .step(step(hotel, "disarm_no_show", disarm_no_show))
     .finish(|_, outputs| {
         let c = outputs.get("load_booking").cloned().unwrap_or_default();
         let refunds = outputs.get("refund_payments").cloned().unwrap_or_default();
@@ -124,10 +125,10 @@ async fn load_cancellable(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, 
 
 /// One payment to refund on cancellation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct PlannedRefund {
-    payment_transaction_id: String,
-    payment_intent_id: String,
-    amount: i64,
+pub(crate) struct PlannedRefund {
+    pub payment_transaction_id: String,
+    pub payment_intent_id: String,
+    pub amount: i64,
 }
 
 /// The refunds the policy grants, decided once (in the first step) so re-runs and later steps
@@ -191,13 +192,16 @@ async fn set_payment_statuses(
     Ok(())
 }
 
-async fn mark_payments_refunded(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+pub(crate) async fn mark_payments_refunded(
+    hotel: Arc<Hotel>,
+    ctx: StepContext,
+) -> Result<Value, StepError> {
     let refunds = planned_refunds(&ctx)?;
     set_payment_statuses(&hotel, &refunds, "Refunded").await?;
     Ok(json!({"marked": refunds.len()}))
 }
 
-async fn mark_payments_completed(
+pub(crate) async fn mark_payments_completed(
     hotel: Arc<Hotel>,
     ctx: StepContext,
     _: Value,
@@ -229,7 +233,11 @@ async fn cancel_record(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, Ste
     Ok(json!({"booking_id": current.booking.id, "status": booking_status::CANCELLED}))
 }
 
-async fn restore_record(hotel: Arc<Hotel>, ctx: StepContext, _: Value) -> Result<Value, StepError> {
+pub(crate) async fn restore_record(
+    hotel: Arc<Hotel>,
+    ctx: StepContext,
+    _: Value,
+) -> Result<Value, StepError> {
     let current: LiveBooking = ctx.output("load_booking")?;
     let crm = &hotel.connectors.crm;
     crm.update(
@@ -251,7 +259,10 @@ async fn restore_record(hotel: Arc<Hotel>, ctx: StepContext, _: Value) -> Result
     Ok(json!({"booking_id": current.booking.id, "status": current.booking.status}))
 }
 
-async fn refund_payments(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+pub(crate) async fn refund_payments(
+    hotel: Arc<Hotel>,
+    ctx: StepContext,
+) -> Result<Value, StepError> {
     let mut done = Vec::new();
     let mut total = 0;
     for planned in planned_refunds(&ctx)? {
@@ -268,7 +279,10 @@ async fn refund_payments(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, S
     Ok(json!({"refunds": done, "total": total}))
 }
 
-async fn release_booking_holds(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+pub(crate) async fn release_booking_holds(
+    hotel: Arc<Hotel>,
+    ctx: StepContext,
+) -> Result<Value, StepError> {
     let current: LiveBooking = ctx.output("load_booking")?;
     let released_at = hotel
         .holds
@@ -277,7 +291,7 @@ async fn release_booking_holds(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Va
     Ok(json!({"released_at": released_at}))
 }
 
-async fn restore_booking_holds(
+pub(crate) async fn restore_booking_holds(
     hotel: Arc<Hotel>,
     ctx: StepContext,
     output: Value,
@@ -308,4 +322,11 @@ async fn notify_cancelled(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, 
         current.booking.number
     );
     text_guest(&hotel, &ctx, phone, &body, Some(&current.booking.id)).await
+}
+
+/// The booking will never arrive now: its no-show timer has nothing left to do.
+async fn disarm_no_show(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let current: LiveBooking = ctx.output("load_booking")?;
+    crate::hotel::no_show::disarm(&hotel.sagas, &ctx, &current.booking.hold_ref(), "cancelled")
+        .await
 }

@@ -70,6 +70,8 @@ pub fn check_in_guest(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
             })
         }),
     ))
+    // Last: the guest is in, so the booking's no-show timer has nothing left to do.
+    .step(step(hotel, "disarm_no_show", disarm_no_show))
     .finish(|input, outputs| {
         let r = outputs.get("find_reservation").cloned().unwrap_or_default();
         let booking = r.get("booking").cloned().unwrap_or_default();
@@ -180,4 +182,9 @@ async fn mark_opportunity_checked_in(
         r.opportunity_stage,
     )
     .await
+}
+
+async fn disarm_no_show(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let r: Reservation = ctx.output("find_reservation")?;
+    crate::hotel::no_show::disarm(&hotel.sagas, &ctx, &r.booking.hold_ref(), "checked in").await
 }

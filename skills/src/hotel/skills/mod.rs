@@ -11,6 +11,7 @@ pub mod contact;
 pub mod extend;
 pub mod maintenance;
 pub mod manage;
+pub mod no_show;
 pub mod reverse_checkout;
 pub mod room_status;
 pub mod service_request;
