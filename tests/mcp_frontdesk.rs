@@ -569,3 +569,66 @@ async fn a_three_night_stay_upgraded_on_night_two_is_billed_per_segment(pool: Pg
     assert!(receipt.contains("Charged now $303.00"), "{receipt}");
     staff.cancel().await.unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_booking_not_checked_in_by_the_cutoff_becomes_a_no_show(pool: PgPool) {
+    // The hotel's cutoff a few seconds from now (UTC), so the binary's own clock crosses it.
+    let now = chrono::Utc::now();
+    // Whole seconds, as the variable gives it.
+    let cutoff =
+        chrono::DateTime::from_timestamp((now + chrono::Duration::seconds(8)).timestamp(), 0)
+            .unwrap();
+    if cutoff.date_naive() != now.date_naive() {
+        eprintln!("skipped: the cutoff would fall on tomorrow (run again after midnight UTC)");
+        return;
+    }
+    let desk = desk(pool).await;
+    let cutoff_text = cutoff.format("%H:%M:%S").to_string();
+    let staff = desk
+        .client_with(
+            "staff:frontdesk@dewy.example",
+            &[
+                ("STEPWISE_NO_SHOW_CUTOFF", cutoff_text.as_str()),
+                ("STEPWISE_HOTEL_TZ", "UTC"),
+            ],
+        )
+        .await;
+    let email = "nico.noshow@example.com";
+    let booked = call(
+        &staff,
+        "create_booking",
+        json!({"idempotency_key": "ns-book", "guest_email": email, "guest_first_name": "Nico",
+               "guest_last_name": "Noshow", "room_number": "103", "check_in_date": day(0),
+               "check_out_date": day(2), "payment_method_id": "pm_card_visa"}),
+    )
+    .await;
+    assert!(!is_error(&booked), "{booked:?}");
+    let number = structured(&booked)["output"]["booking_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = || async {
+        hotel_support::booking(&desk.ledger().await, &number)["Status__c"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status().await, "Reserved");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while status().await != "No Show" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "booking {number} is still {} after the cutoff",
+            status().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(chrono::Utc::now() >= cutoff);
+    // The guest's list shows it as past; the one-night deposit was kept, nothing refunded.
+    let listed = call(&staff, "list_bookings", json!({"guest_email": email})).await;
+    let bookings = structured(&listed)["bookings"].as_array().unwrap().clone();
+    assert_eq!(bookings[0]["status"], "No Show");
+    assert_eq!(bookings[0]["stay"], "past");
+    assert!(objects(&desk.ledger().await, "refund").is_empty());
+    staff.cancel().await.unwrap();
+}

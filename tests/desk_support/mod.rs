@@ -37,7 +37,13 @@ impl Desk {
 
     /// `stepwise mcp` over stdio acting as `principal` (e.g. `guest:ana@example.com`).
     pub async fn client(&self, principal: &str) -> Client {
+        self.client_with(principal, &[]).await
+    }
+
+    /// [`Desk::client`] with more environment variables (e.g. `STEPWISE_NO_SHOW_CUTOFF`).
+    pub async fn client_with(&self, principal: &str, env: &[(&str, &str)]) -> Client {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepwise"));
+        command.envs(env.iter().copied());
         command
             .arg("mcp")
             .env("DATABASE_URL", &self.database_url)
