@@ -28,6 +28,10 @@ pub enum AuthError {
     BadPrincipal(String),
     #[error("a subject must be 1 to 320 characters without spaces (got `{0}`)")]
     BadSubject(String),
+    #[error("a token's lifetime must be a positive duration that ends in a representable time (got {0})")]
+    BadLifetime(String),
+    #[error("a region is 1 to 63 letters, digits, `_`, `.` or `-` (got `{0}`)")]
+    BadRegion(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

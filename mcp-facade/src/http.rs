@@ -2,8 +2,14 @@
 //! `/metrics` (Prometheus text, unauthenticated like any scrape target; it carries no saga
 //! data). The binary's `stepwise serve` mounts them on one server with its other endpoints.
 //!
-//! A request without a valid token gets `401` with `WWW-Authenticate: Bearer`; a valid token's
-//! principal is attached to the request, and the MCP server reads it from there for every call.
+//! A request needs a bearer token: a static token (`swt_...`, [`TokenStore`]) or, when
+//! `STEPWISE_OAUTH_ISSUER` is set, an OAuth access token ([`crate::oauth`]). Without a valid
+//! one it gets `401` with `WWW-Authenticate: Bearer resource_metadata="..."` (the RFC 9728
+//! document at `/.well-known/oauth-protected-resource/mcp`, [`metadata_router`]); an OAuth
+//! caller calling a tool its role may not call gets `403` with `error="insufficient_scope"` and
+//! the scopes that would do; a principal of another region than `STEPWISE_REGION` gets `403
+//! wrong_region` ([`crate::residency`]). A valid token's principal is attached to the request,
+//! and the MCP server reads it from there for every call.
 //!
 //! Two limits guard `/mcp` ([`Limits`], docs/mcp.md, Configuration): a request body larger
 //! than `STEPWISE_MCP_MAX_BODY_BYTES` gets `413` (by its `Content-Length` before anything else
@@ -11,9 +17,11 @@
 //! in flight gets `429` with `Retry-After` for one more (a POST is in flight until its answer,
 //! streamed or not, has been sent or dropped).
 
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Principal, TOKEN_PREFIX};
+use crate::oauth::{OAuth, OAuthConfig, TokenError, WELL_KNOWN};
+use crate::residency::{Credential, Residency};
 use crate::server::{Facade, StepwiseServer};
-use crate::store::TokenStore;
+use crate::store::{PgSessionStore, TokenCheck, TokenStore};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -22,7 +30,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
+use rmcp::model::ClientJsonRpcMessage;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -158,11 +168,11 @@ impl Drop for InFlightGuard {
 /// cannot be read (the client stopped sending before its `Content-Length`) is `400`, not an
 /// error of the server.
 async fn limit_in_flight(
-    State(state): State<(InFlight, Limits)>,
+    State(state): State<(InFlight, Limits, Arc<Facade>, HttpAuth, PgSessionStore)>,
     request: Request,
     next: Next,
 ) -> Response {
-    let (in_flight, limits) = state;
+    let (in_flight, limits, facade, auth, sessions) = state;
     if request.method() != axum::http::Method::POST {
         return next.run(request).await;
     }
@@ -215,6 +225,20 @@ async fn limit_in_flight(
             }
         }
     }
+    if let Some(principal) = parts.extensions.get::<Principal>() {
+        if let Some(refused) = scope_needed(&facade, &auth, principal, &bytes) {
+            return refused;
+        }
+    }
+    if let Some(session) = parts
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(answer) = client_answer(&bytes) {
+            return relay_answer(&sessions, session, &answer).await;
+        }
+    }
     let request = Request::from_parts(parts, Body::from(bytes));
     let (parts, body) = next.run(request).await.into_parts();
     let body = body.into_data_stream().map(move |chunk| {
@@ -224,26 +248,60 @@ async fn limit_in_flight(
     Response::from_parts(parts, Body::from_stream(body))
 }
 
+/// How `/mcp` authenticates: static tokens always, OAuth access tokens when configured, and
+/// the deployment's region (docs/mcp.md, "OAuth" and "Data residency").
+#[derive(Debug, Clone, Default)]
+pub struct HttpAuth {
+    pub oauth: Option<Arc<OAuth>>,
+    pub residency: Residency,
+}
+
+impl HttpAuth {
+    /// From `STEPWISE_OAUTH_*` and `STEPWISE_REGION`; an error names the variable.
+    pub fn from_env() -> Result<Self, String> {
+        let oauth = match OAuthConfig::from_env().map_err(|e| e.to_string())? {
+            Some(config) => Some(Arc::new(OAuth::new(config).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        Ok(Self {
+            oauth,
+            residency: Residency::from_env()?,
+        })
+    }
+}
+
 #[derive(Clone)]
 struct AuthState {
     tokens: TokenStore,
     catalog: Arc<Registry>,
+    auth: HttpAuth,
 }
 
-fn unauthorized(description: &str) -> Response {
-    let challenge = format!(
-        "Bearer realm=\"stepwise\", error=\"invalid_token\", error_description=\"{description}\""
-    );
-    let mut response = (
-        StatusCode::UNAUTHORIZED,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({
-            "error": "unauthorized",
-            "message": format!("{description}: send `Authorization: Bearer <token>` (create one with `stepwise tokens create --role ROLE --subject SUBJECT`)")
-        })
-        .to_string(),
-    )
-        .into_response();
+/// A `WWW-Authenticate: Bearer` challenge: the metadata URL when OAuth is configured (the
+/// MCP authorization spec's discovery), an error code and description when a token was sent.
+fn challenge(auth: &HttpAuth, error: Option<(&str, &str)>, scope: Option<&str>) -> String {
+    let mut params = Vec::new();
+    match &auth.oauth {
+        Some(oauth) => params.push(format!(
+            "resource_metadata=\"{}\"",
+            oauth.config().metadata_url()
+        )),
+        None => params.push("realm=\"stepwise\"".to_string()),
+    }
+    if let Some((code, description)) = error {
+        params.push(format!("error=\"{code}\""));
+        params.push(format!(
+            "error_description=\"{}\"",
+            description.replace(['"', '\\'], "'")
+        ));
+    }
+    if let Some(scope) = scope {
+        params.push(format!("scope=\"{scope}\""));
+    }
+    format!("Bearer {}", params.join(", "))
+}
+
+fn with_challenge(mut response: Response, challenge: String) -> Response {
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response
             .headers_mut()
@@ -252,12 +310,51 @@ fn unauthorized(description: &str) -> Response {
     response
 }
 
-async fn authenticate(
-    State(state): State<AuthState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let token = request
+/// `401`: no token (a bare challenge, RFC 6750 section 3.1), or an invalid one
+/// (`invalid_token` with why).
+fn unauthorized(auth: &HttpAuth, description: &str, token_sent: bool) -> Response {
+    let how = if auth.oauth.is_some() {
+        "send `Authorization: Bearer <access token>` from the authorization server named by \
+         the resource metadata in WWW-Authenticate, or a static token"
+    } else {
+        "send `Authorization: Bearer <token>` (create one with `stepwise tokens create --role \
+         ROLE --subject SUBJECT`)"
+    };
+    let response = limit_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        format!("{description}: {how}"),
+    );
+    let error = token_sent.then_some(("invalid_token", description));
+    with_challenge(response, challenge(auth, error, None))
+}
+
+/// `403 insufficient_scope` naming the scopes (space-separated) that would do.
+fn insufficient_scope(auth: &HttpAuth, scopes: &[String], description: &str) -> Response {
+    let scope = scopes.join(" ");
+    let response = (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({
+            "error": "insufficient_scope",
+            "message": description,
+            "scope": scope,
+        })
+        .to_string(),
+    )
+        .into_response();
+    with_challenge(
+        response,
+        challenge(
+            auth,
+            Some(("insufficient_scope", description)),
+            Some(&scope),
+        ),
+    )
+}
+
+fn bearer_token(request: &Request) -> Option<String> {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -266,26 +363,235 @@ async fn authenticate(
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .filter(|t| !t.is_empty())
-        .map(str::to_string);
-    let Some(token) = token else {
-        return unauthorized("a bearer token is required");
+        .map(str::to_string)
+}
+
+async fn authenticate(
+    State(state): State<AuthState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let auth = &state.auth;
+    let Some(token) = bearer_token(&request) else {
+        return unauthorized(auth, "a bearer token is required", false);
     };
-    match state.tokens.authenticate(&token, &state.catalog).await {
-        Ok(Some(principal)) => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
+    let (principal, region, credential) = match (&auth.oauth, token.starts_with(TOKEN_PREFIX)) {
+        (Some(oauth), false) => match oauth.validate(&token, &state.catalog).await {
+            Ok(grant) => (grant.principal, grant.region, Credential::OAuth),
+            Err(TokenError::Invalid(why)) => {
+                tracing::info!(reason = %why, "refused an access token");
+                return unauthorized(auth, &why, true);
+            }
+            Err(TokenError::InsufficientScope {
+                scopes,
+                description,
+            }) => return insufficient_scope(auth, &scopes, &description),
+            Err(TokenError::Unavailable(why)) => {
+                return limit_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+            }
+        },
+        _ => match state.tokens.check(&token, &state.catalog).await {
+            Ok(TokenCheck::Valid { principal, region }) => {
+                (principal, region, Credential::StaticToken)
+            }
+            Ok(TokenCheck::Unknown) => {
+                return unauthorized(auth, "the token is unknown", true);
+            }
+            Ok(TokenCheck::Revoked) => {
+                return unauthorized(auth, "the token has been revoked", true);
+            }
+            Ok(TokenCheck::Expired) => {
+                return unauthorized(auth, "the token has expired", true);
+            }
+            // A token made for a role this server's catalog does not declare (any more).
+            Err(e @ AuthError::UnknownRole { .. }) => {
+                tracing::warn!(error = %e, "refused a token whose role is not declared");
+                return unauthorized(auth, "the token's role is not known to this server", true);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not check a bearer token");
+                return limit_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "could not check the token just now; try again".to_string(),
+                );
+            }
+        },
+    };
+    if let Err(why) = auth.residency.admits(region.as_deref(), credential) {
+        tracing::warn!(%principal, region = ?region, "refused a principal of another region");
+        return limit_error(StatusCode::FORBIDDEN, "wrong_region", why);
+    }
+    request.extensions_mut().insert(principal);
+    request.extensions_mut().insert(credential);
+    next.run(request).await
+}
+
+/// The tools a JSON-RPC body calls (`tools/call`, one message or a batch).
+fn called_tools(body: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let messages = match value {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    };
+    messages
+        .iter()
+        .filter(|m| m.get("method").and_then(|v| v.as_str()) == Some("tools/call"))
+        .filter_map(|m| m.pointer("/params/name").and_then(|v| v.as_str()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// For an OAuth caller, `403 insufficient_scope` when the body calls a tool its role may not
+/// call but another role may: the MCP authorization spec's step-up, naming the scopes that
+/// would do. Unknown tools and static tokens are left to the tool's own error.
+fn scope_needed(
+    facade: &Facade,
+    auth: &HttpAuth,
+    principal: &Principal,
+    body: &[u8],
+) -> Option<Response> {
+    let oauth = auth.oauth.as_ref()?;
+    for tool in called_tools(body) {
+        if facade.catalog().allows(&tool, principal.role()) != Some(false) {
+            continue;
         }
-        Ok(None) => unauthorized("the token is unknown or revoked"),
-        // A token made for a role this server's catalog does not declare (any more).
-        Err(e @ AuthError::UnknownRole { .. }) => {
-            tracing::warn!(error = %e, "refused a token whose role is not declared");
-            unauthorized("the token's role is not known to this server")
+        let scopes: Vec<String> = facade
+            .catalog()
+            .roles_for(&tool)
+            .iter()
+            .map(|role| oauth.config().scope_for(role))
+            .collect();
+        if scopes.is_empty() {
+            continue;
         }
+        let description = format!(
+            "{principal} may not call `{tool}`: it needs one of the scopes {}",
+            scopes.join(", ")
+        );
+        return Some(insufficient_scope(auth, &scopes, &description));
+    }
+    None
+}
+
+/// A client's answer to a server request: a JSON-RPC response or error (an `id` with `result`
+/// or `error`, no `method`).
+fn client_answer(body: &[u8]) -> Option<serde_json::Value> {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let is_answer = value.get("method").is_none()
+        && value.get("id").is_some()
+        && (value.get("result").is_some() || value.get("error").is_some());
+    is_answer.then_some(value)
+}
+
+/// Relays a client's answer in session `session` to whichever facade sent the request it
+/// answers (that facade's call is waiting for it; the load balancer may have sent the answer
+/// elsewhere): kept in PostgreSQL and announced, then `202 Accepted` as for any answer.
+async fn relay_answer(
+    store: &PgSessionStore,
+    session: &str,
+    answer: &serde_json::Value,
+) -> Response {
+    match store.relay_answer(session, answer).await {
+        Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(e) => {
-            tracing::error!(error = %e, "could not check a bearer token");
-            (StatusCode::SERVICE_UNAVAILABLE, "could not check the token").into_response()
+            tracing::error!(error = %e, "could not relay a client's answer");
+            limit_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "could not take the answer just now; send it again".to_string(),
+            )
         }
     }
+}
+
+/// Delivers relayed answers to the sessions this process holds, until `stop`.
+async fn deliver_relayed_answers(
+    store: PgSessionStore,
+    manager: Arc<LocalSessionManager>,
+    stop: CancellationToken,
+) {
+    loop {
+        let mut listener = tokio::select! {
+            _ = stop.cancelled() => return,
+            listener = store.listen() => match listener {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for relayed MCP answers; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        loop {
+            let notification = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = listener.recv() => n,
+            };
+            let Ok(notification) = notification else {
+                break;
+            };
+            let Ok(id) = notification.payload().parse::<i64>() else {
+                continue;
+            };
+            let (session, message) = match store.answer(id).await {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read a relayed MCP answer");
+                    continue;
+                }
+            };
+            let session: Arc<str> = session.into();
+            if !manager.has_session(&session).await.unwrap_or(false) {
+                continue;
+            }
+            match serde_json::from_value::<ClientJsonRpcMessage>(message) {
+                Ok(message) => {
+                    if let Err(e) = manager.accept_message(&session, message).await {
+                        tracing::info!(error = %e, "a relayed MCP answer found no request");
+                    }
+                }
+                Err(e) => tracing::info!(error = %e, "a relayed MCP answer is malformed"),
+            }
+        }
+    }
+}
+
+/// `GET /.well-known/oauth-protected-resource[/path]`: the RFC 9728 metadata, when OAuth is
+/// configured (`404` otherwise: static tokens need no discovery).
+async fn resource_metadata(State(state): State<(HttpAuth, Arc<Registry>)>) -> Response {
+    let (auth, catalog) = state;
+    match &auth.oauth {
+        Some(oauth) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            oauth.config().metadata(&catalog).to_string(),
+        )
+            .into_response(),
+        None => limit_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this server is not configured for OAuth (STEPWISE_OAUTH_ISSUER is unset); use a \
+             static token"
+                .to_string(),
+        ),
+    }
+}
+
+/// The protected-resource metadata routes: the bare well-known path and the path for the
+/// resource `/mcp` (RFC 9728 section 3.1).
+pub fn metadata_router(facade: &Facade, auth: HttpAuth) -> Router {
+    Router::new()
+        .route(WELL_KNOWN, get(resource_metadata))
+        .route(&format!("{WELL_KNOWN}/mcp"), get(resource_metadata))
+        .with_state((auth, facade.engine().registry().clone()))
 }
 
 async fn metrics(State(facade): State<Arc<Facade>>) -> Response {
@@ -310,6 +616,7 @@ pub fn mcp_router(
     allowed_hosts: Option<Vec<String>>,
     sessions: CancellationToken,
     limits: Limits,
+    auth: HttpAuth,
 ) -> Router {
     let mut config = StreamableHttpServerConfig::default();
     config.cancellation_token = sessions;
@@ -319,15 +626,25 @@ pub fn mcp_router(
         Some(hosts) => config = config.with_allowed_hosts(hosts),
         None => {}
     }
+    // Sessions live in PostgreSQL, so any facade of a fleet restores one another began.
+    let store = PgSessionStore::new(facade.engine().store().pool().clone());
+    config.session_store = Some(Arc::new(store.clone()));
+    let manager = Arc::new(LocalSessionManager::default());
+    tokio::spawn(deliver_relayed_answers(
+        store.clone(),
+        manager.clone(),
+        config.cancellation_token.clone(),
+    ));
     let for_sessions = facade.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(StepwiseServer::per_request(for_sessions.clone())),
-        Arc::new(LocalSessionManager::default()),
+        manager,
         config,
     );
-    let auth = AuthState {
+    let auth_state = AuthState {
         tokens: TokenStore::new(facade.engine().store().pool().clone()),
         catalog: facade.engine().registry().clone(),
+        auth: auth.clone(),
     };
     let in_flight = InFlight {
         max: limits.max_in_flight,
@@ -337,10 +654,10 @@ pub fn mcp_router(
     Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(
-            (in_flight, limits),
+            (in_flight, limits, facade.clone(), auth, store),
             limit_in_flight,
         ))
-        .layer(middleware::from_fn_with_state(auth, authenticate))
+        .layer(middleware::from_fn_with_state(auth_state, authenticate))
         .layer(middleware::from_fn_with_state(limits, limit_body))
 }
 

@@ -41,6 +41,8 @@ pub mod audit;
 pub mod auth;
 pub mod http;
 pub mod input;
+pub mod oauth;
+pub mod residency;
 pub mod results;
 pub mod schema;
 pub mod server;
@@ -52,7 +54,8 @@ pub use audit::{AuditEntry, Outcome};
 pub use auth::{AuthError, Principal};
 pub use server::{Facade, StepwiseServer};
 pub use store::{
-    AuditFilter, AuditPruneReport, AuditRecord, AuditStore, CreatedToken, TokenInfo, TokenStore,
+    AuditFilter, AuditPruneReport, AuditRecord, AuditStore, CreatedToken, NewToken, TokenCheck,
+    TokenInfo, TokenStore,
 };
 
 /// The facade's migrations (`mcp-facade/migrations/`), embedded in the binary.

@@ -339,6 +339,29 @@ impl Catalog {
             .map(ToolTarget::Control)
     }
 
+    /// Whether callers of `role` may call the tool `name`: `None` when no such tool exists.
+    pub fn allows(&self, name: &str, role: &Role) -> Option<bool> {
+        Some(match self.target(name)? {
+            ToolTarget::Skill(skill) => access(skill.exposure(), role).is_some(),
+            ToolTarget::Query(query) => access(query.exposure(), role).is_some(),
+            ToolTarget::Control(control) => control.allows(role),
+        })
+    }
+
+    /// The declared roles whose callers may call the tool `name`, sorted by name (empty for an
+    /// unknown tool).
+    pub fn roles_for(&self, name: &str) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .registry
+            .roles()
+            .iter()
+            .filter(|role| self.allows(name, role) == Some(true))
+            .map(|role| role.name().to_string())
+            .collect();
+        roles.sort();
+        roles
+    }
+
     /// The tools `principal` may call, sorted by name.
     pub fn tools_for(&self, principal: &Principal) -> Vec<Tool> {
         let role = principal.role();

@@ -1,7 +1,7 @@
 //! `stepwise serve --addr ADDR [--no-worker] [--workers N]`: the one HTTP server of a
 //! deployment. It mounts `/mcp` (bearer tokens), `/webhooks/stripe` (Stripe-signed, see
-//! [`crate::http::stripe_webhook`]), `/metrics`, `/healthz` and `/readyz` on one
-//! router ([`routes`]; other endpoints are merged there) and runs in-process workers unless
+//! [`crate::http::stripe_webhook`]), `/metrics`, `/healthz`, `/readyz` and the OAuth
+//! protected-resource metadata on one router ([`routes`]; other endpoints are merged there) and runs in-process workers unless
 //! `--no-worker`. On Ctrl-C/SIGTERM it stops accepting, lets the requests in flight finish
 //! within `--shutdown-grace-secs`, then ends the MCP sessions and stops the workers, which
 //! release their sagas as `stepwise worker` does. `stepwise mcp --http ADDR` is this command.
@@ -52,6 +52,7 @@ pub fn routes(
     webhook_secret: Option<String>,
     shutdown: CancellationToken,
     limits: stepwise_mcp::http::Limits,
+    auth: stepwise_mcp::http::HttpAuth,
 ) -> Router {
     // The console's event streams end when shutdown begins, so they do not hold the drain.
     let live = crate::console::live::Live::start(facade.engine().store().clone(), shutdown);
@@ -65,7 +66,9 @@ pub fn routes(
             hosts,
             sessions,
             limits,
+            auth.clone(),
         ))
+        .merge(stepwise_mcp::http::metadata_router(&facade, auth))
         .merge(stepwise_mcp::http::metrics_router(facade.clone()))
         .merge(crate::http::health::router(pool))
         .merge(crate::console::router(crate::console::Console::new(
@@ -106,6 +109,7 @@ pub async fn run_announcing(
     // Configuration errors come before anything is started or connected.
     let trust = TrustProxy::from_env().map_err(CliError::usage)?;
     let limits = stepwise_mcp::http::Limits::from_env().map_err(CliError::usage)?;
+    let auth = stepwise_mcp::http::HttpAuth::from_env().map_err(CliError::usage)?;
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }
@@ -175,6 +179,7 @@ pub async fn run_announcing(
         webhook_secret,
         stop_http.clone(),
         limits,
+        auth,
     );
     announce(bound);
     let served = crate::http::serve(listener, router, trust, stop_http.clone(), grace)
