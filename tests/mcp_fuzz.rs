@@ -881,6 +881,9 @@ async fn hostile_calls_get_clear_refusals_and_write_nothing(pool: PgPool) {
         .env("STEPWISE_MCP_WAIT_MS", "300")
         .env("STEPWISE_MCP_MAX_BODY_BYTES", MAX_BODY.to_string())
         .env("STEPWISE_MCP_MAX_IN_FLIGHT", MAX_IN_FLIGHT.to_string())
+        // Thousands of calls in seconds from three principals: the rate limit (tests/oauth.rs
+        // checks it) would answer most of them 429 before the parts under test see them.
+        .env("STEPWISE_MCP_RATE_PER_SECOND", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -2,7 +2,8 @@
 //! server played by the test: keys generated here, its metadata and JWKS served over HTTP, its
 //! tokens signed here. A valid token works; every bad token is refused with the right status
 //! and challenge; the JWKS is fetched once per key, not per request; a principal of another
-//! region is refused (data residency), with OAuth and with static tokens.
+//! region is refused (data residency), with OAuth and with static tokens. Static tokens expire
+//! and are revoked; a principal over its rate limit gets `429` with `Retry-After`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -536,4 +537,79 @@ async fn static_tokens_expire_record_their_last_use_and_are_listed_and_revoked(p
     assert_eq!(state_of(&short["id"])["state"], "expired");
     assert_eq!(state_of(&short["id"])["last_used_at"], Value::Null);
     assert_eq!(state_of(&revoked["id"])["state"], "revoked");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_principal_over_its_rate_gets_429_with_retry_after_and_others_go_on(pool: PgPool) {
+    stepwise::app::migrate(&pool).await.unwrap();
+    let url = database_url(&pool).await;
+    let token = |subject: &str| {
+        let created = stepwise(
+            &url,
+            &[
+                "tokens",
+                "create",
+                "--role",
+                "staff",
+                "--subject",
+                subject,
+                "--json",
+            ],
+        );
+        assert!(created.status.success(), "{created:?}");
+        json_of(&created)["token"].as_str().unwrap().to_string()
+    };
+    let (busy, calm) = (token("busy"), token("calm"));
+    let server = serve(
+        &url,
+        &["--no-worker"],
+        &[
+            ("STEPWISE_MCP_RATE_PER_SECOND", "1"),
+            ("STEPWISE_MCP_RATE_BURST", "3"),
+        ],
+    )
+    .await;
+    let mut statuses = Vec::new();
+    let mut refusal = None;
+    for _ in 0..5 {
+        let response = mcp_post(
+            &reqwest::Client::new(),
+            &server.mcp(),
+            &busy,
+            None,
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                               "clientInfo": {"name": "t", "version": "0"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            let retry = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            refusal = Some((retry, response.json::<Value>().await.unwrap()));
+        }
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429],
+        "a burst of 3, then refused"
+    );
+    let (retry, body) = refusal.unwrap();
+    assert_eq!(retry, "1");
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("STEPWISE_MCP_RATE_PER_SECOND"),
+        "{body}"
+    );
+    // Another principal is not held back; the busy one may go on once its wait is over.
+    assert_eq!(try_token(&server, &calm).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(try_token(&server, &busy).await.0, 200);
 }

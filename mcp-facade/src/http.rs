@@ -11,7 +11,9 @@
 //! wrong_region` ([`crate::residency`]). A valid token's principal is attached to the request,
 //! and the MCP server reads it from there for every call.
 //!
-//! Two limits guard `/mcp` ([`Limits`], docs/mcp.md, Configuration): a request body larger
+//! Three limits guard `/mcp` ([`Limits`], docs/mcp.md, Configuration): a principal over
+//! `STEPWISE_MCP_RATE_PER_SECOND` requests per second (after a burst of
+//! `STEPWISE_MCP_RATE_BURST`) gets `429` with `Retry-After`; a request body larger
 //! than `STEPWISE_MCP_MAX_BODY_BYTES` gets `413` (by its `Content-Length` before anything else
 //! is done, or while it is read), a body cut off before its end `400`, and a principal with `STEPWISE_MCP_MAX_IN_FLIGHT` POSTs already
 //! in flight gets `429` with `Retry-After` for one more (a POST is in flight until its answer,
@@ -45,6 +47,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default of `STEPWISE_MCP_MAX_IN_FLIGHT`: POSTs one principal may have in flight at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
+/// Default of `STEPWISE_MCP_RATE_PER_SECOND`: requests one principal may make per second,
+/// sustained, on one facade.
+pub const DEFAULT_RATE_PER_SECOND: u32 = 20;
+/// Default of `STEPWISE_MCP_RATE_BURST`: requests one principal may make at once after a pause.
+pub const DEFAULT_RATE_BURST: u32 = 40;
+
 /// The limits on `/mcp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -52,6 +60,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// POSTs one principal may have in flight at once.
     pub max_in_flight: usize,
+    /// Requests per second one principal may make, sustained (`0`: no rate limit).
+    pub rate_per_second: u32,
+    /// Requests one principal may make at once after a pause.
+    pub rate_burst: u32,
 }
 
 impl Default for Limits {
@@ -59,6 +71,8 @@ impl Default for Limits {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            rate_per_second: DEFAULT_RATE_PER_SECOND,
+            rate_burst: DEFAULT_RATE_BURST,
         }
     }
 }
@@ -76,9 +90,21 @@ impl Limits {
                 _ => Ok(default),
             }
         }
+        let rate_per_second = match std::env::var("STEPWISE_MCP_RATE_PER_SECOND") {
+            Ok(text) if !text.trim().is_empty() => text.trim().parse::<u32>().map_err(|_| {
+                format!(
+                    "STEPWISE_MCP_RATE_PER_SECOND must be a whole number (0: no limit), not `{text}`"
+                )
+            })?,
+            _ => DEFAULT_RATE_PER_SECOND,
+        };
+        let rate_burst = positive("STEPWISE_MCP_RATE_BURST", DEFAULT_RATE_BURST as usize)?;
         Ok(Self {
             max_body_bytes: positive("STEPWISE_MCP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
             max_in_flight: positive("STEPWISE_MCP_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT)?,
+            rate_per_second,
+            rate_burst: u32::try_from(rate_burst)
+                .map_err(|_| "STEPWISE_MCP_RATE_BURST is too large".to_string())?,
         })
     }
 }
@@ -114,6 +140,75 @@ async fn limit_body(State(limits): State<Limits>, request: Request, next: Next) 
         ),
         _ => next.run(request).await,
     }
+}
+
+/// Requests per principal per second ([`Limits::rate_per_second`], with a burst), by the GCRA
+/// of the `governor` crate; per process (a fleet of N facades allows N times as much).
+#[derive(Clone)]
+struct Rate {
+    limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
+    checks: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Rate {
+    fn new(limits: &Limits) -> Self {
+        let limiter = std::num::NonZeroU32::new(limits.rate_per_second).map(|per_second| {
+            let burst = std::num::NonZeroU32::new(limits.rate_burst).unwrap_or(per_second);
+            Arc::new(governor::RateLimiter::keyed(
+                governor::Quota::per_second(per_second).allow_burst(burst),
+            ))
+        });
+        Self {
+            limiter,
+            checks: Arc::default(),
+        }
+    }
+
+    /// `None` when `principal` may go on; otherwise how long it must wait.
+    fn check(&self, principal: &str) -> Option<std::time::Duration> {
+        use governor::clock::{Clock, DefaultClock};
+        let limiter = self.limiter.as_ref()?;
+        // Forget principals that have been quiet long enough to be back at a full burst.
+        if self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(4096)
+        {
+            limiter.retain_recent();
+        }
+        match limiter.check_key(&principal.to_string()) {
+            Ok(()) => None,
+            Err(not_until) => Some(not_until.wait_time_from(DefaultClock::default().now())),
+        }
+    }
+}
+
+/// `429` with `Retry-After` when the principal is over its rate ([`Rate`]).
+async fn limit_rate(State(rate): State<Rate>, request: Request, next: Next) -> Response {
+    let Some(principal) = request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.to_string())
+    else {
+        return next.run(request).await;
+    };
+    let Some(wait) = rate.check(&principal) else {
+        return next.run(request).await;
+    };
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    tracing::warn!(%principal, retry_after = seconds, "refused a request over the rate limit");
+    let mut response = limit_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "{principal} is over this server's rate limit for one caller \
+             (STEPWISE_MCP_RATE_PER_SECOND, STEPWISE_MCP_RATE_BURST); retry after {seconds} s"
+        ),
+    );
+    if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// POSTs in flight per principal.
@@ -627,7 +722,7 @@ pub fn mcp_router(
         None => {}
     }
     // Sessions live in PostgreSQL, so any facade of a fleet restores one another began.
-    let store = PgSessionStore::new(facade.engine().store().pool().clone());
+    let store = PgSessionStore::new(facade.engine().store().clone());
     config.session_store = Some(Arc::new(store.clone()));
     let manager = Arc::new(LocalSessionManager::default());
     tokio::spawn(deliver_relayed_answers(
@@ -650,12 +745,17 @@ pub fn mcp_router(
         max: limits.max_in_flight,
         counts: Arc::default(),
     };
-    // The last layer added runs first: the body's size, then the token, then the count.
+    // The last layer added runs first: the body's size, then the token, then the rate, then
+    // the count.
     Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(
             (in_flight, limits, facade.clone(), auth, store),
             limit_in_flight,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Rate::new(&limits),
+            limit_rate,
         ))
         .layer(middleware::from_fn_with_state(auth_state, authenticate))
         .layer(middleware::from_fn_with_state(limits, limit_body))

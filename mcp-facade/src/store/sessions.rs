@@ -8,7 +8,7 @@
 
 use rmcp::transport::streamable_http_server::session::{SessionState, SessionStore};
 use serde_json::Value;
-use sqlx::PgPool;
+use stepwise_engine::PgStore;
 
 /// The NOTIFY channel announcing a relayed answer (its payload: the row's id).
 pub const ANSWERS_CHANNEL: &str = "stepwise_mcp_answers";
@@ -23,6 +23,8 @@ const ANSWER_RETENTION: &str = "10 minutes";
 pub enum SessionStoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("cannot listen: {0}")]
+    Listen(#[from] stepwise_engine::StoreError),
     #[error("a stored session is unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
 }
@@ -30,16 +32,14 @@ pub enum SessionStoreError {
 /// `mcp.sessions` and `mcp.session_answers`.
 #[derive(Debug, Clone)]
 pub struct PgSessionStore {
-    pool: PgPool,
+    store: PgStore,
 }
 
 impl PgSessionStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Over the engine's connections (its pool, and its LISTEN connection, which goes to
+    /// `STEPWISE_LISTEN_URL` when set).
+    pub fn new(store: PgStore) -> Self {
+        Self { store }
     }
 
     /// Keeps a client's answer for session `session_id` and announces it; returns its id.
@@ -48,7 +48,7 @@ impl PgSessionStore {
         session_id: &str,
         message: &Value,
     ) -> Result<i64, SessionStoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         sqlx::query(&format!(
             "DELETE FROM mcp.session_answers WHERE at < now() - interval '{ANSWER_RETENTION}'"
         ))
@@ -72,7 +72,7 @@ impl PgSessionStore {
 
     /// A connection listening on [`ANSWERS_CHANNEL`].
     pub async fn listen(&self) -> Result<sqlx::postgres::PgListener, SessionStoreError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        let mut listener = self.store.listener().await?;
         listener.listen(ANSWERS_CHANNEL).await?;
         Ok(listener)
     }
@@ -82,7 +82,7 @@ impl PgSessionStore {
         Ok(
             sqlx::query_as("SELECT session_id, message FROM mcp.session_answers WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.store.pool())
                 .await?,
         )
     }
@@ -101,7 +101,7 @@ impl SessionStore for PgSessionStore {
             "UPDATE mcp.sessions SET seen_at = now() WHERE id = $1 RETURNING state",
         )
         .bind(session_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.store.pool())
         .await
         .map_err(SessionStoreError::from)?;
         match state {
@@ -121,7 +121,7 @@ impl SessionStore for PgSessionStore {
         sqlx::query(&format!(
             "DELETE FROM mcp.sessions WHERE seen_at < now() - interval '{SESSION_RETENTION}'"
         ))
-        .execute(&self.pool)
+        .execute(self.store.pool())
         .await
         .map_err(SessionStoreError::from)?;
         sqlx::query(
@@ -130,7 +130,7 @@ impl SessionStore for PgSessionStore {
         )
         .bind(session_id)
         .bind(state)
-        .execute(&self.pool)
+        .execute(self.store.pool())
         .await
         .map_err(SessionStoreError::from)?;
         Ok(())
@@ -142,7 +142,7 @@ impl SessionStore for PgSessionStore {
     ) -> Result<(), rmcp::transport::streamable_http_server::session::SessionStoreError> {
         sqlx::query("DELETE FROM mcp.sessions WHERE id = $1")
             .bind(session_id)
-            .execute(&self.pool)
+            .execute(self.store.pool())
             .await
             .map_err(SessionStoreError::from)?;
         Ok(())
