@@ -108,6 +108,38 @@ async fn show(engine: &Engine, id: Uuid, title: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The task a checkout or maintenance saga created in the legacy housekeeping system (SOAP), if
+/// it did: the skill turned the system's codes, dates and charset into these typed fields.
+async fn legacy_task(engine: &Engine, id: Uuid) -> Result<(), CliError> {
+    let saga = engine
+        .detail(id)
+        .await?
+        .ok_or_else(|| CliError::not_found(format!("saga {id} vanished")))?;
+    let task = saga
+        .steps
+        .iter()
+        .filter(|s| s.name == "create_housekeeping_task" || s.name == "create_repair_task")
+        .find_map(|s| s.output.clone());
+    if let Some(task) = task {
+        let text = |key: &str| task[key].as_str().unwrap_or("-").to_string();
+        println!(
+            "  legacy housekeeping system (SOAP): task {} ({} room {}, priority {}, due {}) {}{}",
+            text("task_no"),
+            text("kind"),
+            text("room_number"),
+            text("priority"),
+            text("due_date"),
+            text("status"),
+            match saga.steps.iter().find(|s| s.output.as_ref() == Some(&task)) {
+                Some(step) if step.compensation.status.to_string() == "compensated" =>
+                    ", cancelled by the undo",
+                _ => "",
+            }
+        );
+    }
+    Ok(())
+}
+
 async fn story(app: &App) -> Result<(), CliError> {
     let engine = &app.engine;
     println!(
@@ -115,7 +147,9 @@ async fn story(app: &App) -> Result<(), CliError> {
         crate::cli::redact(&app.database_url)
     );
     if let Some(url) = &app.sandbox_url {
-        println!("External systems (payments, CRM/PMS, SMS): sandbox at {url}");
+        println!(
+            "External systems (payments, CRM/PMS, SMS, the legacy housekeeping system): sandbox at {url}"
+        );
     }
     println!("Skills: sagas of persisted steps; each step's result is committed before the next.");
 
@@ -222,6 +256,7 @@ async fn hotel_story(app: &App) -> Result<(), CliError> {
         let id = start_skill(engine, skill, input, &format!("hotel-{i}")).await?;
         let status = finish(engine, id, Duration::from_secs(60)).await?;
         show(engine, id, title).await?;
+        legacy_task(engine, id).await?;
         let expected = if skill == "process_guest_checkout" && i == 3 {
             SagaStatus::Compensated
         } else {

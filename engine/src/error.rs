@@ -30,6 +30,11 @@ pub struct StepError {
     /// What the caller (often an agent relaying to a person) can do about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// When the external system said to come back (its `Retry-After`), in milliseconds: the
+    /// next attempt is scheduled then instead of after the policy's backoff
+    /// ([`RetryPolicy::next_delay`](crate::RetryPolicy::next_delay)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl StepError {
@@ -39,6 +44,7 @@ impl StepError {
             code: code.into(),
             message: message.into(),
             action: None,
+            retry_after_ms: None,
         }
     }
 
@@ -48,6 +54,7 @@ impl StepError {
             code: code.into(),
             message: message.into(),
             action: None,
+            retry_after_ms: None,
         }
     }
 
@@ -58,12 +65,24 @@ impl StepError {
             code: code.into(),
             message: message.into(),
             action: None,
+            retry_after_ms: None,
         }
     }
 
     pub fn with_action(mut self, action: impl Into<String>) -> Self {
         self.action = Some(action.into());
         self
+    }
+
+    /// Says when the external system wants the next attempt (its `Retry-After`).
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after_ms = Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// When the external system wants the next attempt, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after_ms.map(std::time::Duration::from_millis)
     }
 
     /// Whether another attempt may be made (retryable and unknown errors).
@@ -77,8 +96,8 @@ impl StepError {
     }
 
     /// The shape stored in `steps.error` and shown by `sagas show`: `code`, `message`,
-    /// `retryable`, `action` if any, and `"outcome": "unknown"` when the attempt may have
-    /// taken effect.
+    /// `retryable`, `action` if any, `"outcome": "unknown"` when the attempt may have
+    /// taken effect, and `retry_after_ms` when the external system said when to come back.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::json!({
             "code": self.code,
@@ -91,6 +110,9 @@ impl StepError {
             }
             if self.is_unknown() {
                 map.insert("outcome".into(), "unknown".into());
+            }
+            if let Some(ms) = self.retry_after_ms {
+                map.insert("retry_after_ms".into(), ms.into());
             }
         }
         value

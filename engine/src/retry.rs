@@ -72,6 +72,24 @@ impl RetryPolicy {
     }
 }
 
+/// The longest `Retry-After` honoured as given; a longer one is cut to this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+impl RetryPolicy {
+    /// The delay before the next attempt: the external system's `Retry-After` when the failure
+    /// carried one (`hint`; up to [`MAX_RETRY_AFTER`], plus up to 10% so that many sagas told
+    /// the same second do not all come back at once), otherwise [`RetryPolicy::delay_after`].
+    pub fn next_delay(&self, failed_attempt: u32, unit: f64, hint: Option<Duration>) -> Duration {
+        match hint {
+            Some(after) => {
+                let after = after.min(MAX_RETRY_AFTER);
+                after + after.mul_f64(0.1 * unit.clamp(0.0, 1.0))
+            }
+            None => self.delay_after(failed_attempt, unit),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -100,6 +118,19 @@ mod tests {
         let p = policy(Jitter::None);
         assert!(p.allows_another(4));
         assert!(!p.allows_another(5));
+    }
+
+    #[test]
+    fn a_retry_after_hint_replaces_the_backoff() {
+        let p = policy(Jitter::None);
+        let hint = Some(Duration::from_secs(7));
+        assert_eq!(p.next_delay(1, 0.0, hint), Duration::from_secs(7));
+        assert_eq!(p.next_delay(1, 0.99, hint).as_millis(), 7693);
+        assert_eq!(p.next_delay(3, 0.5, None), Duration::from_millis(400));
+        assert_eq!(
+            p.next_delay(1, 0.0, Some(Duration::from_secs(86_400))),
+            MAX_RETRY_AFTER
+        );
     }
 
     proptest! {

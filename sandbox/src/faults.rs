@@ -34,7 +34,7 @@ pub struct FaultConfig {
     /// Added to every matching request.
     #[serde(default)]
     pub latency_ms: u64,
-    /// Services affected (`stripe`, `salesforce`, `twilio`); empty means all of them.
+    /// Services affected (`stripe`, `salesforce`, `twilio`, `legacy`); empty means all of them.
     #[serde(default)]
     pub services: Vec<String>,
     /// Only requests whose path starts with this (e.g. `/stripe/v1/refunds`) are affected.
@@ -76,7 +76,7 @@ impl FaultConfig {
         }
         if let Some(unknown) = self.services.iter().find(|s| Service::parse(s).is_none()) {
             return Err(format!(
-                "services: unknown service `{unknown}` (stripe, salesforce, twilio)"
+                "services: unknown service `{unknown}` (stripe, salesforce, twilio, legacy)"
             ));
         }
         if self.latency_ms > 60_000 {

@@ -7,7 +7,10 @@
 //!   cards, refunds, `Idempotency-Key` replay);
 //! - the CRM / property system, Salesforce-style (`/salesforce/services/data/v60.0`: the hotel's
 //!   sObjects with their validation rules, and a real SOQL parser);
-//! - the SMS gateway, Twilio-style (`/twilio/2010-04-01`: messages, magic test numbers).
+//! - the SMS gateway, Twilio-style (`/twilio/2010-04-01`: messages, magic test numbers);
+//! - the legacy housekeeping and maintenance system (`/legacy/housekeeping`: SOAP 1.1 with
+//!   WS-Security, ISO-8859-1, its own codes and faults, sequence numbers, slow answers;
+//!   [`legacy`]).
 //!
 //! It follows each API's own conventions (auth headers, form or JSON bodies, error shapes, ids)
 //! closely enough that the skills' connectors work unchanged against the real services given a
@@ -122,6 +125,24 @@
 //! Sandbox extension: the header `I-Twilio-Idempotency-Token` has Stripe's `Idempotency-Key`
 //! semantics (replay with `Idempotent-Replayed: true`, 400 on other parameters).
 //!
+//! # Legacy housekeeping: `/legacy/housekeeping`
+//! SOAP 1.1; the WSDL at `GET /legacy/housekeeping?wsdl`. See [`legacy`] for the operations,
+//! codes, faults and the sequence-number journal. Its tasks are in the ledger under
+//! `objects.legacy_tasks`. `GET`/`POST /_sandbox/legacy` ([`legacy::LegacySettings`]):
+//! `{"latency_ms":[100,400],"try_again_next":0,"busy_next":0,"busy_retry_after_s":1}`.
+//! Fault injection applies to it like to the others (`"services":["legacy"]`): an injected
+//! error is the fault `HK-999`, a timeout a proxy's 504 page.
+//!
+//! # Limits: `/_sandbox/limits`
+//! `POST {"salesforce":{"per_second":N},"stripe":{"per_second":N},"twilio":{"per_second":N},
+//! "legacy":{"sessions":N}}` ([`limits::LimitConfig`]; `{}` lifts them, `GET` shows them): a
+//! REST request over its service's rate (a token bucket holding one second's worth) is answered
+//! 429 with `Retry-After` in the service's error shape (Salesforce `REQUEST_LIMIT_EXCEEDED`,
+//! Stripe `rate_limit`, Twilio 20429); a legacy request beyond N concurrent sessions gets the
+//! SOAP Fault `HK-429` with `RetryAfter`. Such a request has no effect, is in the ledger's
+//! `requests` with `"fault":"limit"`, and is counted in `limit_breaches` per service
+//! (`{"salesforce":0,"stripe":0,"twilio":0,"legacy":0}`, top level of the ledger).
+//!
 //! # Test endpoints: `/_sandbox`
 //! - `GET /_sandbox/health` -> 200.
 //! - `GET /_sandbox/ledger` -> `{"objects":{TYPE:[...]}, "requests":[...]}`: TYPE is each
@@ -198,6 +219,8 @@
 //! random part of Stripe/Twilio ids; the same seed gives the same ids.
 
 pub mod faults;
+pub mod legacy;
+pub mod limits;
 pub mod salesforce;
 pub mod seed;
 mod server;
@@ -297,6 +320,19 @@ impl SandboxHandle {
         }
         state::lock(&self.state).webhooks.set(config);
         Ok(())
+    }
+
+    /// Changes how the legacy system behaves (latency, "try again" answers), as
+    /// `POST /_sandbox/legacy` does.
+    pub fn set_legacy(&self, settings: legacy::LegacySettings) -> Result<(), String> {
+        settings.validate()?;
+        state::lock(&self.state).legacy.settings = settings;
+        Ok(())
+    }
+
+    /// Sets the services' own limits, as `POST /_sandbox/limits` does.
+    pub fn set_limits(&self, config: limits::LimitConfig) -> Result<(), String> {
+        state::lock(&self.state).limits.set(config)
     }
 
     /// Stops accepting connections, lets in-flight requests finish for up to one second, then

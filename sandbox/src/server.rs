@@ -2,6 +2,8 @@
 //! ledger, and the `/_sandbox/*` control endpoints.
 
 use super::faults::{FaultConfig, Outcome};
+use super::legacy::{self, LegacySettings};
+use super::limits::LimitConfig;
 use super::state::{lock, RequestRecord, SandboxState, Service, SharedState, StoredResponse};
 use super::webhooks::{self, WebhookConfig};
 use super::{salesforce, stripe, twilio};
@@ -109,6 +111,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     pub replayed: bool,
     pub content_type: &'static str,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after: Option<u64>,
 }
 
 impl Reply {
@@ -118,6 +122,18 @@ impl Reply {
             body: serde_json::to_vec(value).unwrap_or_default(),
             replayed: false,
             content_type: JSON,
+            retry_after: None,
+        }
+    }
+
+    /// An XML document already encoded as `content_type` says.
+    pub fn xml(status: u16, body: Vec<u8>, content_type: &'static str) -> Self {
+        Self {
+            status,
+            body,
+            replayed: false,
+            content_type,
+            retry_after: None,
         }
     }
 
@@ -127,6 +143,7 @@ impl Reply {
             body: page.into_bytes(),
             replayed: false,
             content_type: "text/html; charset=utf-8",
+            retry_after: None,
         }
     }
 
@@ -136,6 +153,7 @@ impl Reply {
             body: Vec::new(),
             replayed: false,
             content_type: JSON,
+            retry_after: None,
         }
     }
 
@@ -154,6 +172,11 @@ impl Reply {
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
         }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -164,7 +187,8 @@ fn idempotency_header(service: Service) -> Option<&'static str> {
         Service::Stripe => Some("idempotency-key"),
         // A sandbox extension: Twilio has no request idempotency for Messages.
         Service::Twilio => Some("i-twilio-idempotency-token"),
-        Service::Salesforce => None,
+        // The legacy system's requests carry a sequence number in their body instead.
+        Service::Salesforce | Service::Legacy => None,
     }
 }
 
@@ -183,6 +207,17 @@ fn fingerprint(req: &Req<'_>) -> String {
 }
 
 fn fault_reply(service: Service, status: u16) -> Reply {
+    if service == Service::Legacy {
+        return if status == 500 {
+            legacy::internal_error()
+        } else {
+            // What the proxy in front of it answers when it gives up waiting.
+            Reply::html(
+                status,
+                "<html><body><h1>504 Gateway Time-out</h1></body></html>".into(),
+            )
+        };
+    }
     let body = match (service, status) {
         (Service::Stripe, 500) => stripe::fault_body(),
         (Service::Stripe, _) => json!({"error": {"type": "api_error",
@@ -193,7 +228,7 @@ fn fault_reply(service: Service, status: u16) -> Reply {
         }
         (Service::Salesforce, _) => json!([{"message": "Request timed out (sandbox fault).",
             "errorCode": "REQUEST_RUNNING_TOO_LONG", "fields": []}]),
-        (Service::Twilio, _) => twilio::error_body(
+        (Service::Twilio | Service::Legacy, _) => twilio::error_body(
             if status == 500 { 20500 } else { 20504 },
             if status == 500 {
                 "Internal Server Error (sandbox fault)"
@@ -224,7 +259,7 @@ async fn dispatch(
     let Some((service, rest)) = Service::route(&path) else {
         return Reply::json(
             404,
-            &json!({"error": format!("no such sandbox service: {path} (try /stripe, /salesforce, /twilio, /_sandbox)")}),
+            &json!({"error": format!("no such sandbox service: {path} (try /stripe, /salesforce, /twilio, /legacy, /_sandbox)")}),
         )
         .into_response();
     };
@@ -232,7 +267,48 @@ async fn dispatch(
         .and_then(|name| headers.get(name))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let decision = lock(&shared).faults.decide(service, method.as_str(), &path);
+    // The service's own limits come first: a request over one is refused unprocessed.
+    let mut session = None;
+    {
+        let mut state = lock(&shared);
+        let refused = if service == Service::Legacy {
+            match Session::take(&shared, &mut state) {
+                Some(taken) => {
+                    session = Some(taken);
+                    None
+                }
+                None => Some(legacy::too_many_sessions(1)),
+            }
+        } else {
+            state
+                .limits
+                .admit(service, std::time::Instant::now())
+                .err()
+                .map(|seconds| rate_limited(service, seconds))
+        };
+        if let Some(reply) = refused {
+            state.limits.breach(service);
+            state.record(RequestRecord {
+                service,
+                method: method.to_string(),
+                path: path.clone(),
+                idempotency_key: key.clone(),
+                replayed: false,
+                status: reply.status,
+                fault: Some("limit"),
+            });
+            return reply.into_response();
+        }
+    }
+    let (decision, slow) = {
+        let mut state = lock(&shared);
+        let slow = if service == Service::Legacy && method == Method::POST {
+            state.legacy.draw_latency()
+        } else {
+            std::time::Duration::ZERO
+        };
+        (state.faults.decide(service, method.as_str(), &path), slow)
+    };
     let outcome = decision.outcome;
     let record = |status: u16, replayed: bool| RequestRecord {
         service,
@@ -243,12 +319,14 @@ async fn dispatch(
         status,
         fault: outcome.name(),
     };
-    if !decision.latency.is_zero() {
-        tokio::time::sleep(decision.latency).await;
+    let latency = decision.latency + slow;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     match outcome {
         Outcome::Error => {
             lock(&shared).record(record(500, false));
+            drop(session);
             return fault_reply(service, 500).into_response();
         }
         Outcome::Timeout(hold) => {
@@ -283,7 +361,7 @@ async fn dispatch(
         webhooks::flush(&mut state);
         reply
     };
-    match outcome {
+    let response = match outcome {
         Outcome::EffectThenError => fault_reply(service, 500).into_response(),
         Outcome::EffectThenTimeout(hold) => {
             tokio::time::sleep(hold).await;
@@ -291,7 +369,49 @@ async fn dispatch(
         }
         Outcome::Reset => cut_off(reply),
         Outcome::Pass | Outcome::Error | Outcome::Timeout(_) => reply.into_response(),
+    };
+    drop(session);
+    response
+}
+
+/// A session of the legacy system, held while its request is served (also when the client
+/// goes away mid-request and the handler is dropped).
+struct Session(SharedState);
+
+impl Session {
+    /// Takes a session unless the limit of `/_sandbox/limits` is reached.
+    fn take(shared: &SharedState, state: &mut SandboxState) -> Option<Session> {
+        if let Some(limit) = state.limits.sessions() {
+            if state.legacy.sessions_in_use >= limit {
+                return None;
+            }
+        }
+        state.legacy.sessions_in_use += 1;
+        Some(Session(shared.clone()))
     }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0);
+        state.legacy.sessions_in_use = state.legacy.sessions_in_use.saturating_sub(1);
+    }
+}
+
+/// The 429 of a REST service over its rate limit, in the service's error shape.
+fn rate_limited(service: Service, seconds: u64) -> Reply {
+    let body = match service {
+        Service::Stripe => json!({"error": {"type": "invalid_request_error", "code": "rate_limit",
+            "message": "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests."}}),
+        Service::Salesforce => {
+            json!([{"message": "Too many requests: the API rate limit was exceeded.",
+            "errorCode": "REQUEST_LIMIT_EXCEEDED", "fields": []}])
+        }
+        Service::Twilio | Service::Legacy => twilio::error_body(20429, "Too Many Requests", 429),
+    };
+    let mut reply = Reply::json(429, &body);
+    reply.retry_after = Some(seconds);
+    reply
 }
 
 /// Authenticates `req`, then replays its idempotent result or runs it (storing the result).
@@ -300,6 +420,8 @@ fn respond(state: &mut SandboxState, service: Service, req: &Req<'_>, key: Optio
         Service::Stripe => stripe::authenticate(req),
         Service::Salesforce => salesforce::authenticate(req),
         Service::Twilio => twilio::authenticate(req),
+        // WS-Security in the SOAP header, checked by the system itself.
+        Service::Legacy => Ok(()),
     };
     if let Err(reply) = authenticated {
         return reply;
@@ -331,6 +453,7 @@ fn respond(state: &mut SandboxState, service: Service, req: &Req<'_>, key: Optio
                     body: stored.body.clone(),
                     replayed: true,
                     content_type: JSON,
+                    retry_after: None,
                 }
             } else if service == Service::Stripe {
                 stripe::idempotency_conflict(key)
@@ -343,6 +466,7 @@ fn respond(state: &mut SandboxState, service: Service, req: &Req<'_>, key: Optio
         Service::Stripe => stripe::handle(state, req),
         Service::Salesforce => salesforce::handle(state, req),
         Service::Twilio => twilio::handle(state, req),
+        Service::Legacy => legacy::handle(state, req),
     };
     if let Some(key) = idempotent {
         if keeps_result(reply.status) {
@@ -422,6 +546,46 @@ fn control(
             authenticate(shared, id, outcome)
         }
         (&Method::GET, "/_sandbox/health") => Reply::json(200, &json!({"status": "ok"})),
+        (&Method::GET, "/_sandbox/limits") => Reply::json(
+            200,
+            &serde_json::to_value(lock(shared).limits.config()).unwrap_or(Value::Null),
+        ),
+        (&Method::POST, "/_sandbox/limits") => {
+            let config: LimitConfig = match settings_body(body, "limits") {
+                Ok(config) => config,
+                Err(reply) => return reply,
+            };
+            let mut state = lock(shared);
+            match state.limits.set(config) {
+                Ok(()) => {
+                    tracing::info!(config = ?state.limits.config(), "sandbox limits set");
+                    Reply::json(
+                        200,
+                        &serde_json::to_value(state.limits.config()).unwrap_or(Value::Null),
+                    )
+                }
+                Err(message) => Reply::json(400, &json!({"error": message})),
+            }
+        }
+        (&Method::GET, "/_sandbox/legacy") => Reply::json(
+            200,
+            &serde_json::to_value(&lock(shared).legacy.settings).unwrap_or(Value::Null),
+        ),
+        (&Method::POST, "/_sandbox/legacy") => {
+            let settings: LegacySettings = match settings_body(body, "legacy settings") {
+                Ok(settings) => settings,
+                Err(reply) => return reply,
+            };
+            if let Err(message) = settings.validate() {
+                return Reply::json(400, &json!({"error": message}));
+            }
+            let mut state = lock(shared);
+            state.legacy.settings = settings;
+            Reply::json(
+                200,
+                &serde_json::to_value(&state.legacy.settings).unwrap_or(Value::Null),
+            )
+        }
         (&Method::GET, "/_sandbox/ledger") => Reply::json(200, &lock(shared).ledger()),
         (&Method::GET, "/_sandbox/faults") => {
             let config = lock(shared).faults.config().clone();
@@ -478,6 +642,18 @@ fn control(
             &json!({"error": format!("no such sandbox endpoint: {method} {path}")}),
         ),
     }
+}
+
+/// A JSON settings body (empty means the defaults), or the 400 naming what is wrong.
+fn settings_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, Reply> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Reply::json(400, &json!({"error": format!("invalid {what}: {e}")})))
 }
 
 /// The 3-D Secure challenge of intent `id` played as the guest: `succeed` (the default) or

@@ -2,6 +2,8 @@
 //! ledger, the fault settings) and the ledger document built from it.
 
 use super::faults::Faults;
+use super::legacy::LegacyState;
+use super::limits::Limits;
 use super::salesforce::SalesforceState;
 use super::stripe::StripeState;
 use super::twilio::TwilioState;
@@ -29,16 +31,24 @@ pub enum Service {
     Stripe,
     Salesforce,
     Twilio,
+    /// The legacy SOAP housekeeping system.
+    Legacy,
 }
 
 impl Service {
-    pub const ALL: [Service; 3] = [Service::Stripe, Service::Salesforce, Service::Twilio];
+    pub const ALL: [Service; 4] = [
+        Service::Stripe,
+        Service::Salesforce,
+        Service::Twilio,
+        Service::Legacy,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Service::Stripe => "stripe",
             Service::Salesforce => "salesforce",
             Service::Twilio => "twilio",
+            Service::Legacy => "legacy",
         }
     }
 
@@ -52,6 +62,7 @@ impl Service {
             Service::Stripe => "/stripe",
             Service::Salesforce => "/salesforce",
             Service::Twilio => "/twilio",
+            Service::Legacy => "/legacy",
         }
     }
 
@@ -75,7 +86,8 @@ pub struct RequestRecord {
     /// The status the client was answered (for `reset`, the one whose answer broke off).
     pub status: u16,
     /// The injected fault, if any (`error`, `timeout`, `effect_then_error`,
-    /// `effect_then_timeout`, `reset`); the `effect_...` ones and `reset` took effect.
+    /// `effect_then_timeout`, `reset`); the `effect_...` ones and `reset` took effect; `limit`
+    /// for a request refused over a limit of `/_sandbox/limits`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<&'static str>,
 }
@@ -97,6 +109,10 @@ pub struct SandboxState {
     pub stripe: StripeState,
     pub salesforce: SalesforceState,
     pub twilio: TwilioState,
+    /// The legacy housekeeping system's tasks, journal and settings.
+    pub legacy: LegacyState,
+    /// The services' own limits (`/_sandbox/limits`) and the breaches counted.
+    pub limits: Limits,
     pub idempotency: HashMap<(Service, String), StoredResponse>,
     pub requests: Vec<RequestRecord>,
     pub faults: Faults,
@@ -118,6 +134,8 @@ impl SandboxState {
             stripe: StripeState::new(seed),
             salesforce: SalesforceState::default(),
             twilio: TwilioState::new(seed),
+            legacy: LegacyState::new(seed),
+            limits: Limits::default(),
             idempotency: HashMap::new(),
             requests: Vec::new(),
             faults: Faults::new(seed),
@@ -162,9 +180,14 @@ impl SandboxState {
         );
         objects.insert("refund".into(), Value::Array(self.stripe.refunds_json()));
         objects.insert("message".into(), Value::Array(self.twilio.messages_json()));
+        objects.insert(
+            "legacy_tasks".into(),
+            Value::Array(self.legacy.tasks_json()),
+        );
         json!({
             "objects": objects,
             "requests": self.requests,
+            "limit_breaches": self.limits.breaches_json(),
             "webhooks": self.webhooks.records(),
         })
     }

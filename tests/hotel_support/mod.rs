@@ -82,6 +82,14 @@ impl World {
         let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), 7)
             .await
             .expect("sandbox starts");
+        // The legacy housekeeping system answers at once here (its 100-400 ms are for the demo
+        // and the throughput run).
+        sandbox
+            .set_legacy(stepwise_sandbox::legacy::LegacySettings {
+                latency_ms: [0, 0],
+                ..Default::default()
+            })
+            .expect("legacy settings");
         let config =
             ConnectorConfig::sandbox(&sandbox.base_url()).with_timeout(Duration::from_secs(3));
         let hotel = Hotel::with_time_zone(

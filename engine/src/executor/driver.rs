@@ -338,7 +338,7 @@ impl Driver {
                 if last {
                     return self.fail_forward(run, error, false, wait_events).await;
                 }
-                let delay = policy.delay_after(in_round, self.jitter.sample());
+                let delay = policy.next_delay(in_round, self.jitter.sample(), error.retry_after());
                 let retry_at = self.clock.now() + chrono_duration(delay);
                 info!(step = %step.name(), attempt, error = %error, delay_ms = delay.as_millis() as u64, "step failed; retry scheduled");
                 metrics::step_retry(skill.name(), step.name(), AttemptKind::Action);
@@ -715,7 +715,8 @@ impl Driver {
                 let in_round =
                     (attempt - run.steps[position].compensation_round_base).max(0) as u32;
                 if error.is_retryable() && policy.allows_another(in_round) {
-                    let delay = policy.delay_after(in_round, self.jitter.sample());
+                    let delay =
+                        policy.next_delay(in_round, self.jitter.sample(), error.retry_after());
                     let retry_at = self.clock.now() + chrono_duration(delay);
                     info!(step = %step.name(), attempt, error = %error, "compensation failed; retry scheduled");
                     metrics::step_retry(skill.name(), step.name(), AttemptKind::Compensation);

@@ -19,6 +19,10 @@ pub struct ConnectorConfig {
     pub crm: ServiceConfig,
     /// e.g. `https://api.twilio.com` (paths `/2010-04-01/...`).
     pub sms: ServiceConfig,
+    /// The legacy housekeeping system's root (the service is `/housekeeping` below it); the
+    /// credential is the WS-Security password of `housekeeping_user`.
+    pub housekeeping: ServiceConfig,
+    pub housekeeping_user: String,
     pub twilio_account_sid: String,
     /// The sender number of text messages (E.164).
     pub sms_from: String,
@@ -33,6 +37,8 @@ pub const SANDBOX_SALESFORCE_TOKEN: &str = "00Dsandbox!stepwise";
 pub const SANDBOX_TWILIO_SID: &str = "ACstepwisesandbox0000000000000000";
 pub const SANDBOX_TWILIO_TOKEN: &str = "stepwise-sandbox-token";
 pub const SANDBOX_SMS_FROM: &str = "+15550100000";
+pub const SANDBOX_HOUSEKEEPING_USER: &str = "STEPWISE";
+pub const SANDBOX_HOUSEKEEPING_PASSWORD: &str = "hks-sandbox";
 
 #[derive(Debug, thiserror::Error)]
 #[error("connector configuration: {0}")]
@@ -57,6 +63,11 @@ impl ConnectorConfig {
                 base_url: format!("{base}/twilio"),
                 credential: SANDBOX_TWILIO_TOKEN.into(),
             },
+            housekeeping: ServiceConfig {
+                base_url: format!("{base}/legacy"),
+                credential: SANDBOX_HOUSEKEEPING_PASSWORD.into(),
+            },
+            housekeeping_user: SANDBOX_HOUSEKEEPING_USER.into(),
             twilio_account_sid: SANDBOX_TWILIO_SID.into(),
             sms_from: SANDBOX_SMS_FROM.into(),
             timeout: Self::DEFAULT_TIMEOUT,
@@ -72,7 +83,8 @@ impl ConnectorConfig {
     /// then per-service overrides for real services (`STEPWISE_STRIPE_URL`,
     /// `STEPWISE_STRIPE_KEY`, `STEPWISE_SALESFORCE_URL`, `STEPWISE_SALESFORCE_TOKEN`,
     /// `STEPWISE_TWILIO_URL`, `STEPWISE_TWILIO_ACCOUNT_SID`, `STEPWISE_TWILIO_AUTH_TOKEN`,
-    /// `STEPWISE_TWILIO_FROM`, `STEPWISE_CONNECTOR_TIMEOUT_MS`). Returns `None` when neither the
+    /// `STEPWISE_TWILIO_FROM`, `STEPWISE_HOUSEKEEPING_URL`, `STEPWISE_HOUSEKEEPING_USER`,
+    /// `STEPWISE_HOUSEKEEPING_PASSWORD`, `STEPWISE_CONNECTOR_TIMEOUT_MS`). Returns `None` when neither the
     /// sandbox nor the three service URLs are set: the caller then starts a sandbox.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
@@ -95,7 +107,7 @@ impl ConnectorConfig {
             )),
             None => return Ok(None),
         };
-        let overrides: [(&str, &mut String); 8] = [
+        let overrides: [(&str, &mut String); 11] = [
             ("STEPWISE_STRIPE_URL", &mut config.payments.base_url),
             ("STEPWISE_STRIPE_KEY", &mut config.payments.credential),
             ("STEPWISE_SALESFORCE_URL", &mut config.crm.base_url),
@@ -107,6 +119,15 @@ impl ConnectorConfig {
                 &mut config.twilio_account_sid,
             ),
             ("STEPWISE_TWILIO_FROM", &mut config.sms_from),
+            (
+                "STEPWISE_HOUSEKEEPING_URL",
+                &mut config.housekeeping.base_url,
+            ),
+            ("STEPWISE_HOUSEKEEPING_USER", &mut config.housekeeping_user),
+            (
+                "STEPWISE_HOUSEKEEPING_PASSWORD",
+                &mut config.housekeeping.credential,
+            ),
         ];
         for (name, slot) in overrides {
             if let Some(value) = get(name) {
@@ -156,6 +177,7 @@ mod tests {
         assert_eq!(config.payments.base_url, "http://h:1/stripe");
         assert_eq!(config.crm.base_url, "http://h:1/salesforce");
         assert_eq!(config.sms.base_url, "http://h:1/twilio");
+        assert_eq!(config.housekeeping.base_url, "http://h:1/legacy");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - permanent, no effect: other 4xx (validation, declined card), an unreadable answer.
 
 use serde_json::Value;
+use std::time::Duration;
 use stepwise_engine::StepError;
 
 /// Which external system a request went to.
@@ -17,6 +18,8 @@ pub enum Service {
     Payments,
     Crm,
     Sms,
+    /// The legacy SOAP housekeeping system.
+    Housekeeping,
 }
 
 impl std::fmt::Display for Service {
@@ -25,6 +28,7 @@ impl std::fmt::Display for Service {
             Service::Payments => "payments",
             Service::Crm => "crm",
             Service::Sms => "sms",
+            Service::Housekeeping => "housekeeping",
         })
     }
 }
@@ -55,8 +59,25 @@ pub enum ConnectorError {
         body: Value,
         /// Whether the request changes something (anything but a GET).
         write: bool,
-        /// Whether the answer carried `Retry-After` (a 503 with it was refused unprocessed).
-        retry_after: bool,
+        /// The answer's `Retry-After` (a 503 with it was refused unprocessed; a 429 or such a
+        /// 503 is retried then, not after the backoff).
+        retry_after: Option<Duration>,
+    },
+    /// The service answered a SOAP Fault, classified by the connector from the fault's own code
+    /// (the HTTP status says little: the legacy system sends "try again" with 200).
+    #[error("{service} answered SOAP fault {code} (HTTP {status}): {message}")]
+    Fault {
+        service: Service,
+        status: u16,
+        /// The system's code, e.g. `HK-102`.
+        code: String,
+        message: String,
+        /// What the failed request may have done.
+        outcome: Outcome,
+        /// The step error code it becomes, e.g. `room_not_found`.
+        step_code: &'static str,
+        /// When the system said to come back.
+        retry_after: Option<Duration>,
     },
     /// The service answered something we cannot read.
     #[error("{service} sent an unexpected response: {message}")]
@@ -105,12 +126,21 @@ impl ConnectorError {
                 ..
             } => match status {
                 408 | 409 | 429 => Outcome::Retryable,
-                503 if *retry_after => Outcome::Retryable,
+                503 if retry_after.is_some() => Outcome::Retryable,
                 500.. if *write => Outcome::Unknown,
                 500.. => Outcome::Retryable,
                 _ => Outcome::Permanent,
             },
+            Self::Fault { outcome, .. } => *outcome,
             Self::Setup(_) | Self::Decode { .. } => Outcome::Permanent,
+        }
+    }
+
+    /// When the service said to come back (`Retry-After`, or the fault's own), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Api { retry_after, .. } | Self::Fault { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -127,14 +157,14 @@ impl ConnectorError {
     /// The API's error code, when it gave one.
     pub fn code(&self) -> Option<&str> {
         match self {
-            Self::Api { code, .. } => Some(code),
+            Self::Api { code, .. } | Self::Fault { code, .. } => Some(code),
             _ => None,
         }
     }
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            Self::Api { status, .. } => Some(*status),
+            Self::Api { status, .. } | Self::Fault { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -144,11 +174,16 @@ impl From<ConnectorError> for StepError {
     fn from(error: ConnectorError) -> Self {
         let message = error.to_string();
         let unknown = error.is_unknown();
+        let retry_after = error.retry_after();
         let classified = |code: String, message: String| {
-            if unknown {
+            let step = if unknown {
                 StepError::unknown(code, message)
             } else {
                 StepError::retryable(code, message)
+            };
+            match retry_after {
+                Some(after) => step.with_retry_after(after),
+                None => step,
             }
         };
         match &error {
@@ -181,6 +216,22 @@ impl From<ConnectorError> for StepError {
                 classified(code, message)
             }
             ConnectorError::Api { code, .. } => StepError::permanent(code.clone(), message),
+            ConnectorError::Fault {
+                service,
+                code,
+                step_code,
+                ..
+            } if error.is_retryable() => classified(
+                if code == "HK-429" {
+                    "rate_limited".to_string()
+                } else if step_code.is_empty() {
+                    format!("{service}_unavailable")
+                } else {
+                    (*step_code).to_string()
+                },
+                message,
+            ),
+            ConnectorError::Fault { step_code, .. } => StepError::permanent(*step_code, message),
             ConnectorError::Setup(_) => StepError::permanent("connector_setup", message),
             ConnectorError::Decode { service, .. } => {
                 StepError::permanent(format!("{service}_bad_response"), message)
@@ -195,7 +246,7 @@ impl From<ConnectorError> for StepError {
 pub(crate) struct Answer {
     pub status: u16,
     pub body: Value,
-    pub retry_after: bool,
+    pub retry_after: Option<Duration>,
 }
 
 /// Reads a response in full. A body that breaks off is a transport failure after sending.
@@ -207,7 +258,8 @@ pub(crate) async fn read_body(
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
-        .contains_key(reqwest::header::RETRY_AFTER);
+        .get(reqwest::header::RETRY_AFTER)
+        .map(|value| retry_after_value(value.to_str().unwrap_or_default()));
     let bytes = response
         .bytes()
         .await
@@ -231,6 +283,16 @@ pub(crate) async fn read_body(
     })
 }
 
+/// A `Retry-After` value: delay-seconds; an HTTP date (or anything unreadable) counts as one
+/// second, so the answer still says "refused, come back".
+pub(crate) fn retry_after_value(value: &str) -> Duration {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +309,7 @@ mod tests {
             message: "m".into(),
             body: Value::Null,
             write,
-            retry_after,
+            retry_after: retry_after.then_some(Duration::from_secs(2)),
         }
     }
 
@@ -269,6 +331,16 @@ mod tests {
             assert!(step.is_retryable() && !step.is_unknown());
         }
         assert_eq!(StepError::from(api(429, "x")).code, "rate_limited");
+        assert_eq!(
+            StepError::from(api_of(429, "x", true, true)).retry_after(),
+            Some(Duration::from_secs(2)),
+            "Retry-After becomes the step error's retry hint"
+        );
+        assert_eq!(retry_after_value("17"), Duration::from_secs(17));
+        assert_eq!(
+            retry_after_value("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Duration::from_secs(1)
+        );
         assert_eq!(
             api_of(503, "x", true, true).outcome(),
             Outcome::Retryable,

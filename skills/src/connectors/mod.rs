@@ -2,7 +2,9 @@
 //!
 //! - [`payments`]: Stripe-style payments (customers, payment intents, refunds);
 //! - [`crm`]: a Salesforce-style CRM/PMS (sObject REST and a SOQL subset);
-//! - [`sms`]: Twilio-style SMS (the Messages resource).
+//! - [`sms`]: Twilio-style SMS (the Messages resource);
+//! - [`housekeeping`]: the legacy housekeeping and maintenance system (SOAP 1.1, WS-Security,
+//!   ISO-8859-1, `DD.MM.YYYY`, its own codes and faults).
 //!
 //! Each client takes a base URL and credentials from [`ConnectorConfig`], so the same code talks
 //! to the sandbox (`STEPWISE_SANDBOX_URL`, or one started in-process) or to the real services.
@@ -15,21 +17,24 @@
 pub mod config;
 pub mod crm;
 pub mod error;
+pub mod housekeeping;
 pub mod payments;
 pub mod sms;
 
 pub use config::{ConnectorConfig, ServiceConfig};
 pub use crm::CrmClient;
 pub use error::ConnectorError;
+pub use housekeeping::HousekeepingClient;
 pub use payments::PaymentsClient;
 pub use sms::SmsClient;
 
-/// The three clients, built from one configuration.
+/// The clients, built from one configuration.
 #[derive(Debug, Clone)]
 pub struct Connectors {
     pub payments: PaymentsClient,
     pub crm: CrmClient,
     pub sms: SmsClient,
+    pub housekeeping: HousekeepingClient,
 }
 
 impl Connectors {
@@ -43,7 +48,12 @@ impl Connectors {
         Ok(Self {
             payments: PaymentsClient::new(http.clone(), &config.payments),
             crm: CrmClient::new(http.clone(), &config.crm),
-            sms: SmsClient::new(http, &config.sms).with_account(config),
+            sms: SmsClient::new(http.clone(), &config.sms).with_account(config),
+            housekeeping: HousekeepingClient::new(
+                http,
+                &config.housekeeping,
+                &config.housekeeping_user,
+            ),
         })
     }
 }

@@ -51,6 +51,10 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("payments_unavailable", "The payment system is down: nothing was charged or it was refused; try again later with a new idempotency_key."),
     ("crm_unavailable", "The hotel's records system is down: nothing was changed; try again later with a new idempotency_key."),
     ("sms_unavailable", "The text service is down: nothing was changed; try again later with a new idempotency_key."),
+    ("housekeeping_unavailable", "The housekeeping system is busy or down: nothing was changed; try again later with a new idempotency_key."),
+    ("housekeeping_rejected", "The housekeeping system refused the task: tell an operator (`stepwise sagas show`) with the message; do not call again."),
+    ("housekeeping_task_not_found", "The housekeeping task is not in the housekeeping system: tell an operator (`stepwise sagas show`)."),
+    ("housekeeping_task_done", "The housekeeping task was already done, so it cannot be cancelled: tell housekeeping; nothing else to do."),
     ("rate_limited", "An external system is rate limiting: try again in a minute with a new idempotency_key."),
     ("timeout", "An external system did not answer in time: try again later with a new idempotency_key."),
     ("connection_error", "An external system is unreachable: try again later with a new idempotency_key."),
@@ -58,6 +62,7 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("payments_bad_response", "The payment system answered something unexpected: tell an operator (`stepwise sagas show`); do not call again."),
     ("crm_bad_response", "The hotel's records system answered something unexpected: tell an operator; do not call again."),
     ("sms_bad_response", "The text service answered something unexpected: tell an operator; do not call again."),
+    ("housekeeping_bad_response", "The housekeeping system answered something unexpected: tell an operator; do not call again."),
     ("connector_setup", "Stepwise is misconfigured for an external system: tell an operator (`stepwise doctor`)."),
     ("invalid_input", "Correct the field the message names and call again."),
     ("invalid_step_output", "A step's stored result could not be read: tell an operator (`stepwise sagas show`)."),
@@ -138,7 +143,7 @@ mod tests {
         literal_codes(&src.join("connectors"), &mut codes);
         assert!(codes.len() >= 30, "found only {codes:?}");
         // Codes made at run time: by the connectors per service, and the APIs' own.
-        for service in ["payments", "crm", "sms"] {
+        for service in ["payments", "crm", "sms", "housekeeping"] {
             codes.insert(format!("{service}_unavailable"));
             codes.insert(format!("{service}_bad_response"));
         }

@@ -1,5 +1,6 @@
 //! `process_guest_checkout`: charges what the stay still owes, checks the booking out, sends
-//! the room to Cleaning with a housekeeping case, and texts a receipt.
+//! the room to Cleaning with a housekeeping case (in the CRM) and a cleaning task (in the
+//! legacy housekeeping system), and texts a receipt.
 //!
 //! A card that needs 3-D Secure: `charge_payment` records the payment in `requires_action`,
 //! then `authenticate_payment` waits for event `payment_authenticated` (Stripe's webhook,
@@ -11,16 +12,18 @@
 //! is cancelled, never refunded). The wait is a step of its own so that cancelling the saga
 //! while it waits also cancels the payment (only finished steps are compensated).
 
+use crate::connectors::housekeeping::{codec::TaskKind, NewTask};
 use crate::connectors::payments::PaymentIntent;
 use crate::hotel::bill::{self, BillLine, PricedRoom};
 use crate::hotel::effects::cases::{close_case, open_case};
 use crate::hotel::effects::crm::{restore_opportunity, set_stage, stage_of, StageChange};
+use crate::hotel::effects::housekeeping::{cancel_task, create_task};
 use crate::hotel::effects::payments::{
     authentication_url, cancel_payment, create_payment, mark_payment_refunded, payment_intent,
     record_payment, refund, undo_possible_charge,
 };
 use crate::hotel::effects::sms::text_guest;
-use crate::hotel::records::{self, booking_status, room_status, Booking, Contact, Room};
+use crate::hotel::records::{self, booking_status, room_status, Booking, Contact, Priority, Room};
 use crate::hotel::reversible::{reversible, Change};
 use crate::hotel::{exposure, input, recorded, step, undo, Hotel};
 use chrono::{DateTime, Utc};
@@ -170,6 +173,7 @@ pub fn process_guest_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
         }),
     ))
     .step(undo(step(hotel, "open_housekeeping_case", open_housekeeping_case), hotel, close_case))
+    .step(undo(step(hotel, "create_housekeeping_task", create_housekeeping_task), hotel, cancel_task))
     .step(step(hotel, "text_receipt", text_receipt))
     .finish(|_, outputs| {
         let stay = outputs.get("find_stay").cloned().unwrap_or_default();
@@ -185,6 +189,7 @@ pub fn process_guest_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
             "lines": stay.get("lines"),
             "room_status": room_status::CLEANING,
             "housekeeping_case_number": outputs.get("open_housekeeping_case").and_then(|c| c.get("case_number")),
+            "housekeeping_task_no": outputs.get("create_housekeeping_task").and_then(|t| t.get("task_no")),
             "receipt": outputs.get("text_receipt"),
         })
     })
@@ -518,6 +523,32 @@ async fn open_housekeeping_case(hotel: Arc<Hotel>, ctx: StepContext) -> Result<V
             "Booking__c": stay.booking.id,
             "ContactId": stay.guest.id,
         }),
+    )
+    .await
+}
+
+/// The cleaning task in the legacy housekeeping system (the case stays in the CRM too).
+async fn create_housekeeping_task(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let stay: Stay = ctx.output("find_stay")?;
+    let case = ctx
+        .output_value("open_housekeeping_case")
+        .and_then(|c| c.get("case_number"))
+        .and_then(Value::as_str)
+        .unwrap_or("-");
+    let remark = format!(
+        "Clean room {} after checkout of booking {} (case {case}).",
+        stay.room.number, stay.booking.number
+    );
+    create_task(
+        &hotel,
+        &ctx,
+        NewTask {
+            room_number: &stay.room.number,
+            kind: TaskKind::Clean,
+            priority: Priority::Medium,
+            due_date: hotel.today(&ctx),
+            remark: &remark,
+        },
     )
     .await
 }

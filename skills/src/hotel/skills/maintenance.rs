@@ -1,9 +1,12 @@
-//! `submit_maintenance_request`: a maintenance case for a room; an urgent one also takes the
-//! room out of use and texts a vendor of the right trade.
+//! `submit_maintenance_request`: a maintenance case for a room (in the CRM) and a repair task
+//! (in the legacy maintenance system); an urgent one also takes the room out of use and texts a
+//! vendor of the right trade.
 
 use crate::connectors::crm::soql;
+use crate::connectors::housekeeping::{codec::TaskKind, NewTask};
 use crate::hotel::effects::cases::{close_case, open_case, subject};
 use crate::hotel::effects::crm::{restore_room_status, set_room_status, StatusChange};
+use crate::hotel::effects::housekeeping::{cancel_task, create_task};
 use crate::hotel::effects::sms::text_guest;
 use crate::hotel::records::{self, room_status, Priority, Room};
 use crate::hotel::{exposure, ext, input, step, undo, Hotel};
@@ -83,6 +86,11 @@ pub fn submit_maintenance_request(hotel: &Arc<Hotel>) -> Result<Skill, SkillErro
         close_case,
     ))
     .step(undo(
+        step(hotel, "create_repair_task", create_repair_task),
+        hotel,
+        cancel_task,
+    ))
+    .step(undo(
         step(hotel, "set_room_maintenance", set_room_maintenance),
         hotel,
         restore_room_status("find_room"),
@@ -97,6 +105,7 @@ pub fn submit_maintenance_request(hotel: &Arc<Hotel>) -> Result<Skill, SkillErro
         json!({
             "case_id": case.get("case_id"),
             "case_number": case.get("case_number"),
+            "task_no": outputs.get("create_repair_task").and_then(|t| t.get("task_no")),
             "room_number": input.get("room_number"),
             "priority": input.get("priority"),
             "room_status": room.get("status"),
@@ -130,6 +139,33 @@ async fn open_maintenance_case(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Va
             "Origin": "Internal",
             "Room__c": room.id,
         }),
+    )
+    .await
+}
+
+/// The repair task in the legacy maintenance system (the case stays in the CRM too).
+async fn create_repair_task(hotel: Arc<Hotel>, ctx: StepContext) -> Result<Value, StepError> {
+    let input: MaintenanceRequestInput = ctx.input()?;
+    let case = ctx
+        .output_value("open_case")
+        .and_then(|c| c.get("case_number"))
+        .and_then(Value::as_str)
+        .unwrap_or("-");
+    let remark = format!(
+        "{} (case {case}): {}",
+        input.maintenance_type.as_str(),
+        subject(&input.description)
+    );
+    create_task(
+        &hotel,
+        &ctx,
+        NewTask {
+            room_number: &input.room_number,
+            kind: TaskKind::Repair,
+            priority: input.priority,
+            due_date: hotel.today(&ctx),
+            remark: &remark,
+        },
     )
     .await
 }
