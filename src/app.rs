@@ -8,8 +8,10 @@ use crate::exit::CliError;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use stepwise_engine::{Engine, PgStore, StoreError, SystemClock};
 use stepwise_sandbox::{Sandbox, SandboxHandle};
+use stepwise_skills::connectors::limits::{LimitsConfig, SharedLimits};
 use stepwise_skills::connectors::{ConnectorConfig, Connectors};
 use stepwise_skills::hotel::approval::RefundApproval;
 use stepwise_skills::hotel::{calendar, Hotel};
@@ -63,6 +65,7 @@ impl App {
         crate::db_urls::listen_url_from_env().map_err(CliError::usage)?;
         let no_show_cutoff = stepwise_skills::hotel::no_show::cutoff_from_env()
             .map_err(|e| CliError::usage(e.to_string()))?;
+        let limits = LimitsConfig::from_env().map_err(|e| CliError::usage(e.to_string()))?;
         let target = embedded_pg::resolve_database().await?;
         let connections = crate::db_urls::connections(&target.url).map_err(CliError::usage)?;
         let store = PgStore::connect_with(&connections, pool_size).await?;
@@ -78,8 +81,12 @@ impl App {
             None => migrate(store.pool().raw()).await?,
         }
         let (config, sandbox) = connector_config(mode).await?;
+        // Every worker sharing this PostgreSQL respects the external systems' limits together
+        // (docs/skills.md, "Rate limits shared by every worker").
+        let lease = config.timeout * 2 + Duration::from_secs(10);
         let connectors = Connectors::new(&config)
-            .map_err(|e| CliError::failed(format!("cannot set up the connectors: {e}")))?;
+            .map_err(|e| CliError::failed(format!("cannot set up the connectors: {e}")))?
+            .with_shared_limits(SharedLimits::new(store.pool().clone(), limits, lease));
         let hotel = Hotel::with_time_zone(connectors, store.pool().clone(), time_zone)
             .with_payment_auth_timeout(payment_auth_timeout)
             .with_refund_approval(refund_approval)

@@ -137,3 +137,61 @@ async fn a_maintenance_request_creates_a_repair_task_beside_its_case(pool: PgPoo
     );
     assert_eq!(saga.output.unwrap()["task_no"], task["TaskNo"]);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_429_with_retry_after_schedules_the_durable_retry_at_that_time(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let w = World::new(pool).await;
+    // One CRM call every 10 seconds: the request's second call is refused with Retry-After: 10.
+    let response = w
+        .http
+        .post(format!("{}/_sandbox/limits", w.sandbox.base_url()))
+        .json(&json!({"salesforce": {"per_second": 0.1}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let id = w
+        .start(
+            "submit_maintenance_request",
+            json!({"idempotency_key": "mt-429", "room_number": "201", "type": "General",
+                   "priority": "Low", "description": "Squeaky door"}),
+        )
+        .await
+        .unwrap();
+    w.worker.run_until_idle().await.unwrap();
+    let saga = w.engine.detail(id).await.unwrap().unwrap();
+    let retries: Vec<&Value> = saga
+        .events
+        .iter()
+        .filter(|e| e.kind.to_string() == "retry_scheduled")
+        .filter_map(|e| e.detail.as_ref())
+        .collect();
+    assert!(!retries.is_empty(), "a retry was scheduled");
+    for detail in retries {
+        let delay = detail["delay_ms"].as_u64().unwrap();
+        assert!(
+            (10_000..=11_000).contains(&delay),
+            "the retry waits for Retry-After (10 s, up to 10% more), not the backoff: {detail}"
+        );
+    }
+    let failures: Vec<&Value> = saga
+        .events
+        .iter()
+        .filter(|e| e.kind.to_string() == "step_failed")
+        .filter_map(|e| e.detail.as_ref())
+        .collect();
+    assert_eq!(failures[0]["code"], "rate_limited");
+    assert_eq!(failures[0]["retry_after_ms"], 10_000);
+    // The limit lifted, the retry (when due) completes the request.
+    w.http
+        .post(format!("{}/_sandbox/limits", w.sandbox.base_url()))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let saga = w.settle(&[id]).await.remove(0);
+    assert_eq!(status(&saga), SagaStatus::Completed, "{:?}", saga.error);
+}

@@ -665,7 +665,7 @@ async fn urgent_maintenance_takes_the_room_out_and_texts_a_vendor(pool: PgPool) 
     assert_eq!(status(&failed), SagaStatus::Compensated);
     assert_eq!(
         compensated_steps(&failed),
-        ["set_room_maintenance", "open_case"]
+        ["set_room_maintenance", "create_repair_task", "open_case"]
     );
     w.clear_faults().await;
     let ledger = w.ledger().await;

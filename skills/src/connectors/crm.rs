@@ -7,6 +7,7 @@
 
 use super::config::ServiceConfig;
 use super::error::{read_body, ConnectorError, Service};
+use super::limits::{Permit, SharedLimits};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -19,6 +20,8 @@ pub struct CrmClient {
     http: reqwest::Client,
     base_url: String,
     access_token: String,
+    /// The shared rate limits asked before every call, if any.
+    limits: Option<SharedLimits>,
 }
 
 /// What an upsert did.
@@ -40,6 +43,20 @@ impl CrmClient {
             http,
             base_url: format!("{}/services/data/{API_VERSION}", config.base_url),
             access_token: config.credential.clone(),
+            limits: None,
+        }
+    }
+
+    /// The same client, asking `limits` before every call.
+    pub fn with_limits(mut self, limits: SharedLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    async fn permit(&self) -> Result<Permit, ConnectorError> {
+        match &self.limits {
+            Some(limits) => limits.acquire(Service::Crm).await,
+            None => Ok(Permit::none()),
         }
     }
 
@@ -62,6 +79,7 @@ impl CrmClient {
 
     /// Runs a SOQL query built with [`soql`] literals.
     pub async fn query<T: DeserializeOwned>(&self, soql: &str) -> Result<Vec<T>, ConnectorError> {
+        let _permit = self.permit().await?;
         let response = self
             .http
             .get(format!("{}/query", self.base_url))
@@ -80,6 +98,7 @@ impl CrmClient {
         id: &str,
     ) -> Result<T, ConnectorError> {
         let url = self.url(&["sobjects", sobject, soql::id(id)?])?;
+        let _permit = self.permit().await?;
         let response = self
             .http
             .get(url)
@@ -99,6 +118,7 @@ impl CrmClient {
         value: &str,
     ) -> Result<Option<String>, ConnectorError> {
         let url = self.url(&["sobjects", sobject, field, value])?;
+        let _permit = self.permit().await?;
         let response = self
             .http
             .get(url)
@@ -121,6 +141,7 @@ impl CrmClient {
         fields: &Value,
     ) -> Result<(), ConnectorError> {
         let url = self.url(&["sobjects", sobject, soql::id(id)?])?;
+        let _permit = self.permit().await?;
         let response = self
             .http
             .patch(url)
@@ -135,6 +156,7 @@ impl CrmClient {
     /// Deletes a record; one already deleted is not an error (undos run more than once).
     pub async fn delete(&self, sobject: &str, id: &str) -> Result<(), ConnectorError> {
         let url = self.url(&["sobjects", sobject, soql::id(id)?])?;
+        let _permit = self.permit().await?;
         let response = self
             .http
             .delete(url)
@@ -158,6 +180,7 @@ impl CrmClient {
         fields: &Value,
     ) -> Result<Upserted, ConnectorError> {
         let url = self.url(&["sobjects", sobject, field, value])?;
+        let _permit = self.permit().await?;
         let response = self
             .http
             .patch(url)

@@ -79,6 +79,16 @@ pub enum ConnectorError {
         /// When the system said to come back.
         retry_after: Option<Duration>,
     },
+    /// Our own shared limit for the service (connectors/limits) has no slot soon: nothing was
+    /// sent; come back after `retry_after`.
+    #[error("{service}: the shared rate limit has no slot within the wait allowed (next in {retry_after:?})")]
+    Limited {
+        service: Service,
+        retry_after: Duration,
+    },
+    /// The shared limits could not be read from PostgreSQL: nothing was sent.
+    #[error("the shared rate limits are unavailable: {0}")]
+    Limiter(String),
     /// The service answered something we cannot read.
     #[error("{service} sent an unexpected response: {message}")]
     Decode { service: Service, message: String },
@@ -132,6 +142,7 @@ impl ConnectorError {
                 _ => Outcome::Permanent,
             },
             Self::Fault { outcome, .. } => *outcome,
+            Self::Limited { .. } | Self::Limiter(_) => Outcome::Retryable,
             Self::Setup(_) | Self::Decode { .. } => Outcome::Permanent,
         }
     }
@@ -140,6 +151,7 @@ impl ConnectorError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Api { retry_after, .. } | Self::Fault { retry_after, .. } => *retry_after,
+            Self::Limited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -232,6 +244,8 @@ impl From<ConnectorError> for StepError {
                 message,
             ),
             ConnectorError::Fault { step_code, .. } => StepError::permanent(*step_code, message),
+            ConnectorError::Limited { .. } => classified("rate_limited".to_string(), message),
+            ConnectorError::Limiter(_) => classified("database_unavailable".to_string(), message),
             ConnectorError::Setup(_) => StepError::permanent("connector_setup", message),
             ConnectorError::Decode { service, .. } => {
                 StepError::permanent(format!("{service}_bad_response"), message)

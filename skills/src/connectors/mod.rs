@@ -18,6 +18,7 @@ pub mod config;
 pub mod crm;
 pub mod error;
 pub mod housekeeping;
+pub mod limits;
 pub mod payments;
 pub mod sms;
 
@@ -55,6 +56,18 @@ impl Connectors {
                 &config.housekeeping_user,
             ),
         })
+    }
+}
+
+impl Connectors {
+    /// The same clients, each asking `limits` before every call, so that every worker sharing
+    /// its PostgreSQL respects the external systems' limits together ([`limits`]).
+    pub fn with_shared_limits(mut self, limits: limits::SharedLimits) -> Self {
+        self.payments = self.payments.with_limits(limits.clone());
+        self.crm = self.crm.with_limits(limits.clone());
+        self.sms = self.sms.with_limits(limits.clone());
+        self.housekeeping = self.housekeeping.with_limits(limits);
+        self
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::config::ServiceConfig;
 use super::error::{ConnectorError, Service};
+use super::limits::{Permit, SharedLimits};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,6 +16,8 @@ pub struct PaymentsClient {
     http: reqwest::Client,
     base_url: String,
     secret_key: String,
+    /// The shared rate limits asked before every call, if any.
+    limits: Option<SharedLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +81,20 @@ impl PaymentsClient {
             http,
             base_url: config.base_url.clone(),
             secret_key: config.credential.clone(),
+            limits: None,
+        }
+    }
+
+    /// The same client, asking `limits` before every call.
+    pub fn with_limits(mut self, limits: SharedLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    async fn permit(&self) -> Result<Permit, ConnectorError> {
+        match &self.limits {
+            Some(limits) => limits.acquire(Service::Payments).await,
+            None => Ok(Permit::none()),
         }
     }
 
@@ -189,6 +206,7 @@ impl PaymentsClient {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, ConnectorError> {
+        let _permit = self.permit().await?;
         let response = self
             .http
             .get(format!("{}{path}", self.base_url))
@@ -206,6 +224,7 @@ impl PaymentsClient {
         form: &[(String, String)],
         idempotency_key: &str,
     ) -> Result<T, ConnectorError> {
+        let _permit = self.permit().await?;
         let response = self
             .http
             .post(format!("{}{path}", self.base_url))

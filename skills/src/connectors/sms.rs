@@ -7,6 +7,7 @@
 
 use super::config::{ConnectorConfig, ServiceConfig};
 use super::error::{read_body, ConnectorError, Service};
+use super::limits::{Permit, SharedLimits};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -17,6 +18,8 @@ pub struct SmsClient {
     account_sid: String,
     auth_token: String,
     from: String,
+    /// The shared rate limits asked before every call, if any.
+    limits: Option<SharedLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +37,20 @@ impl SmsClient {
             account_sid: String::new(),
             auth_token: config.credential.clone(),
             from: String::new(),
+            limits: None,
+        }
+    }
+
+    /// The same client, asking `limits` before every call.
+    pub fn with_limits(mut self, limits: SharedLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    async fn permit(&self) -> Result<Permit, ConnectorError> {
+        match &self.limits {
+            Some(limits) => limits.acquire(Service::Sms).await,
+            None => Ok(Permit::none()),
         }
     }
 
@@ -57,6 +74,7 @@ impl SmsClient {
             .filter(char::is_ascii_alphanumeric)
             .collect();
         let url = format!("{}/2010-04-01/Accounts/{sid}/Messages.json", self.base_url);
+        let _permit = self.permit().await?;
         let response = self
             .http
             .post(url)

@@ -18,6 +18,7 @@ pub mod soap;
 
 use super::config::ServiceConfig;
 use super::error::{ConnectorError, Outcome, Service};
+use super::limits::{Permit, SharedLimits};
 use crate::hotel::records::Priority;
 use chrono::NaiveDate;
 use codec::{TaskKind, TaskStatus};
@@ -35,6 +36,8 @@ pub struct HousekeepingClient {
     url: String,
     username: String,
     password: String,
+    /// The shared limits (its 2 concurrent sessions) asked before every call, if any.
+    limits: Option<SharedLimits>,
 }
 
 /// A task in the legacy system, in our terms.
@@ -88,7 +91,15 @@ impl HousekeepingClient {
             url: format!("{}{SERVICE_PATH}", config.base_url.trim_end_matches('/')),
             username: username.to_string(),
             password: config.credential.clone(),
+            limits: None,
         }
+    }
+
+    /// The same client, holding one of the system's sessions (shared by every worker through
+    /// `limits`) for each call.
+    pub fn with_limits(mut self, limits: SharedLimits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// The service's URL (its WSDL is this with `?wsdl`).
@@ -206,6 +217,22 @@ impl HousekeepingClient {
         let write = request.writes();
         let action = format!("\"{}#{}\"", soap::NS, request.operation());
         let body = self.document(request)?;
+        // A session is held from the request until its answer is read.
+        let permit = match &self.limits {
+            Some(limits) => limits.acquire(Service::Housekeeping).await?,
+            None => Permit::none(),
+        };
+        let answer = self.exchange(write, action, body).await;
+        permit.release().await;
+        answer
+    }
+
+    async fn exchange(
+        &self,
+        write: bool,
+        action: String,
+        body: Vec<u8>,
+    ) -> Result<Answer, ConnectorError> {
         let response = self
             .http
             .post(&self.url)
