@@ -226,7 +226,7 @@ impl SharedLimits {
             })
             .await
             .map(|_| ())
-            .map_err(|e| database(e))
+            .map_err(database)
     }
 
     /// Waits for `service`'s limits to allow one call, and holds a session for it if the
