@@ -1,7 +1,7 @@
 //! The SQL of the shared limits (`hotel.rate_limits`, `hotel.session_slots`).
 
-use stepwise_engine::DbPool;
 use std::time::Duration;
+use stepwise_engine::DbPool;
 use uuid::Uuid;
 
 /// Creates or updates the bucket `name`: one call per `interval`, `burst` calls at once.
