@@ -38,3 +38,9 @@ if ! MCP_URL="http://$addr/mcp" OPERATOR_TOKEN="$operator" "$work/venv/bin/pytho
   tail -50 "$work/server.log" >&2
   exit 1
 fi
+
+# A remote client with an OAuth access token (.ci/mcp_python_oauth.py plays the authorization
+# server and starts its own `stepwise serve` configured for it).
+if ! BIN="$bin" "$work/venv/bin/python" .ci/mcp_python_oauth.py; then
+  exit 1
+fi
