@@ -448,9 +448,8 @@ fn insufficient_scope(auth: &HttpAuth, scopes: &[String], description: &str) -> 
     )
 }
 
-fn bearer_token(request: &Request) -> Option<String> {
-    request
-        .headers()
+fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -461,28 +460,56 @@ fn bearer_token(request: &Request) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn authenticate(
-    State(state): State<AuthState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// How much of a refused request's body is read (for at most a second) before answering: a
+/// client that sent a small body (a JSON-RPC message) keeps its connection; an unread body would
+/// make the server close it under a client about to reuse it.
+const REFUSED_BODY_DRAIN: usize = 64 * 1024;
+
+/// Authenticates (see [`authenticate_request`]); a refused request's small body is read first,
+/// so the refusal arrives on a connection that stays usable.
+async fn authenticate(State(state): State<AuthState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match check_request(&state, &parts.headers).await {
+        Ok((principal, credential)) => {
+            let mut request = Request::from_parts(parts, body);
+            request.extensions_mut().insert(principal);
+            request.extensions_mut().insert(credential);
+            next.run(request).await
+        }
+        Err(refusal) => {
+            let drain = axum::body::to_bytes(body, REFUSED_BODY_DRAIN);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+            refusal
+        }
+    }
+}
+
+/// The request's principal and how it was authenticated, or the refusal to answer.
+async fn check_request(
+    state: &AuthState,
+    headers: &axum::http::HeaderMap,
+) -> Result<(Principal, Credential), Response> {
     let auth = &state.auth;
-    let Some(token) = bearer_token(&request) else {
-        return unauthorized(auth, "a bearer token is required", false);
+    let Some(token) = bearer_token(headers) else {
+        return Err(unauthorized(auth, "a bearer token is required", false));
     };
     let (principal, region, credential) = match (&auth.oauth, token.starts_with(TOKEN_PREFIX)) {
         (Some(oauth), false) => match oauth.validate(&token, &state.catalog).await {
             Ok(grant) => (grant.principal, grant.region, Credential::OAuth),
             Err(TokenError::Invalid(why)) => {
                 tracing::info!(reason = %why, "refused an access token");
-                return unauthorized(auth, &why, true);
+                return Err(unauthorized(auth, &why, true));
             }
             Err(TokenError::InsufficientScope {
                 scopes,
                 description,
-            }) => return insufficient_scope(auth, &scopes, &description),
+            }) => return Err(insufficient_scope(auth, &scopes, &description)),
             Err(TokenError::Unavailable(why)) => {
-                return limit_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+                return Err(limit_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    why,
+                ));
             }
         },
         _ => match state.tokens.check(&token, &state.catalog).await {
@@ -490,36 +517,38 @@ async fn authenticate(
                 (principal, region, Credential::StaticToken)
             }
             Ok(TokenCheck::Unknown) => {
-                return unauthorized(auth, "the token is unknown", true);
+                return Err(unauthorized(auth, "the token is unknown", true));
             }
             Ok(TokenCheck::Revoked) => {
-                return unauthorized(auth, "the token has been revoked", true);
+                return Err(unauthorized(auth, "the token has been revoked", true));
             }
             Ok(TokenCheck::Expired) => {
-                return unauthorized(auth, "the token has expired", true);
+                return Err(unauthorized(auth, "the token has expired", true));
             }
             // A token made for a role this server's catalog does not declare (any more).
             Err(e @ AuthError::UnknownRole { .. }) => {
                 tracing::warn!(error = %e, "refused a token whose role is not declared");
-                return unauthorized(auth, "the token's role is not known to this server", true);
+                return Err(unauthorized(
+                    auth,
+                    "the token's role is not known to this server",
+                    true,
+                ));
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not check a bearer token");
-                return limit_error(
+                return Err(limit_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "could not check the token just now; try again".to_string(),
-                );
+                ));
             }
         },
     };
     if let Err(why) = auth.residency.admits(region.as_deref(), credential) {
         tracing::warn!(%principal, region = ?region, "refused a principal of another region");
-        return limit_error(StatusCode::FORBIDDEN, "wrong_region", why);
+        return Err(limit_error(StatusCode::FORBIDDEN, "wrong_region", why));
     }
-    request.extensions_mut().insert(principal);
-    request.extensions_mut().insert(credential);
-    next.run(request).await
+    Ok((principal, credential))
 }
 
 /// The tools a JSON-RPC body calls (`tools/call`, one message or a batch).
