@@ -133,7 +133,7 @@ fn booking_ref(ctx: &StepContext) -> String {
 pub fn create_booking(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     Skill::builder::<CreateBookingInput>(
         "create_booking",
-        1,
+        2,
         "Books a room for a guest (creating the guest if new) with an optional one-night \
          deposit, never double-booking a room; on failure it refunds the deposit, cancels the \
          booking and releases the room.",

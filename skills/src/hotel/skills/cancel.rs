@@ -52,7 +52,7 @@ pub fn refund_due(deposit: i64, today: NaiveDate, check_in: NaiveDate) -> i64 {
 pub fn cancel_booking(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     Skill::builder::<CancelBookingInput>(
         "cancel_booking",
-        1,
+        2,
         "Cancels a reservation, frees the room and refunds its deposit (in full up to 2 days \
          before arrival, half after) and any upgrade payment; if a refund fails, the booking \
          and its room are restored.",

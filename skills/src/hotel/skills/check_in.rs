@@ -51,7 +51,7 @@ struct Reservation {
 pub fn check_in_guest(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     Skill::builder::<CheckInInput>(
         "check_in_guest",
-        1,
+        2,
         "Checks a guest into the vacant room of their reservation for the day (booking Checked \
          In, room Occupied); on failure it puts the booking and room back as they were.",
     )

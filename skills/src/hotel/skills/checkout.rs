@@ -146,7 +146,7 @@ pub struct CheckoutOutput {
 pub fn process_guest_checkout(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     Skill::builder::<CheckoutInput>(
         "process_guest_checkout",
-        1,
+        2,
         "Checks a guest out: charges the stay computed from its nights and charges, checks the \
          booking out, sends the room to Cleaning, opens a housekeeping case and texts a receipt; \
          if anything fails after the charge it refunds it and restores booking and room. A card \

@@ -73,7 +73,7 @@ impl SkillInput for MaintenanceRequestInput {
 pub fn submit_maintenance_request(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     Skill::builder::<MaintenanceRequestInput>(
         "submit_maintenance_request",
-        1,
+        2,
         "Opens a maintenance case for a room; an urgent one also puts the room in Maintenance and \
          texts a vendor of the right trade; on failure the room status is restored and the case \
          closed.",

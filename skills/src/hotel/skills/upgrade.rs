@@ -67,7 +67,7 @@ struct LeftSegment {
 pub fn upgrade_room(hotel: &Arc<Hotel>) -> Result<Skill, SkillError> {
     Skill::builder::<UpgradeRoomInput>(
         "upgrade_room",
-        1,
+        2,
         "Moves a booking to a better room and charges the rate difference for the remaining \
          nights; if the payment fails after the room moved, it moves the booking back.",
     )
