@@ -28,6 +28,21 @@ async fn armed_timers(pool: &DbPool) -> Result<i64, sqlx::Error> {
     .await
 }
 
+/// Up to 10 sagas that ended `failed` (a compensation gave up), with their error, so a run
+/// says why without keeping its cluster.
+async fn failed_sagas(pool: &DbPool) -> Result<Vec<Value>, sqlx::Error> {
+    let rows: Vec<(uuid::Uuid, String, Option<Value>)> = sqlx::query_as(
+        "SELECT id, skill, error FROM stepwise.sagas WHERE status = 'failed'
+         ORDER BY created_at LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, skill, error)| json!({"id": id, "skill": skill, "error": error}))
+        .collect())
+}
+
 /// A saga that handles money: a checkout or a booking.
 #[derive(sqlx::FromRow)]
 struct PayingSaga {
@@ -77,6 +92,7 @@ pub async fn report(
     let started: i64 = by_status.iter().map(|(_, n)| n).sum();
     let terminal = count("completed") + count("compensated") + count("failed");
     let timers = armed_timers(pool).await.map_err(db)?;
+    let failed = failed_sagas(pool).await.map_err(db)?;
     let twice: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT saga_id, step FROM stepwise.events
                                WHERE kind = 'step_succeeded'
@@ -178,6 +194,7 @@ pub async fn report(
         "completed": count("completed"),
         "compensated": count("compensated"),
         "failed": count("failed"),
+        "failed_sagas": failed,
         "faults_injected": faults_injected,
         "disruptions": disruptions,
         "mismatched": mismatches.iter().take(10).collect::<Vec<_>>(),
