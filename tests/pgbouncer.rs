@@ -296,7 +296,17 @@ async fn the_hotel_story_and_a_thousand_sagas_run_through_pgbouncer_200_clients_
         let (clients, servers) = pool_counts(&bouncer, &database).await;
         most_clients = most_clients.max(clients);
         most_servers = most_servers.max(servers);
-        if store.unfinished_count().await.unwrap() == 0 {
+        // The demo's bookings leave their no-show timers waiting for the arrival day
+        // (docs/skills.md, "No-shows"): every other saga must finish.
+        let unfinished: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM stepwise.sagas
+             WHERE status NOT IN ('completed', 'compensated', 'failed')
+               AND skill <> 'mark_no_show'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if unfinished == 0 {
             break;
         }
         assert!(
