@@ -9,7 +9,7 @@
 //! acknowledged by the new primary (downtime_s). One JSON line; exit 1 when lost or
 //! duplicated_effects is not 0.
 
-use super::{checks, load, tempfile_dir, workers};
+use super::{blocking, checks, failed, load, tempfile_dir, workers};
 use crate::exit::CliError;
 use crate::throwaway_pg::{Cluster, StopMode};
 use clap::Args;
@@ -42,18 +42,6 @@ pub struct FailoverArgs {
 
 fn say(message: impl AsRef<str>) {
     eprintln!("failover-drill: {}", message.as_ref());
-}
-
-fn failed(context: &str) -> impl FnOnce(crate::throwaway_pg::ClusterError) -> CliError + '_ {
-    move |e| CliError::failed(format!("{context}: {e}"))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, CliError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))
 }
 
 pub async fn run(args: FailoverArgs) -> Result<(), CliError> {

@@ -73,10 +73,9 @@ pub async fn run(args: ChaosArgs) -> Result<(), CliError> {
     let total = Duration::from_secs_f64(args.minutes * 60.0);
     let lease = Duration::from_millis(args.lease_ms.max(500));
     say("creating a throwaway PostgreSQL cluster");
-    let cluster = tokio::task::spawn_blocking(Cluster::create)
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))?
-        .map_err(|e| CliError::failed(format!("cannot create the PostgreSQL cluster: {e}")))?;
+    let cluster = blocking(Cluster::create)
+        .await?
+        .map_err(failed("cannot create the PostgreSQL cluster"))?;
     let cluster = Arc::new(cluster);
     let sandbox = stepwise_sandbox::Sandbox::start(([127, 0, 0, 1], 0).into(), args.seed)
         .await
@@ -218,14 +217,27 @@ pub async fn run(args: ChaosArgs) -> Result<(), CliError> {
 async fn restart(cluster: &Arc<Cluster>, mode: StopMode) -> Result<(), CliError> {
     say(format!("PostgreSQL restart ({})", mode.as_str()));
     let cluster = cluster.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         cluster.stop(mode)?;
         std::thread::sleep(Duration::from_millis(500));
         cluster.start()
     })
-    .await
-    .map_err(|e| CliError::failed(e.to_string()))?
-    .map_err(|e| CliError::failed(format!("PostgreSQL restart failed: {e}")))
+    .await?
+    .map_err(failed("PostgreSQL restart failed"))
+}
+
+/// Maps a throwaway cluster's error to a failure that says what was being done.
+fn failed(context: &str) -> impl FnOnce(crate::throwaway_pg::ClusterError) -> CliError + '_ {
+    move |e| CliError::failed(format!("{context}: {e}"))
+}
+
+/// Runs blocking work (the cluster's `initdb` and `pg_ctl` calls) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CliError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf, CliError> {

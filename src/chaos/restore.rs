@@ -10,7 +10,7 @@
 //! committed on the restored cluster) and finish_s (to every saga ended); exit 1 when lost or
 //! duplicated_effects is not 0 or a saga is stuck.
 
-use super::{checks, load, tempfile_dir, workers};
+use super::{blocking, checks, failed, load, tempfile_dir, workers};
 use crate::exit::CliError;
 use crate::throwaway_pg::{Cluster, StopMode};
 use clap::Args;
@@ -40,18 +40,6 @@ pub struct RestoreArgs {
 
 fn say(message: impl AsRef<str>) {
     eprintln!("restore-drill: {}", message.as_ref());
-}
-
-fn failed(context: &str) -> impl FnOnce(crate::throwaway_pg::ClusterError) -> CliError + '_ {
-    move |e| CliError::failed(format!("{context}: {e}"))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, CliError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))
 }
 
 pub async fn run(args: RestoreArgs) -> Result<(), CliError> {
