@@ -7,7 +7,7 @@
 
 use super::config::ServiceConfig;
 use super::error::{read_body, ConnectorError, Service};
-use super::limits::{Permit, SharedLimits};
+use super::limits::{self, Permit, SharedLimits};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -54,10 +54,7 @@ impl CrmClient {
     }
 
     async fn permit(&self) -> Result<Permit, ConnectorError> {
-        match &self.limits {
-            Some(limits) => limits.acquire(Service::Crm).await,
-            None => Ok(Permit::none()),
-        }
+        limits::permit(self.limits.as_ref(), Service::Crm).await
     }
 
     /// `base/segment/segment...`, each segment percent-encoded (external ids may hold `@`, `+`,

@@ -5,7 +5,7 @@
 
 use super::config::ServiceConfig;
 use super::error::{ConnectorError, Service};
-use super::limits::{Permit, SharedLimits};
+use super::limits::{self, Permit, SharedLimits};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -92,10 +92,7 @@ impl PaymentsClient {
     }
 
     async fn permit(&self) -> Result<Permit, ConnectorError> {
-        match &self.limits {
-            Some(limits) => limits.acquire(Service::Payments).await,
-            None => Ok(Permit::none()),
-        }
+        limits::permit(self.limits.as_ref(), Service::Payments).await
     }
 
     /// The customer with this email, or a new one (created under `idempotency_key`).

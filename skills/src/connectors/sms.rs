@@ -7,7 +7,7 @@
 
 use super::config::{ConnectorConfig, ServiceConfig};
 use super::error::{read_body, ConnectorError, Service};
-use super::limits::{Permit, SharedLimits};
+use super::limits::{self, Permit, SharedLimits};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -48,10 +48,7 @@ impl SmsClient {
     }
 
     async fn permit(&self) -> Result<Permit, ConnectorError> {
-        match &self.limits {
-            Some(limits) => limits.acquire(Service::Sms).await,
-            None => Ok(Permit::none()),
-        }
+        limits::permit(self.limits.as_ref(), Service::Sms).await
     }
 
     /// Sets the account and sender from the whole configuration.

@@ -18,7 +18,7 @@ pub mod soap;
 
 use super::config::ServiceConfig;
 use super::error::{ConnectorError, Outcome, Service};
-use super::limits::{Permit, SharedLimits};
+use super::limits::{self, SharedLimits};
 use crate::hotel::records::Priority;
 use chrono::NaiveDate;
 use codec::{TaskKind, TaskStatus};
@@ -218,10 +218,7 @@ impl HousekeepingClient {
         let action = format!("\"{}#{}\"", soap::NS, request.operation());
         let body = self.document(request)?;
         // A session is held from the request until its answer is read.
-        let permit = match &self.limits {
-            Some(limits) => limits.acquire(Service::Housekeeping).await?,
-            None => Permit::none(),
-        };
+        let permit = limits::permit(self.limits.as_ref(), Service::Housekeeping).await?;
         let answer = self.exchange(write, action, body).await;
         permit.release().await;
         answer

@@ -300,6 +300,17 @@ fn database(error: sqlx::Error) -> ConnectorError {
     ConnectorError::Limiter(error.to_string())
 }
 
+/// A permit for one call to `service`: from `limits`, or none for a client built without them.
+pub async fn permit(
+    limits: Option<&SharedLimits>,
+    service: Service,
+) -> Result<Permit, ConnectorError> {
+    match limits {
+        Some(limits) => limits.acquire(service).await,
+        None => Ok(Permit::none()),
+    }
+}
+
 /// The right to make one call; holds a session slot if the system counts sessions.
 #[derive(Debug)]
 pub struct Permit {
