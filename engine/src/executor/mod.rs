@@ -5,12 +5,14 @@
 //! wait on LISTEN/NOTIFY, with polling as the fallback (and for retry times coming due).
 
 mod driver;
+mod machine;
 
 use crate::clock::SharedClock;
 use crate::error::StoreError;
 use crate::registry::Registry;
 use crate::store::{ClaimedSaga, KnownSkills, Lease, PgStore, WORK_CHANNEL};
-use driver::{chrono_duration, Driver};
+use driver::Driver;
+use machine::chrono_duration;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
