@@ -82,6 +82,18 @@ pub(crate) fn observe(run: &Run, t: &Transition, committed: &Committed, ran: Opt
             continue;
         };
         let step = state.name.as_str();
+        // As a StepError displays itself: `code: message`.
+        let error = format!(
+            "{}: {}",
+            error
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
         let attempt = match leg {
             Leg::Action => state.attempts,
             Leg::Compensation => state.compensation_attempts,
