@@ -11,6 +11,7 @@ pub mod multi_host;
 mod old_layout;
 mod operator;
 mod queries;
+mod reads;
 mod replica;
 mod rows;
 mod stats;
