@@ -3,6 +3,7 @@
 //! every statement is parameterized (the list's optional filters are appended with bound
 //! values, so each filter combination gets a plan that can use the indexes).
 
+use super::reads::HISTORY;
 use super::rows::parse;
 use super::PgStore;
 use crate::error::StoreError;
@@ -138,23 +139,24 @@ impl PgStore {
     /// Per-minute activity from `since` to now, from the history of the sagas created within
     /// `created_within` before `since` (the history is keyed by saga id, a UUIDv7 holding its
     /// creation time, so this is a range scan of the recent sagas' history, not of all of it).
+    /// Steps count from the derived history: a step's success is on its row, not a history row.
     pub async fn console_activity(
         &self,
         since: DateTime<Utc>,
         created_within: chrono::Duration,
     ) -> Result<Vec<MinuteActivity>, StoreError> {
         let oldest = since - created_within;
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(&format!(
             "SELECT date_trunc('minute', at) AS minute,
                     count(*) FILTER (WHERE kind = 'step_succeeded') AS steps,
                     count(*) FILTER (WHERE kind = 'saga_completed') AS completed,
                     count(*) FILTER (WHERE kind = 'saga_compensated') AS compensated,
                     count(*) FILTER (WHERE kind = 'saga_failed') AS failed
-             FROM stepwise.events
+             FROM ({HISTORY}) h
              WHERE saga_id >= stepwise.uuid_v7_floor($1) AND at >= $2
                AND kind IN ('step_succeeded', 'saga_completed', 'saga_compensated', 'saga_failed')
-             GROUP BY 1 ORDER BY 1",
-        )
+             GROUP BY 1 ORDER BY 1"
+        ))
         .bind(oldest)
         .bind(since)
         .fetch_all(&self.pool)

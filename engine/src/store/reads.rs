@@ -1,5 +1,13 @@
 //! What readers see of a saga (`sagas show`, MCP results, the console, the metrics): its
-//! summary, its steps and its history.
+//! summary, its steps and its history, derived from the storage as docs/storage.md describes.
+//!
+//! A step attempt that succeeds leaves no history row: its start and its success are kept on
+//! the step's row (`started_seq`, `finished_seq`, `actor`, and the same for the compensation),
+//! and the attempt in flight lives on the saga row (`attempt_*`). The history is the union of
+//! `stepwise.events`, the rows derived from the steps and the attempt in flight, ordered by
+//! their places, all taken from the events' id sequence. [`HISTORY`] and [`STEPS_VIEW`] are
+//! the one definition of that derivation; every reader of the history or of the steps goes
+//! through them.
 
 use super::rows::{parse, DetailRow, EventRow, StepRow, SummaryRow};
 use super::PgStore;
@@ -10,6 +18,80 @@ use uuid::Uuid;
 
 pub(super) const SUMMARY_COLUMNS: &str =
     "id, skill, skill_version, status, idempotency_key, created_at, updated_at";
+
+/// Every saga's history as rows `(saga_id, place, at, kind, step, attempt, actor, detail)`:
+/// `place` orders a saga's history (its rank is the `seq` readers see). Select from it with a
+/// condition on `saga_id`: PostgreSQL pushes it into each branch of the union, so one saga's
+/// history is read by key from the events partition, its steps and its saga row.
+///
+/// - the rows of `stepwise.events` (saga-level history, and every attempt that did not
+///   succeed: its start is written there when it ends);
+/// - the last action attempt of a succeeded step: `step_started` and `step_succeeded` at the
+///   places the step's row keeps (none for a step a fork copied: it has no places);
+/// - the last compensation attempt of a compensated step: `compensation_started` and
+///   `compensation_succeeded`, whose detail says what undoing a step that may not have run
+///   found (as the worker wrote it before the attempt rows);
+/// - the attempt in flight, from the saga row: its `step_started` (or `compensation_started`).
+pub(super) const HISTORY: &str = "
+    SELECT e.saga_id, e.id AS place, e.at, e.kind::text AS kind, e.step, e.attempt, e.actor,
+           e.detail
+    FROM stepwise.events e
+    UNION ALL
+    SELECT st.saga_id, d.place, d.at, d.kind, st.name, st.attempts, st.actor, NULL::jsonb
+    FROM stepwise.steps st
+    CROSS JOIN LATERAL (VALUES ('step_started', st.started_seq, st.started_at),
+                               ('step_succeeded', st.finished_seq, st.finished_at))
+         AS d(kind, place, at)
+    WHERE st.status = 'succeeded' AND st.started_seq IS NOT NULL AND d.place IS NOT NULL
+    UNION ALL
+    SELECT st.saga_id, d.place, d.at, d.kind, st.name, st.compensation_attempts,
+           st.compensation_actor, d.detail
+    FROM stepwise.steps st
+    CROSS JOIN LATERAL (VALUES
+            ('compensation_started', st.compensation_started_seq, st.compensation_started_at,
+             NULL::jsonb),
+            ('compensation_succeeded', st.compensation_finished_seq,
+             st.compensation_finished_at,
+             CASE WHEN st.possibly_done AND st.status <> 'succeeded'
+                  THEN jsonb_build_object('possibly_done', true,
+                                          'output', st.compensation_output) END))
+         AS d(kind, place, at, detail)
+    WHERE st.compensation_status = 'compensated' AND st.compensation_started_seq IS NOT NULL
+      AND d.place IS NOT NULL
+    UNION ALL
+    SELECT s.id, s.attempt_seq, s.attempt_started_at,
+           CASE WHEN s.attempt_compensation THEN 'compensation_started' ELSE 'step_started' END,
+           st.name, s.attempt, s.attempt_actor, NULL::jsonb
+    FROM stepwise.sagas s
+    JOIN stepwise.steps st ON st.saga_id = s.id AND st.position = s.attempt_position
+    WHERE s.attempt_position IS NOT NULL";
+
+/// Every step as readers see it: its row, overlaid with the saga's attempt in flight (a step
+/// whose attempt is in flight is `running` with that attempt's number and start and no end;
+/// the same for a compensation in flight). Columns as [`StepRow`] reads them, plus `saga_id`;
+/// select from it with a condition on `saga_id`.
+pub(super) const STEPS_VIEW: &str = "
+    SELECT st.saga_id, st.position, st.name,
+           CASE WHEN f.forward THEN 'running' ELSE st.status::text END AS status,
+           CASE WHEN f.forward THEN s.attempt ELSE st.attempts END AS attempts,
+           st.output, st.error,
+           CASE WHEN f.forward THEN s.attempt_started_at ELSE st.started_at END AS started_at,
+           CASE WHEN f.forward THEN NULL ELSE st.finished_at END AS finished_at,
+           CASE WHEN f.compensation THEN 'running' ELSE st.compensation_status::text END
+               AS compensation_status,
+           CASE WHEN f.compensation THEN s.attempt ELSE st.compensation_attempts END
+               AS compensation_attempts,
+           st.compensation_output, st.compensation_error,
+           CASE WHEN f.compensation THEN s.attempt_started_at ELSE st.compensation_started_at END
+               AS compensation_started_at,
+           CASE WHEN f.compensation THEN NULL ELSE st.compensation_finished_at END
+               AS compensation_finished_at,
+           st.possibly_done
+    FROM stepwise.steps st
+    JOIN stepwise.sagas s ON s.id = st.saga_id
+    CROSS JOIN LATERAL (
+        SELECT st.position = s.attempt_position AND NOT s.attempt_compensation AS forward,
+               st.position = s.attempt_position AND s.attempt_compensation AS compensation) f";
 
 impl PgStore {
     pub async fn summary(&self, id: Uuid) -> Result<Option<SagaSummary>, StoreError> {
@@ -22,7 +104,7 @@ impl PgStore {
         row.map(SagaSummary::try_from).transpose()
     }
 
-    /// A saga with its steps and full history.
+    /// A saga with its steps and full history (see the module documentation).
     pub async fn detail(&self, id: Uuid) -> Result<Option<SagaDetail>, StoreError> {
         let Some(saga): Option<DetailRow> = sqlx::query_as(
             "SELECT id, skill, skill_version, status, idempotency_key, input, output, error,
@@ -36,20 +118,22 @@ impl PgStore {
         else {
             return Ok(None);
         };
-        let steps: Vec<StepRow> = sqlx::query_as(
+        let steps: Vec<StepRow> = sqlx::query_as(&format!(
             "SELECT position, name, status, attempts, output, error, started_at, finished_at,
                     compensation_status, compensation_attempts, compensation_output,
                     compensation_error, compensation_started_at, compensation_finished_at,
                     possibly_done
-             FROM stepwise.steps WHERE saga_id = $1 ORDER BY position",
-        )
+             FROM ({STEPS_VIEW}) v WHERE saga_id = $1 ORDER BY position"
+        ))
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let events: Vec<EventRow> = sqlx::query_as(
-            "SELECT row_number() OVER (ORDER BY id) AS seq, at, kind, step, attempt, actor, detail
-             FROM stepwise.events WHERE saga_id = $1 ORDER BY id",
-        )
+        // One statement, so the ranks count every row of the union in its place.
+        let events: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT row_number() OVER (ORDER BY place) AS seq, at, kind, step, attempt, actor,
+                    detail
+             FROM ({HISTORY}) h WHERE saga_id = $1 ORDER BY place"
+        ))
         .bind(id)
         .fetch_all(&self.pool)
         .await?;

@@ -6,6 +6,7 @@
 //! wrote before (a start followed by its status, an operator's retry followed by the page) is
 //! there. A replica further behind than its wait, or down, gives the read back to the primary.
 
+use super::reads::HISTORY;
 use super::{DbPool, PgStore};
 use crate::error::StoreError;
 use std::time::Duration;
@@ -108,12 +109,15 @@ impl PgStore {
         Ok(sagas)
     }
 
-    /// When the latest saga event was recorded, if any.
+    /// When the latest entry of any saga's history was recorded, if any (a step's start or
+    /// success counts: the history is derived, see `reads.rs`).
     pub async fn latest_event_at(
         &self,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT max(at) FROM stepwise.events")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar(&format!("SELECT max(at) FROM ({HISTORY}) h"))
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }

@@ -3,6 +3,7 @@
 //! Everything here is read through the store so that no other crate queries the engine's
 //! tables; the one write is [`PgStore::vacuum_analyze`], a maintenance command.
 
+use super::reads::{HISTORY, STEPS_VIEW};
 use super::PgStore;
 use crate::error::StoreError;
 use crate::model::EventKind;
@@ -63,24 +64,72 @@ impl PgStore {
         .await?)
     }
 
-    /// How many history rows of `kind` `actor` wrote, across every saga: how a caller watches
-    /// one worker make progress without reading each saga's history.
+    /// How many history entries of `kind` `actor` made, across every saga: how a caller
+    /// watches one worker make progress without reading each saga's history. Counted in the
+    /// derived history (`reads.rs`), where a step's start and success may live on its row.
     pub async fn event_count(&self, kind: EventKind, actor: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM stepwise.events WHERE kind = $1 AND actor = $2",
-        )
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM ({HISTORY}) h WHERE kind = $1 AND actor = $2"
+        ))
         .bind(kind.as_str())
         .bind(actor)
         .fetch_one(&self.pool)
         .await?)
     }
 
-    /// Every attempt of an action or a compensation that `ids` made.
+    /// How many step successes the history holds (since `since`, when given), across every
+    /// saga: the successes on the steps' rows and the `step_succeeded` rows of
+    /// `stepwise.events` (a fork's copied steps, databases older than docs/storage.md).
+    pub async fn steps_succeeded(&self, since: Option<DateTime<Utc>>) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM ({HISTORY}) h
+             WHERE kind = 'step_succeeded' AND ($1::timestamptz IS NULL OR at > $1)"
+        ))
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Steps, across every saga, whose history shows them succeeding more than once or
+    /// starting again after they succeeded: a step's effect committed twice, or an attempt
+    /// run after its success was committed. 0 when fencing held. A step's row keeps only its
+    /// last success, so the second condition is what sees a step run again after a success
+    /// that the row then recorded once.
+    pub async fn steps_succeeded_twice(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM (
+                 SELECT saga_id, step
+                 FROM ({HISTORY}) h
+                 WHERE kind IN ('step_started', 'step_succeeded')
+                 GROUP BY saga_id, step
+                 HAVING count(*) FILTER (WHERE kind = 'step_succeeded') > 1
+                     OR max(place) FILTER (WHERE kind = 'step_started')
+                        > min(place) FILTER (WHERE kind = 'step_succeeded')) twice"
+        ))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// How many unfinished sagas have added nothing to their history after `at` (no step
+    /// began or ended, nothing was recorded): the ones not moving.
+    pub async fn stalled_since(&self, at: DateTime<Utc>) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM stepwise.sagas s
+             WHERE s.status NOT IN ('completed', 'compensated', 'failed')
+               AND NOT EXISTS (SELECT 1 FROM ({HISTORY}) h WHERE h.saga_id = s.id AND h.at > $1)"
+        ))
+        .bind(at)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Every attempt of an action or a compensation that `ids` made (the attempt in flight
+    /// included).
     pub async fn attempts_executed(&self, ids: &[Uuid]) -> Result<i64, StoreError> {
-        let n: Option<i64> = sqlx::query_scalar(
-            "SELECT sum(attempts + compensation_attempts)::bigint FROM stepwise.steps
-             WHERE saga_id = ANY($1)",
-        )
+        let n: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT sum(attempts + compensation_attempts)::bigint FROM ({STEPS_VIEW}) v
+             WHERE saga_id = ANY($1)"
+        ))
         .bind(ids)
         .fetch_one(&self.pool)
         .await?;
@@ -99,12 +148,12 @@ impl PgStore {
 
     /// The timings of each of `ids` that exists, in no particular order.
     pub async fn saga_times(&self, ids: &[Uuid]) -> Result<Vec<SagaTimes>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT s.created_at, st.started_at AS first_step_started_at, s.updated_at
+        Ok(sqlx::query_as(&format!(
+            "SELECT s.created_at, v.started_at AS first_step_started_at, s.updated_at
              FROM stepwise.sagas s
-             JOIN stepwise.steps st ON st.saga_id = s.id AND st.position = 0
-             WHERE s.id = ANY($1)",
-        )
+             JOIN ({STEPS_VIEW}) v ON v.saga_id = s.id AND v.position = 0
+             WHERE s.id = ANY($1)"
+        ))
         .bind(ids)
         .fetch_all(&self.pool)
         .await?)
