@@ -8,7 +8,7 @@
 //! "PostgreSQL restarts").
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -33,19 +33,12 @@ async fn observer(url: &str) -> PgPool {
         .unwrap()
 }
 
-async fn scalar(pool: &PgPool, sql: &str, at: Option<DateTime<Utc>>) -> i64 {
-    let mut query = sqlx::query_scalar::<_, i64>(sql);
-    if let Some(at) = at {
-        query = query.bind(at);
-    }
-    query.fetch_one(pool).await.unwrap()
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
-
-/// Sagas that are neither completed nor have committed anything since `at`: the ones still
-/// waiting to be resumed.
-const NOT_MOVED_SINCE: &str = "SELECT count(*) FROM stepwise.sagas s
-     WHERE s.status <> 'completed'
-       AND NOT EXISTS (SELECT 1 FROM stepwise.events e WHERE e.saga_id = s.id AND e.at > $1)";
 
 /// Restarts the cluster while the worker commits steps; returns (first step committed,
 /// every saga moved on) after the server's return.
@@ -57,22 +50,17 @@ async fn restart_during_run(cluster: &Cluster, mode: StopMode) -> (Duration, Dur
     let back_at = Utc::now();
     // A fresh connection: the observer's old ones died with the server.
     let watch = observer(&cluster.url()).await;
+    // Counted in the sagas' histories (a step's success is on its row, docs/storage.md).
+    let history = PgStore::new(watch.clone());
     let mut first_commit = None;
     loop {
         let elapsed = back.elapsed();
-        if first_commit.is_none()
-            && scalar(
-                &watch,
-                "SELECT count(*) FROM stepwise.events WHERE kind = 'step_succeeded' AND at > $1",
-                Some(back_at),
-            )
-            .await
-                > 0
-        {
+        if first_commit.is_none() && history.steps_succeeded(Some(back_at)).await.unwrap() > 0 {
             first_commit = Some(elapsed);
         }
         if let Some(first) = first_commit {
-            if scalar(&watch, NOT_MOVED_SINCE, Some(back_at)).await == 0 {
+            // Every saga not yet completed has moved (a step began or ended) since.
+            if history.stalled_since(back_at).await.unwrap() == 0 {
                 watch.close().await;
                 return (first, elapsed);
             }
@@ -125,14 +113,8 @@ async fn a_worker_resumes_its_sagas_as_soon_as_postgresql_is_back_not_at_lease_e
     for (mode, after_steps) in [(StopMode::Fast, 200), (StopMode::Immediate, 1500)] {
         // Every saga is mid-run, committing steps continuously, when the server goes away.
         let watch = observer(&cluster.url()).await;
-        while scalar(
-            &watch,
-            "SELECT count(*) FROM stepwise.events WHERE kind = 'step_succeeded'",
-            None,
-        )
-        .await
-            < after_steps
-        {
+        let history = PgStore::new(watch.clone());
+        while history.steps_succeeded(None).await.unwrap() < after_steps {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         watch.close().await;
@@ -153,7 +135,6 @@ async fn a_worker_resumes_its_sagas_as_soon_as_postgresql_is_back_not_at_lease_e
     while scalar(
         &watch,
         "SELECT count(*) FROM stepwise.sagas WHERE status <> 'completed'",
-        None,
     )
     .await
         > 0
@@ -172,14 +153,12 @@ async fn a_worker_resumes_its_sagas_as_soon_as_postgresql_is_back_not_at_lease_e
     let expired = scalar(
         &watch,
         "SELECT count(*) FROM stepwise.events WHERE kind = 'lease_expired'",
-        None,
     )
     .await;
     assert_eq!(expired, 0, "no lease had to expire");
     let taken_back = scalar(
         &watch,
         "SELECT count(*) FROM stepwise.sagas WHERE fencing_token > 1",
-        None,
     )
     .await;
     assert!(
@@ -187,21 +166,10 @@ async fn a_worker_resumes_its_sagas_as_soon_as_postgresql_is_back_not_at_lease_e
         "the restarts cut off no commit: nothing was taken back"
     );
     // Fencing held: no step succeeded twice, every saga ran every step once.
-    let twice = scalar(
-        &watch,
-        "SELECT count(*) FROM (SELECT saga_id, step FROM stepwise.events
-                               WHERE kind = 'step_succeeded'
-                               GROUP BY saga_id, step HAVING count(*) > 1) d",
-        None,
-    )
-    .await;
+    let history = PgStore::new(watch.clone());
+    let twice = history.steps_succeeded_twice().await.unwrap();
     assert_eq!(twice, 0, "a step succeeded twice");
-    let succeeded = scalar(
-        &watch,
-        "SELECT count(*) FROM stepwise.steps WHERE status = 'succeeded'",
-        None,
-    )
-    .await;
+    let succeeded = history.steps_succeeded(None).await.unwrap();
     assert_eq!(succeeded, (SAGAS * 250) as i64);
     println!("{taken_back} of {SAGAS} sagas were taken back by their worker after a restart");
     watch.close().await;

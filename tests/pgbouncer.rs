@@ -352,14 +352,7 @@ async fn the_hotel_story_and_a_thousand_sagas_run_through_pgbouncer_200_clients_
     .unwrap();
     assert_eq!(compensated, 100, "every tenth saga fails at its third step");
     assert_eq!(count(SagaStatus::Failed), 0);
-    let twice: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT saga_id, step FROM stepwise.events
-                               WHERE kind = 'step_succeeded'
-                               GROUP BY saga_id, step HAVING count(*) > 1) d",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let twice = store.steps_succeeded_twice().await.unwrap();
     assert_eq!(twice, 0, "no step succeeded twice");
     eprintln!(
         "PgBouncer: at most {most_clients} client connections on {most_servers} server connections"

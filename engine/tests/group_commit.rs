@@ -19,7 +19,7 @@ const SYN: &str = "synthetic_chain";
 async fn grouped_commits_run_every_saga_in_order_with_its_history(pool: PgPool) {
     common::migrate(&pool).await;
     let clock = ManualClock::starting_now();
-    let engine = engine_with(pool.clone(), clock.clone());
+    let engine = engine_with(pool, clock.clone());
     let mut ids = Vec::new();
     for i in 0..40 {
         let input = if i % 10 == 0 {
@@ -74,10 +74,7 @@ async fn grouped_commits_run_every_saga_in_order_with_its_history(pool: PgPool) 
         }
     }
     // Exactly once: 36 sagas x 6 steps and 4 sagas x 3 steps succeeded, no duplicate.
-    let succeeded: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM stepwise.events WHERE kind = 'step_succeeded'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(succeeded, 36 * 6 + 4 * 3);
+    let store = engine.store();
+    assert_eq!(store.steps_succeeded(None).await.unwrap(), 36 * 6 + 4 * 3);
+    assert_eq!(store.steps_succeeded_twice().await.unwrap(), 0);
 }

@@ -534,7 +534,8 @@ async fn prune_deletes_old_terminal_sagas_whole_and_leaves_no_orphans(pool: PgPo
     let pending = start(&engine, SYN, json!({"steps": 2}), None).await;
     let old = [completed, compensated];
     let (_, steps_before, events_before) = rows_for(&pool, &old).await;
-    assert!(steps_before == 6 && events_before > 10);
+    // Each saga's start and end at least (a step's success is on its row, docs/storage.md).
+    assert!(steps_before == 6 && events_before >= 4);
     // A `failed` saga waits for an operator: never pruned, however old.
     let kept = [pending, restart, failed];
     let kept_before = rows_for(&pool, &kept).await;

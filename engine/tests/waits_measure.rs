@@ -177,18 +177,24 @@ async fn measure_waits(pool: PgPool) {
     let (xacts_none, rows_none) = load(&pool, window).await;
     let rss_none = rss_kib();
     let made = Instant::now();
+    // As the worker leaves a waiting saga (docs/storage.md): its step's attempt stays in
+    // flight on the saga row; the step's row has no attempt that ended.
     sqlx::raw_sql(
         "WITH s AS (
              INSERT INTO stepwise.sagas (id, skill, skill_version, status, input, started_by,
                                          cursor, step_count, wake_at, waiting_for,
+                                         attempt_position, attempt_compensation, attempt,
+                                         attempt_started_at, attempt_seq, attempt_actor,
                                          created_at, updated_at)
              SELECT gen_random_uuid(), 'synthetic_chain', 1, 'waiting',
                     '{\"steps\":1,\"wait_at\":1}', 'measure', 0, 1, now() + interval '1 day',
-                    jsonb_build_object('step', 'step_1', 'event', 'go'), now(), now()
+                    jsonb_build_object('step', 'step_1', 'event', 'go'),
+                    0, false, 1, now(), nextval('stepwise.events_id_seq'), 'measure',
+                    now(), now()
              FROM generate_series(1, 100000)
              RETURNING id)
          INSERT INTO stepwise.steps (saga_id, position, name, status, attempts)
-         SELECT id, 0, 'step_1', 'running', 1 FROM s;",
+         SELECT id, 0, 'step_1', 'pending', 0 FROM s;",
     )
     .execute(&pool)
     .await

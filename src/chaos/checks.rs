@@ -93,14 +93,12 @@ pub async fn report(
     let terminal = count("completed") + count("compensated") + count("failed");
     let timers = armed_timers(pool).await.map_err(db)?;
     let failed = failed_sagas(pool).await.map_err(db)?;
-    let twice: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT saga_id, step FROM stepwise.events
-                               WHERE kind = 'step_succeeded'
-                               GROUP BY saga_id, step HAVING count(*) > 1) d",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(db)?;
+    // From the saga histories as readers see them: a step's success may be on its row
+    // (docs/storage.md), so the history rows alone would not show a step run again.
+    let twice = stepwise_engine::PgStore::new(pool.clone())
+        .steps_succeeded_twice()
+        .await
+        .map_err(|e| CliError::failed(format!("chaos checks: {e}")))?;
 
     let ledger = super::load::ledger(http, sandbox_url).await?;
     let mut money: HashMap<String, Money> = HashMap::new();
