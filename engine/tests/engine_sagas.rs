@@ -265,7 +265,7 @@ async fn expired_lease_is_taken_over_and_the_stale_worker_is_fenced_off(pool: Pg
     // A wakes up and tries to record its result: the fencing token refuses it.
     let mut late = Transition::new();
     late.steps.push(StepChange::Succeeded {
-        position: 0,
+        attempt: claimed[0].in_flight.unwrap(),
         output: json!({"from": "a"}),
     });
     let err = engine

@@ -10,7 +10,7 @@ use crate::error::{StepError, StoreError};
 use crate::registry::Registry;
 use crate::skill::BoxFuture;
 use crate::store::{
-    ClaimedSaga, Committed, Lease, PgStore, StoredDelivery, Transition, WakeChange,
+    ClaimedSaga, Committed, Lease, PgStore, StepChange, StoredDelivery, Transition, WakeChange,
 };
 use crate::wait::{WaitBook, SUSPENDED};
 use futures::FutureExt;
@@ -90,6 +90,9 @@ impl Driver {
             let mut t = Transition::new();
             t.wake = WakeChange::Set(self.clock.now() + chrono_duration(UNKNOWN_SKILL_BACKOFF));
             t.release_lease = true;
+            if claimed.in_flight.is_some() {
+                t.steps.push(StepChange::ReleaseAttempt);
+            }
             self.store
                 .commit(&claimed.lease, self.clock.now(), &t)
                 .await?;
@@ -326,6 +329,7 @@ impl Driver {
         let committed = Committed {
             cancel_requested: run.cancel_requested,
             began_next: false,
+            begun: None,
         };
         run.apply(&t, &committed);
         observe(run, &t, &committed, ran);

@@ -7,7 +7,8 @@
 //! batches form by themselves under load and stay at one transition when the system is idle:
 //! no timer, no added latency.
 
-use super::queries::{CommitItem, Committed, Lease, Transition};
+use super::commit::CommitItem;
+use super::transition::{Committed, Lease, Transition};
 use super::PgStore;
 use crate::error::StoreError;
 use chrono::{DateTime, Utc};

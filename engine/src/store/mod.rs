@@ -4,6 +4,8 @@
 //! transaction on the saga's fencing token: a worker that lost its lease gets
 //! [`StoreError::LostLease`] and changes nothing.
 
+mod claim;
+mod commit;
 mod console;
 mod db_pool;
 mod group_commit;
@@ -15,19 +17,19 @@ mod reads;
 mod replica;
 mod rows;
 mod stats;
+mod transition;
 mod waits;
 
+pub use claim::{ClaimedSaga, KnownSkills, StepState};
 pub use console::{
     AttentionList, ConsoleSaga, MinuteActivity, SagaPageQuery, SkillStatusCount,
     SAGA_CHANGED_CHANNEL,
 };
 pub use db_pool::{pooled_options, DbPool, Pooling};
 pub use operator::{HistoryPartition, OperatorEvent, PruneBatch, ReplayConflict, ReplaySaga};
-pub use queries::{
-    ClaimedSaga, Committed, InsertConflict, KnownSkills, Lease, NewEvent, NewSaga, StartOutcome,
-    StepChange, StepState, Transition, WakeChange,
-};
+pub use queries::{InsertConflict, NewSaga, StartOutcome};
 pub use stats::{SagaTimes, TableHealth};
+pub use transition::{Committed, InFlight, Lease, NewEvent, StepChange, Transition, WakeChange};
 pub use waits::{DeliveryOutcome, StoredDelivery};
 
 use crate::error::StoreError;

@@ -18,11 +18,12 @@ impl Run {
             SagaStatus::Pending | SagaStatus::Running | SagaStatus::Waiting => {
                 if self.cancel_requested {
                     let error = json!({"code": "cancelled", "message": "the saga was cancelled on request"});
-                    return Next::Commit(self.to_compensation(
-                        &self.steps,
-                        Transition::new(),
-                        error,
-                    ));
+                    let mut t = Transition::new();
+                    if self.in_flight.is_some() {
+                        // Cancelled while its attempt waited: that attempt ends here, unfinished.
+                        t.steps.push(StepChange::AbandonAttempt);
+                    }
+                    return Next::Commit(self.to_compensation(&self.steps, t, error));
                 }
                 if self.cursor >= self.steps.len() {
                     // Every step is done (a fork that reused them all): finish.
@@ -67,9 +68,7 @@ impl Run {
                 ..
             }) => {
                 let state = &self.steps[position];
-                t.steps.push(StepChange::ReleaseCompensationAttempt {
-                    position: position as i32,
-                });
+                t.steps.push(StepChange::ReleaseAttempt);
                 t.events.push(
                     NewEvent::step(
                         EventKind::AttemptReleased,
@@ -86,9 +85,7 @@ impl Run {
             }) if is_forward(self.status) => {
                 if let Some(state) = self.steps.get(position) {
                     t.status = Some(SagaStatus::Pending);
-                    t.steps.push(StepChange::ReleaseAttempt {
-                        position: position as i32,
-                    });
+                    t.steps.push(StepChange::ReleaseAttempt);
                     t.events.push(
                         NewEvent::step(EventKind::AttemptReleased, &state.name, state.attempts)
                             .with_detail(json!({"reason": reason, "compensation": false})),
@@ -125,13 +122,12 @@ impl Run {
             return Next::Commit(self.give_up(leg, position, error, true, Vec::new()));
         }
         let attempt = self.attempts(leg, position) + 1;
-        let name = &self.steps[position].name;
         let mut t = Transition::new();
         if leg == Leg::Action {
             t.status = Some(SagaStatus::Running);
         }
+        // No history row: the attempt's start is read from where it is recorded.
         t.steps.push(begin_change(leg, position, attempt));
-        t.events.extend(started_event(leg, name, attempt));
         if leg == Leg::Compensation {
             self.renew_lease_if_due(&mut t, facts);
         }
@@ -297,14 +293,14 @@ impl Run {
     /// saga back in this commit rather than start a step whose attempt it would give back).
     fn action_succeeded(
         &self,
-        position: usize,
+        attempt: Attempt,
         output: Value,
         taken: Vec<i64>,
         events: Vec<NewEvent>,
         facts: &Facts,
     ) -> Transition {
+        let position = attempt.position;
         let name = &self.steps[position].name;
-        let attempt = self.steps[position].attempts;
         let mut t = Transition::new();
         t.cursor = Some(position as i32 + 1);
         if !taken.is_empty() {
@@ -321,12 +317,11 @@ impl Run {
             outputs.insert(name.clone(), output.clone());
             outputs
         });
+        // No history row: the step's row keeps the attempt's start and end.
         t.steps.push(StepChange::Succeeded {
-            position: position as i32,
+            attempt: attempt.recorded(),
             output,
         });
-        t.events
-            .extend(succeeded_event(Leg::Action, name, attempt, None));
         if let Some(outputs) = outputs {
             self.complete_into(outputs, &mut t);
             return t;
@@ -336,11 +331,7 @@ impl Run {
             t.release_lease = true;
             return t;
         }
-        t.then_begin = Some(then_begin(
-            next,
-            &self.steps[next].name,
-            self.steps[next].attempts + 1,
-        ));
+        t.then_begin = Some((next as i32, self.steps[next].attempts + 1));
         self.renew_lease_if_due(&mut t, facts);
         t
     }
@@ -370,23 +361,16 @@ pub(crate) fn decide(run: &Run, outcome: Outcome, facts: &Facts) -> Transition {
             taken,
             events,
         } => match leg {
-            Leg::Action => run.action_succeeded(position, output, taken, events, facts),
+            Leg::Action => run.action_succeeded(attempt, output, taken, events, facts),
             Leg::Compensation => {
+                // No history row: the step's row keeps the attempt's start and end, and the
+                // history says what undoing a step that may not have run found from its
+                // compensation output (docs/storage.md).
                 let mut t = Transition::new();
-                let detail = run
-                    .undoes_possibly_done(position)
-                    // The history says what undoing a step that may not have run found.
-                    .then(|| json!({"possibly_done": true, "output": output}));
                 t.steps.push(StepChange::CompensationSucceeded {
-                    position: position as i32,
+                    attempt: attempt.recorded(),
                     output,
                 });
-                t.events.extend(succeeded_event(
-                    leg,
-                    &run.steps[position].name,
-                    attempt.number,
-                    detail,
-                ));
                 t
             }
         },
@@ -420,42 +404,12 @@ pub(crate) fn decide(run: &Run, outcome: Outcome, facts: &Facts) -> Transition {
 }
 
 /// The step change that begins attempt `attempt` of `leg`.
-fn begin_change(leg: Leg, position: usize, _attempt: i32) -> StepChange {
+fn begin_change(leg: Leg, position: usize, attempt: i32) -> StepChange {
     let position = position as i32;
     match leg {
-        Leg::Action => StepChange::Begin { position },
-        Leg::Compensation => StepChange::CompensationBegin { position },
+        Leg::Action => StepChange::Begin { position, attempt },
+        Leg::Compensation => StepChange::CompensationBegin { position, attempt },
     }
-}
-
-/// The history row of an attempt's start, when the driver writes one.
-fn started_event(leg: Leg, name: &str, attempt: i32) -> Option<NewEvent> {
-    let kind = match leg {
-        Leg::Action => EventKind::StepStarted,
-        Leg::Compensation => EventKind::CompensationStarted,
-    };
-    Some(NewEvent::step(kind, name, attempt))
-}
-
-/// The history row of an attempt's success, when the driver writes one.
-fn succeeded_event(leg: Leg, name: &str, attempt: i32, detail: Option<Value>) -> Option<NewEvent> {
-    let kind = match leg {
-        Leg::Action => EventKind::StepSucceeded,
-        Leg::Compensation => EventKind::CompensationSucceeded,
-    };
-    let event = NewEvent::step(kind, name, attempt);
-    Some(match detail {
-        Some(detail) => event.with_detail(detail),
-        None => event,
-    })
-}
-
-/// The next step's start carried by a step's success (`Transition::then_begin`).
-fn then_begin(position: usize, name: &str, attempt: i32) -> (i32, NewEvent) {
-    (
-        position as i32,
-        NewEvent::step(EventKind::StepStarted, name, attempt),
-    )
 }
 
 fn failed_change(leg: Leg, position: usize, error: Value, last: bool) -> StepChange {

@@ -21,7 +21,8 @@ use crate::model::{CompensationStatus, SagaStatus, StepStatus};
 use crate::retry::RetryPolicy;
 use crate::skill::{Skill, StepContext};
 use crate::store::{
-    ClaimedSaga, Committed, Lease, NewEvent, StepChange, StepState, Transition, WakeChange,
+    ClaimedSaga, Committed, InFlight, Lease, NewEvent, StepChange, StepState, Transition,
+    WakeChange,
 };
 use crate::wait::{Suspension, WaitBook};
 use chrono::{DateTime, Utc};
@@ -54,13 +55,44 @@ impl Leg {
     }
 }
 
-/// An attempt this worker began and has not finished.
+/// The attempt in flight: begun (by the claim or a commit) and not finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Attempt {
     pub leg: Leg,
     pub position: usize,
     /// Its number over the step's life (1 for the first).
     pub number: i32,
+    /// When it began and its start's place in the history, as the saga row records them: a
+    /// success hands them back to the store (docs/storage.md).
+    pub started_at: DateTime<Utc>,
+    pub seq: i64,
+}
+
+impl Attempt {
+    fn from_recorded(recorded: InFlight) -> Self {
+        Self {
+            leg: if recorded.compensation {
+                Leg::Compensation
+            } else {
+                Leg::Action
+            },
+            position: usize::try_from(recorded.position).unwrap_or(0),
+            number: recorded.attempt,
+            started_at: recorded.started_at,
+            seq: recorded.seq,
+        }
+    }
+
+    /// The attempt as the saga row records it.
+    pub fn recorded(&self) -> InFlight {
+        InFlight {
+            position: self.position as i32,
+            compensation: self.leg == Leg::Compensation,
+            attempt: self.number,
+            started_at: self.started_at,
+            seq: self.seq,
+        }
+    }
 }
 
 /// What a decision may depend on besides the run: given as values so decisions stay pure.
@@ -154,22 +186,8 @@ pub(crate) struct Run {
 impl Run {
     pub fn new(claimed: ClaimedSaga, skill: Arc<Skill>) -> Self {
         let cursor = usize::try_from(claimed.cursor).unwrap_or(0);
-        // A saga woken from a wait goes on with the attempt of its step that suspended.
-        let begun = claimed.begun
-            || (claimed.resumed
-                && claimed
-                    .steps
-                    .get(cursor)
-                    .is_some_and(|s| s.status == StepStatus::Running));
-        let in_flight = claimed
-            .steps
-            .get(cursor)
-            .filter(|_| begun)
-            .map(|s| Attempt {
-                leg: Leg::Action,
-                position: cursor,
-                number: s.attempts,
-            });
+        // The claim's attempt, or the one a saga woken from a wait goes on with.
+        let in_flight = claimed.in_flight.map(Attempt::from_recorded);
         Self {
             skill,
             lease: claimed.lease,
@@ -200,10 +218,22 @@ impl Run {
         for change in &t.steps {
             self.apply_change(change);
         }
-        if let (Some((position, _)), true) = (&t.then_begin, committed.began_next) {
-            self.apply_change(&StepChange::Begin {
-                position: *position,
-            });
+        if let Some(begun) = committed.begun {
+            // The attempt the commit began (a `Begin`, a `CompensationBegin` or `then_begin`).
+            let begun = Attempt::from_recorded(begun);
+            if let Some(state) = self.steps.get_mut(begun.position) {
+                match begun.leg {
+                    Leg::Action => {
+                        state.status = StepStatus::Running;
+                        state.attempts = begun.number;
+                    }
+                    Leg::Compensation => {
+                        state.compensation_status = CompensationStatus::Running;
+                        state.compensation_attempts = begun.number;
+                    }
+                }
+            }
+            self.in_flight = Some(begun);
         }
         if let Some(status) = t.status {
             self.status = status;
@@ -231,41 +261,30 @@ impl Run {
         }
     }
 
+    /// Applies one step change. The attempt a change begins is applied from what the commit
+    /// recorded (see [`Run::apply`]); a change that ends the attempt in flight ends it here.
     fn apply_change(&mut self, change: &StepChange) {
+        if let (StepChange::ReleaseAttempt, Some(attempt)) = (change, self.in_flight) {
+            // Given back, not counted: the step is as before the attempt began.
+            let state = &mut self.steps[attempt.position];
+            match attempt.leg {
+                Leg::Action => {
+                    state.status = StepStatus::Pending;
+                    state.attempts = attempt.number - 1;
+                }
+                Leg::Compensation => {
+                    state.compensation_status = CompensationStatus::Pending;
+                    state.compensation_attempts = attempt.number - 1;
+                }
+            }
+        }
         apply_to_steps(&mut self.steps, change);
-        let ended = match change {
-            StepChange::Begin { position } => {
-                let position = *position as usize;
-                self.in_flight = self.steps.get(position).map(|s| Attempt {
-                    leg: Leg::Action,
-                    position,
-                    number: s.attempts,
-                });
-                None
-            }
-            StepChange::CompensationBegin { position } => {
-                let position = *position as usize;
-                self.in_flight = self.steps.get(position).map(|s| Attempt {
-                    leg: Leg::Compensation,
-                    position,
-                    number: s.compensation_attempts,
-                });
-                None
-            }
-            StepChange::Succeeded { position, .. }
-            | StepChange::Failed { position, .. }
-            | StepChange::ReleaseAttempt { position } => Some((Leg::Action, *position)),
-            StepChange::CompensationSucceeded { position, .. }
-            | StepChange::CompensationFailed { position, .. }
-            | StepChange::ReleaseCompensationAttempt { position } => {
-                Some((Leg::Compensation, *position))
-            }
-            _ => None,
+        let ends = match change {
+            StepChange::Succeeded { .. } | StepChange::CompensationSucceeded { .. } => true,
+            other => other.interrupts().is_some(),
         };
-        if let (Some((leg, position)), Some(attempt)) = (ended, self.in_flight) {
-            if attempt.leg == leg && attempt.position as i32 == position {
-                self.in_flight = None;
-            }
+        if ends {
+            self.in_flight = None;
         }
     }
 
@@ -356,15 +375,16 @@ fn apply_to_steps(steps: &mut [StepState], change: &StepChange) {
         usize::try_from(position).ok().filter(|p| *p < steps.len())
     };
     match change {
-        StepChange::Begin { position } => {
+        StepChange::Begin { position, attempt } => {
             if let Some(p) = at(steps, *position) {
                 steps[p].status = StepStatus::Running;
-                steps[p].attempts += 1;
+                steps[p].attempts = *attempt;
             }
         }
-        StepChange::Succeeded { position, output } => {
-            if let Some(p) = at(steps, *position) {
+        StepChange::Succeeded { attempt, output } => {
+            if let Some(p) = at(steps, attempt.position) {
                 steps[p].status = StepStatus::Succeeded;
+                steps[p].attempts = attempt.attempt;
                 steps[p].output = Some(output.clone());
             }
         }
@@ -391,15 +411,16 @@ fn apply_to_steps(steps: &mut [StepState], change: &StepChange) {
                 }
             }
         }
-        StepChange::CompensationBegin { position } => {
+        StepChange::CompensationBegin { position, attempt } => {
             if let Some(p) = at(steps, *position) {
                 steps[p].compensation_status = CompensationStatus::Running;
-                steps[p].compensation_attempts += 1;
+                steps[p].compensation_attempts = *attempt;
             }
         }
-        StepChange::CompensationSucceeded { position, .. } => {
-            if let Some(p) = at(steps, *position) {
+        StepChange::CompensationSucceeded { attempt, .. } => {
+            if let Some(p) = at(steps, attempt.position) {
                 steps[p].compensation_status = CompensationStatus::Compensated;
+                steps[p].compensation_attempts = attempt.attempt;
             }
         }
         StepChange::CompensationFailed { position, last, .. } => {
@@ -431,27 +452,11 @@ fn apply_to_steps(steps: &mut [StepState], change: &StepChange) {
                     serde_json::from_value(deadlines.clone()).unwrap_or_default();
             }
         }
-        StepChange::ReleaseAttempt { position } => {
-            if let Some(p) = at(steps, *position) {
-                let s = &mut steps[p];
-                if s.status == StepStatus::Running && s.attempts > 0 {
-                    s.status = StepStatus::Pending;
-                    s.attempts -= 1;
-                }
-            }
-        }
-        StepChange::ReleaseCompensationAttempt { position } => {
-            if let Some(p) = at(steps, *position) {
-                let s = &mut steps[p];
-                if s.compensation_status == CompensationStatus::Running
-                    && s.compensation_attempts > 0
-                {
-                    s.compensation_status = CompensationStatus::Pending;
-                    s.compensation_attempts -= 1;
-                }
-            }
-        }
-        StepChange::ConsumeDeliveries { .. } => {}
+        // A given-back attempt is undone by `Run::apply_change`, which knows the attempt in
+        // flight; an abandoned one stays counted and `running` until the saga ends.
+        StepChange::ReleaseAttempt
+        | StepChange::AbandonAttempt
+        | StepChange::ConsumeDeliveries { .. } => {}
     }
 }
 

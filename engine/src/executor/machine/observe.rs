@@ -61,7 +61,7 @@ pub(crate) fn observe(run: &Run, t: &Transition, committed: &Committed, ran: Opt
                 error,
                 last,
             } => (Leg::Compensation, *position, error, *last),
-            StepChange::ReleaseAttempt { .. } | StepChange::ReleaseCompensationAttempt { .. } => {
+            StepChange::ReleaseAttempt => {
                 let reason = t
                     .events
                     .iter()

@@ -1,0 +1,274 @@
+//! Taking sagas: the claim of due sagas and the reclaim after a lost connection, both one call
+//! to a function in engine/migrations that returns each saga with what its worker needs.
+
+use super::rows::parse;
+use super::transition::{InFlight, Lease};
+use super::PgStore;
+use crate::error::StoreError;
+use crate::model::{CompensationStatus, SagaStatus, StepStatus};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The persisted state of one step, as a worker needs it.
+#[derive(Debug, Clone)]
+pub struct StepState {
+    pub position: i32,
+    pub name: String,
+    pub status: StepStatus,
+    pub attempts: i32,
+    pub attempts_round_base: i32,
+    pub output: Option<Value>,
+    pub compensation_status: CompensationStatus,
+    pub compensation_attempts: i32,
+    pub compensation_round_base: i32,
+    /// When the step's waits end (see [`crate::wait`]), by wait.
+    pub wait_deadlines: std::collections::BTreeMap<String, DateTime<Utc>>,
+    /// An attempt failed with an unknown outcome ([`crate::ErrorClass::Unknown`]): if the step
+    /// does not succeed, it may have taken effect and is compensated too.
+    pub possibly_done: bool,
+}
+
+/// A saga a worker just claimed.
+#[derive(Debug, Clone)]
+pub struct ClaimedSaga {
+    pub lease: Lease,
+    pub skill: String,
+    pub skill_version: i32,
+    pub status: SagaStatus,
+    pub input: Value,
+    pub cursor: i32,
+    pub cancel_requested: bool,
+    /// The worker whose lease ran out, if the saga was taken over.
+    pub expired_owner: Option<String>,
+    /// Whether the claim began the next attempt of the step at `cursor`: the worker runs it
+    /// without another commit.
+    pub begun: bool,
+    /// Whether the saga was `waiting` (an event came, a deadline passed or a sleep ended): the
+    /// step at `cursor` goes on with its attempt in flight, without a new one.
+    pub resumed: bool,
+    /// The attempt in flight (begun by this claim, or resumed); `steps` shows it.
+    pub in_flight: Option<InFlight>,
+    pub steps: Vec<StepState>,
+}
+
+/// The skill versions a worker can run, as the claim matches them (`{skill}@{version}`): a
+/// worker never claims a saga it could not drive.
+#[derive(Debug, Clone, Default)]
+pub struct KnownSkills {
+    keys: Vec<String>,
+}
+
+impl KnownSkills {
+    pub fn new<'a>(skills: impl IntoIterator<Item = (&'a str, u32)>) -> Self {
+        Self {
+            keys: skills
+                .into_iter()
+                .map(|(name, version)| format!("{name}@{version}"))
+                .collect(),
+        }
+    }
+
+    pub(super) fn keys(&self) -> &[String] {
+        &self.keys
+    }
+}
+
+const CLAIM_COLUMNS: &str = "id, skill, skill_version, status, input, cursor, fencing_token,
+    cancel_requested, previous_owner, resumed, attempt_position, attempt_compensation, attempt,
+    attempt_started_at, attempt_seq, steps";
+
+impl PgStore {
+    /// Claims up to `limit` due sagas of the skill versions this worker can run: waiting ones
+    /// whose time has come and held ones whose lease expired. Each claim bumps the fencing
+    /// token; takeovers are recorded as `lease_expired`, after the start of the attempt the
+    /// lost worker had in flight. A saga going forward whose step at the cursor waits to run
+    /// has that step's next attempt begun in the same call, so a claimed saga runs its step
+    /// without another commit.
+    pub async fn claim(
+        &self,
+        worker: &Arc<str>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+        skills: &KnownSkills,
+    ) -> Result<Vec<ClaimedSaga>, StoreError> {
+        // One round trip to `stepwise.claim_sagas` (engine/migrations): its statements have
+        // cached plans and reach rows by index only, so a claim stays O(batch) however many
+        // sagas ever ran.
+        let rows: Vec<ClaimRow> = sqlx::query_as(&format!(
+            "SELECT {CLAIM_COLUMNS} FROM stepwise.claim_sagas($1, $2, $3, $4, $5)"
+        ))
+        .bind(now)
+        .bind(limit)
+        .bind(worker.as_ref())
+        .bind(lease_until)
+        .bind(skills.keys())
+        .fetch_all(&self.pool)
+        .await?;
+        claimed_sagas(worker, lease_until, rows)
+    }
+
+    /// Takes back sagas this worker was driving when its connection to PostgreSQL was lost
+    /// (the server restarted), without waiting for their leases to expire. Only a saga that
+    /// still names `worker` as its lease owner with the fencing token of `held` is taken: if its
+    /// lease expired and another worker claimed it, or it ended, the token or owner differ and
+    /// it is left alone. The attempt it had in flight was cut short and is recorded so; each
+    /// saga taken gets a new token (so nothing the lost connection still carried can commit)
+    /// and a fresh lease, and is returned as a claim would return it; the driver decides what
+    /// runs next as after a takeover.
+    pub async fn reclaim(
+        &self,
+        worker: &Arc<str>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        held: &[Lease],
+    ) -> Result<Vec<ClaimedSaga>, StoreError> {
+        let ids: Vec<Uuid> = held.iter().map(|l| l.saga_id).collect();
+        let tokens: Vec<i64> = held.iter().map(|l| l.token).collect();
+        let rows: Vec<ClaimRow> = sqlx::query_as(&format!(
+            "SELECT {CLAIM_COLUMNS} FROM stepwise.reclaim_sagas($1, $2, $3, $4, $5)"
+        ))
+        .bind(now)
+        .bind(worker.as_ref())
+        .bind(lease_until)
+        .bind(&ids)
+        .bind(&tokens)
+        .fetch_all(&self.pool)
+        .await?;
+        claimed_sagas(worker, lease_until, rows)
+    }
+}
+
+/// One row of `stepwise.claim_sagas` (or `reclaim_sagas`, which has the same shape).
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    id: Uuid,
+    skill: String,
+    skill_version: i32,
+    status: String,
+    input: Value,
+    cursor: i32,
+    fencing_token: i64,
+    cancel_requested: bool,
+    previous_owner: Option<String>,
+    resumed: bool,
+    attempt_position: Option<i32>,
+    attempt_compensation: Option<bool>,
+    attempt: Option<i32>,
+    attempt_started_at: Option<DateTime<Utc>>,
+    attempt_seq: Option<i64>,
+    steps: Option<sqlx::types::Json<Vec<StepJson>>>,
+}
+
+impl ClaimRow {
+    fn in_flight(&self) -> Option<InFlight> {
+        Some(InFlight {
+            position: self.attempt_position?,
+            compensation: self.attempt_compensation?,
+            attempt: self.attempt?,
+            started_at: self.attempt_started_at?,
+            seq: self.attempt_seq?,
+        })
+    }
+}
+
+/// The shape of `stepwise.step_states`.
+#[derive(serde::Deserialize)]
+struct StepJson {
+    position: i32,
+    name: String,
+    status: String,
+    attempts: i32,
+    attempts_round_base: i32,
+    /// JSON cannot tell SQL NULL from a `null` output; `has_output` can.
+    has_output: bool,
+    output: Option<Value>,
+    compensation_status: String,
+    compensation_attempts: i32,
+    compensation_round_base: i32,
+    #[serde(default)]
+    wait_deadlines: std::collections::BTreeMap<String, DateTime<Utc>>,
+    #[serde(default)]
+    possibly_done: bool,
+}
+
+impl StepJson {
+    fn into_state(self) -> Result<StepState, StoreError> {
+        Ok(StepState {
+            position: self.position,
+            name: self.name,
+            status: parse("step status", &self.status)?,
+            attempts: self.attempts,
+            attempts_round_base: self.attempts_round_base,
+            output: self.has_output.then(|| self.output.unwrap_or(Value::Null)),
+            compensation_status: parse("compensation status", &self.compensation_status)?,
+            compensation_attempts: self.compensation_attempts,
+            compensation_round_base: self.compensation_round_base,
+            wait_deadlines: self.wait_deadlines,
+            possibly_done: self.possibly_done,
+        })
+    }
+}
+
+/// Shows the attempt in flight in the steps, as the worker reasons about them: the step (or
+/// its compensation) `running` with that attempt counted.
+pub(crate) fn overlay_in_flight(steps: &mut [StepState], in_flight: &InFlight) {
+    let Some(step) = usize::try_from(in_flight.position)
+        .ok()
+        .and_then(|p| steps.get_mut(p))
+    else {
+        return;
+    };
+    if in_flight.compensation {
+        step.compensation_status = CompensationStatus::Running;
+        step.compensation_attempts = in_flight.attempt;
+    } else {
+        step.status = StepStatus::Running;
+        step.attempts = in_flight.attempt;
+    }
+}
+
+/// Turns claim rows into claimed sagas held by `worker` until `lease_until`.
+fn claimed_sagas(
+    worker: &Arc<str>,
+    lease_until: DateTime<Utc>,
+    rows: Vec<ClaimRow>,
+) -> Result<Vec<ClaimedSaga>, StoreError> {
+    rows.into_iter()
+        .map(|mut r| {
+            let in_flight = r.in_flight();
+            let mut steps = r
+                .steps
+                .take()
+                .map(|json| json.0)
+                .unwrap_or_default()
+                .into_iter()
+                .map(StepJson::into_state)
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            if let Some(in_flight) = &in_flight {
+                overlay_in_flight(&mut steps, in_flight);
+            }
+            Ok(ClaimedSaga {
+                lease: Lease {
+                    saga_id: r.id,
+                    token: r.fencing_token,
+                    worker: worker.clone(),
+                    expires_at: lease_until,
+                },
+                status: parse::<SagaStatus>("saga status", &r.status)?,
+                skill: r.skill,
+                skill_version: r.skill_version,
+                input: r.input,
+                cursor: r.cursor,
+                cancel_requested: r.cancel_requested,
+                expired_owner: r.previous_owner,
+                begun: in_flight.is_some() && !r.resumed,
+                resumed: r.resumed,
+                in_flight,
+                steps,
+            })
+        })
+        .collect()
+}
