@@ -4,6 +4,7 @@
 //! that end sagas. A transition that also fails a step, waits or ends a compensation adds its
 //! other changes around that call, in one transaction (docs/storage.md).
 
+use super::history;
 use super::transition::{Committed, InFlight, Lease, NewEvent, StepChange, Transition, WakeChange};
 use super::PgStore;
 use crate::error::StoreError;
@@ -83,13 +84,11 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        let during: Vec<NewEvent> = t
-            .events
-            .iter()
+        let during: Vec<_> = (t.events.iter())
             .filter(|e| !e.ends_saga())
-            .cloned()
+            .map(|e| e.row(lease.saga_id, &lease.worker))
             .collect();
-        insert_events(&mut tx, lease.saga_id, now, &lease.worker, &during).await?;
+        history::append(&mut tx, now, &during).await?;
 
         let item = CommitItem {
             lease: lease.clone(),
@@ -327,40 +326,6 @@ fn answers(
             }
         })
         .collect()
-}
-
-/// Appends history rows written by `actor` at `at`, in order.
-pub(super) async fn insert_events(
-    tx: &mut sqlx::PgConnection,
-    saga_id: Uuid,
-    at: DateTime<Utc>,
-    actor: &str,
-    events: &[NewEvent],
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let steps: Vec<Option<&str>> = events.iter().map(|e| e.step.as_deref()).collect();
-    let attempts: Vec<Option<i32>> = events.iter().map(|e| e.attempt).collect();
-    let details: Vec<Option<&Value>> = events.iter().map(|e| e.detail.as_ref()).collect();
-    sqlx::query(
-        "INSERT INTO stepwise.events (saga_id, at, kind, step, attempt, actor, detail)
-         SELECT $1, $2, t.kind, t.step, t.attempt, $3, t.detail
-         FROM UNNEST($4::text[], $5::text[], $6::int[], $7::jsonb[]) WITH ORDINALITY
-              AS t(kind, step, attempt, detail, ord)
-         ORDER BY t.ord",
-    )
-    .bind(saga_id)
-    .bind(at)
-    .bind(actor)
-    .bind(&kinds)
-    .bind(&steps)
-    .bind(&attempts)
-    .bind(&details)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// The changes `commit_steps` does not make, one statement each. The starts and successes of

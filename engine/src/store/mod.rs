@@ -9,9 +9,11 @@ mod commit;
 mod console;
 mod db_pool;
 mod group_commit;
+mod history;
 pub mod multi_host;
 mod old_layout;
 mod operator;
+mod prune;
 mod queries;
 mod reads;
 mod replica;
@@ -26,7 +28,8 @@ pub use console::{
     SAGA_CHANGED_CHANNEL,
 };
 pub use db_pool::{pooled_options, DbPool, Pooling};
-pub use operator::{HistoryPartition, OperatorEvent, PruneBatch, ReplayConflict, ReplaySaga};
+pub use operator::{OperatorEvent, ReplayConflict, ReplaySaga};
+pub use prune::{HistoryPartition, PruneBatch};
 pub use queries::{InsertConflict, NewSaga, StartOutcome};
 pub use stats::{SagaTimes, TableHealth};
 pub use transition::{Committed, InFlight, Lease, NewEvent, StepChange, Transition, WakeChange};

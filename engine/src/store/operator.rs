@@ -2,6 +2,7 @@
 //! queue sample behind the metrics. Parameterized throughout; kept apart from the worker's hot
 //! path. Every change here is one transaction that also appends its history rows.
 
+use super::history::{self, HistoryRow};
 use super::queries::start_saga;
 use super::rows::SummaryRow;
 use super::NewSaga;
@@ -24,6 +25,19 @@ pub struct OperatorEvent {
     pub step: Option<String>,
     pub actor: String,
     pub detail: Option<Value>,
+}
+
+impl OperatorEvent {
+    fn row(&self) -> HistoryRow<'_> {
+        HistoryRow {
+            saga_id: self.saga_id,
+            kind: self.kind,
+            step: self.step.as_deref(),
+            attempt: None,
+            actor: &self.actor,
+            detail: self.detail.as_ref(),
+        }
+    }
 }
 
 /// A saga to create from another one (restart or fork).
@@ -56,22 +70,6 @@ pub enum ReplayConflict {
     StatusChanged(SagaStatus),
     /// An earlier replay of it has not ended undone: running it again would repeat effects.
     LiveReplay { id: Uuid, status: SagaStatus },
-}
-
-/// One monthly partition of the history.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct HistoryPartition {
-    pub name: String,
-    pub lower: Uuid,
-    pub upper: Uuid,
-}
-
-/// What one pruning pass removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PruneBatch {
-    pub sagas: u64,
-    /// History rows deleted one by one (rows of dropped partitions are not counted).
-    pub events: u64,
 }
 
 impl PgStore {
@@ -133,7 +131,7 @@ impl PgStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        insert_operator_events(&mut tx, now, std::slice::from_ref(&event)).await?;
+        history::append(&mut tx, now, &[event.row()]).await?;
         notify(&mut tx).await?;
         tx.commit().await?;
         Ok(Ok(row.try_into()?))
@@ -210,7 +208,8 @@ impl PgStore {
             }
         };
         // After `saga_started` (written by `start_saga`), in order.
-        insert_operator_events(&mut tx, now, &replay.events).await?;
+        let rows: Vec<_> = replay.events.iter().map(OperatorEvent::row).collect();
+        history::append(&mut tx, now, &rows).await?;
         tx.commit().await?;
         Ok(Ok(row.try_into()?))
     }
@@ -272,152 +271,6 @@ impl PgStore {
             .map(|(s, n)| Ok((super::rows::parse("saga status", &s)?, n)))
             .collect()
     }
-
-    /// Creates the monthly history partitions around `now` (a month back, two ahead) that do
-    /// not exist yet. Returns how many it created.
-    pub async fn ensure_history_partitions(&self, now: DateTime<Utc>) -> Result<i32, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT stepwise.ensure_event_partitions($1 - interval '1 month', $1 + interval '2 months')",
-        )
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    /// Completed and compensated sagas that finished before `cutoff`: what a prune would
-    /// delete. `failed` sagas are kept: they wait for an operator.
-    pub async fn count_prunable(&self, cutoff: DateTime<Utc>) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM stepwise.sagas
-             WHERE status IN ('completed', 'compensated')
-               AND created_at < $1 AND updated_at < $1",
-        )
-        .bind(cutoff)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    /// The monthly history partitions wholly older than `cutoff` in which no saga would
-    /// survive a prune at `cutoff`: they can be dropped whole.
-    pub async fn droppable_history_partitions(
-        &self,
-        cutoff: DateTime<Utc>,
-    ) -> Result<Vec<HistoryPartition>, StoreError> {
-        Ok(sqlx::query_as(
-            "WITH parts AS (
-                 SELECT c.relname::text AS name,
-                        to_date(substr(c.relname, 8), 'YYYY_MM')::timestamp AT TIME ZONE 'UTC' AS month
-                 FROM pg_inherits i
-                 JOIN pg_class c ON c.oid = i.inhrelid
-                 WHERE i.inhparent = 'stepwise.events'::regclass
-                   AND c.relname ~ '^events_[0-9]{4}_[0-9]{2}$'),
-             bounds AS (
-                 SELECT name, month,
-                        stepwise.uuid_v7_floor(month) AS lower,
-                        stepwise.uuid_v7_floor(month + interval '1 month') AS upper
-                 FROM parts)
-             SELECT name, lower, upper FROM bounds b
-             WHERE b.month + interval '1 month' <= $1
-               AND NOT EXISTS (
-                   SELECT 1 FROM stepwise.sagas s
-                   WHERE s.id >= b.lower AND s.id < b.upper
-                     AND (s.status NOT IN ('completed', 'compensated')
-                          OR s.updated_at >= $1))
-             ORDER BY month",
-        )
-        .bind(cutoff)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Prunes one month at once: deletes its sagas (steps cascade) and drops its history
-    /// partition, in one transaction. Returns `None`, changing nothing, if a saga of that
-    /// month must stay after all (it was retried meanwhile) or the partition lock could not be
-    /// had quickly (workers are never stalled behind a prune); those sagas are then pruned row
-    /// by row.
-    pub async fn prune_history_partition(
-        &self,
-        partition: &HistoryPartition,
-        cutoff: DateTime<Utc>,
-    ) -> Result<Option<u64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query(
-            "DELETE FROM stepwise.sagas
-             WHERE id >= $1 AND id < $2
-               AND status IN ('completed', 'compensated') AND updated_at < $3",
-        )
-        .bind(partition.lower)
-        .bind(partition.upper)
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let left: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM stepwise.sagas WHERE id >= $1 AND id < $2)",
-        )
-        .bind(partition.lower)
-        .bind(partition.upper)
-        .fetch_one(&mut *tx)
-        .await?;
-        if left {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        sqlx::query("SET LOCAL lock_timeout = '2s'")
-            .execute(&mut *tx)
-            .await?;
-        // The name comes from pg_class and matched ^events_[0-9]{4}_[0-9]{2}$.
-        let dropped = sqlx::query(&format!(
-            "DROP TABLE stepwise.\"{}\"",
-            partition.name.replace('"', "")
-        ))
-        .execute(&mut *tx)
-        .await;
-        match dropped {
-            Ok(_) => {
-                tx.commit().await?;
-                Ok(Some(deleted))
-            }
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
-                tx.rollback().await?;
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Deletes up to `limit` terminal sagas that finished before `cutoff`, with their steps and
-    /// history rows, in one statement. Rows locked by someone else are skipped this time.
-    pub async fn prune_batch(
-        &self,
-        cutoff: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<PruneBatch, StoreError> {
-        let (sagas, events): (i64, i64) = sqlx::query_as(
-            "WITH doomed AS (
-                 SELECT id FROM stepwise.sagas
-                 WHERE status IN ('completed', 'compensated')
-                   AND created_at < $1 AND updated_at < $1
-                 ORDER BY created_at
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED),
-             ev AS (
-                 DELETE FROM stepwise.events e USING doomed
-                 WHERE e.saga_id = doomed.id RETURNING 1),
-             gone AS (
-                 DELETE FROM stepwise.sagas s USING doomed
-                 WHERE s.id = doomed.id RETURNING 1)
-             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM ev)",
-        )
-        .bind(cutoff)
-        .bind(limit)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(PruneBatch {
-            sagas: sagas as u64,
-            events: events as u64,
-        })
-    }
 }
 
 async fn notify(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
@@ -425,36 +278,5 @@ async fn notify(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
         .bind(WORK_CHANNEL)
         .execute(&mut *tx)
         .await?;
-    Ok(())
-}
-
-async fn insert_operator_events(
-    tx: &mut sqlx::PgConnection,
-    at: DateTime<Utc>,
-    events: &[OperatorEvent],
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let sagas: Vec<Uuid> = events.iter().map(|e| e.saga_id).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let steps: Vec<Option<String>> = events.iter().map(|e| e.step.clone()).collect();
-    let actors: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
-    let details: Vec<Option<Value>> = events.iter().map(|e| e.detail.clone()).collect();
-    sqlx::query(
-        "INSERT INTO stepwise.events (saga_id, at, kind, step, attempt, actor, detail)
-         SELECT t.saga_id, $1, t.kind, t.step, NULL, t.actor, t.detail
-         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[]) WITH ORDINALITY
-              AS t(saga_id, kind, step, actor, detail, ord)
-         ORDER BY t.ord",
-    )
-    .bind(at)
-    .bind(&sagas)
-    .bind(&kinds)
-    .bind(&steps)
-    .bind(&actors)
-    .bind(&details)
-    .execute(&mut *tx)
-    .await?;
     Ok(())
 }

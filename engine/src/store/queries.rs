@@ -3,7 +3,7 @@
 //! come from the engine's clock, never from `now()`, so tests can move time.
 
 use super::claim::KnownSkills;
-use super::commit::insert_events;
+use super::history;
 use super::rows::SummaryRow;
 use super::transition::{Lease, NewEvent, Transition, WakeChange};
 use super::{PgStore, WORK_CHANNEL};
@@ -127,7 +127,7 @@ impl PgStore {
         }
         let event = NewEvent::saga(EventKind::CancelRequested)
             .with_detail(serde_json::json!({ "reason": reason }));
-        insert_events(&mut tx, id, now, actor, &[event]).await?;
+        history::append(&mut tx, now, &[event.row(id, actor)]).await?;
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(WORK_CHANNEL)
             .execute(&mut *tx)
