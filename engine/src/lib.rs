@@ -47,18 +47,30 @@
 //! - `sagas`: one row per saga: skill and version, status, input/output/error, `cursor` (the
 //!   forward step in progress), `wake_at` (when a worker must look: due time, or lease expiry
 //!   while held; NULL when terminal), `lease_owner`, `fencing_token`, `cancel_requested_at`,
-//!   `replay_of`. `(skill, idempotency_key)` is unique. Step commits only touch unindexed
-//!   columns so they are HOT updates.
+//!   `replay_of`, and the attempt in flight (`attempt_position`, `attempt_compensation`,
+//!   `attempt`, `attempt_started_at`, `attempt_seq`: its place in the history, `attempt_actor`;
+//!   all NULL when none). `(skill, idempotency_key)` is unique. Step commits only touch
+//!   unindexed columns so they are HOT updates.
 //! - `steps`: one row per step, created with the saga: status, attempts (over the saga's whole
 //!   life) and the base of the current round (operator retries get a fresh budget), output,
-//!   error, and the same for its compensation.
+//!   error, start and end of the last attempt, and the same for its compensation; the history
+//!   places and worker of the last attempts (`started_seq`, `finished_seq`, `actor`, and
+//!   `compensation_*`).
 //! - `sagas.waiting_for`: what a `waiting` saga awaits (`{"step","event","until","prompt",
 //!   "schema","url","roles"}`), set exactly while it waits (a CHECK ties it to the status, no lease and a
 //!   wake time); `steps.wait_deadlines`: each wait's deadline, fixed when first reached.
 //! - `deliveries`: events delivered to sagas, unique on (saga, delivery key), with payload,
 //!   actor, time and which step consumed them when.
 //! - `events`: the append-only history (a trigger refuses updates): kind, step, attempt, actor,
-//!   time, detail. Partitioned by month of saga id.
+//!   time, detail. Partitioned by month of saga id. It holds the saga-level history and every
+//!   attempt that did not succeed; a succeeded attempt's `step_started` / `step_succeeded`
+//!   (`compensation_*`) are derived from its step's row and the attempt in flight from the saga
+//!   row.
+//!
+//! The common step commit (step k succeeds, k+1 begins) writes two rows, the steps row of k and
+//! the saga row, both HOT updates. Readers ([`PgStore::detail`] and the counts) see the history
+//! as the union of the three, ordered by place, and the steps overlaid with the attempt in
+//! flight: docs/storage.md.
 //!
 //! States and event kinds are domains (`stepwise.saga_status`, `step_status`,
 //! `compensation_status`, `event_kind`). The hot path is four plpgsql functions, one round
