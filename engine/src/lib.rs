@@ -73,9 +73,10 @@
 //! flight: docs/storage.md.
 //!
 //! States and event kinds are domains (`stepwise.saga_status`, `step_status`,
-//! `compensation_status`, `event_kind`). The hot path is four plpgsql functions, one round
-//! trip each: `start_saga`, `claim_sagas`, `commit_step` (one saga's step) and
-//! `commit_transitions` (a group commit).
+//! `compensation_status`, `event_kind`). The hot path is plpgsql functions, one round trip
+//! each: `start_saga`, `claim_sagas` (and `reclaim_sagas` after a lost connection) and
+//! `commit_steps` (every worker commit, one saga's or a group's); `interrupt_attempts` writes
+//! the start of an attempt that ends without success to the history.
 //!
 //! ## Schemas and migrations
 //!
