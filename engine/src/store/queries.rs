@@ -43,7 +43,6 @@ pub enum InsertConflict {
     DifferentInput(Uuid),
 }
 
-
 impl PgStore {
     /// Inserts a saga with its steps and `saga_started` event and wakes a worker, in one round
     /// trip, idempotently on (skill, idempotency key): the same key with the same input returns
