@@ -9,7 +9,13 @@
 //!    bytes per step (`pg_stat_database`, `pg_stat_wal`), CPU per step of this process and of
 //!    the PostgreSQL processes serving it (`/proc`);
 //! 4. latency at 50% load: sagas started at half the measured saga rate while workers run;
-//! 5. optionally a soak: steps/s per minute at high load, dead tuples of the hot tables.
+//! 5. optionally a soak: steps/s per minute at high load, dead tuples of the hot tables,
+//!    with autovacuum as the server has it or turned on for the soak ([`soak`]).
+//!
+//! Rows written per step (inserts and updates of the engine's tables from
+//! `pg_stat_user_tables`, HOT ones counted apart) are read around the throughput phase.
+//! `--waiting N` is a run of its own ([`waiting`]): the load and memory of an idle worker
+//! process with N waiting sagas against none.
 //!
 //! Timings are reported, never asserted.
 
@@ -18,6 +24,7 @@ pub mod latency;
 pub mod pg;
 pub mod procfs;
 pub mod soak;
+pub mod waiting;
 pub mod workload;
 
 use latency::{round3, LatencySummary};
@@ -56,6 +63,9 @@ pub struct BenchConfig {
     pub soak_minutes: Option<u64>,
     /// Length of a soak "minute" in seconds (60; shorter only for trying the soak out).
     pub soak_interval_secs: u64,
+    /// Turn autovacuum on (PostgreSQL's defaults) for the soak when the server has it off,
+    /// and put the configuration back afterwards.
+    pub soak_autovacuum: bool,
     /// Any database URL on the server to use; the benchmark works in its own databases.
     pub server_url: String,
     /// The database the benchmark (re)creates for its sagas.
@@ -78,6 +88,7 @@ impl Default for BenchConfig {
             ceiling_runs: 3,
             soak_minutes: None,
             soak_interval_secs: 60,
+            soak_autovacuum: false,
             server_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             database: "stepwise_bench".into(),
         }
@@ -175,11 +186,33 @@ pub struct PerStep {
     /// CPU of the PostgreSQL processes serving the benchmark's database and of the server's
     /// background processes, microseconds.
     pub postgres_cpu_us: Option<f64>,
+    /// Rows written to the engine's tables (sagas, steps, history): inserts + updates
+    /// (HOT or not) + deletes, from `pg_stat_user_tables`.
+    pub rows_written: Option<f64>,
+    pub inserts: Option<f64>,
+    pub updates: Option<f64>,
+    pub hot_updates: Option<f64>,
+    /// Share of the updates that were HOT (no index entry written), 0..1.
+    pub hot_update_share: Option<f64>,
+}
+
+/// How busy the two sides were over the throughput phase: CPU seconds per second of wall
+/// time (1.0 = one core all the time). With PostgreSQL and the benchmark pinned to a core each
+/// (`taskset`), the side near 1.0 is the one that limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoresBusy {
+    pub worker: Option<f64>,
+    pub postgres: Option<f64>,
+    pub wall_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MachineReport {
     pub cpus: usize,
+    /// The CPUs this process and a backend of the benchmark's database may run on
+    /// (`Cpus_allowed_list`): different when the run was pinned with `taskset`.
+    pub bench_cpus_allowed: Option<String>,
+    pub postgres_cpus_allowed: Option<String>,
     pub load_average_1m_before: Option<f64>,
     pub load_average_1m_after: Option<f64>,
     pub postgres: pg::ServerInfo,
@@ -209,6 +242,9 @@ pub struct BenchReport {
     pub efficiency_basis: &'static str,
     pub synchronous_commit: String,
     pub per_step: PerStep,
+    /// Rows written per table over the throughput phase (not per step).
+    pub table_writes: Vec<pg::TableWrites>,
+    pub cores_busy: CoresBusy,
     pub peak_rss_mib: Option<f64>,
     pub tables: Vec<stepwise_engine::store::TableHealth>,
     pub soak: Option<soak::SoakReport>,
@@ -291,6 +327,13 @@ pub async fn run(
 
     let before = pg::settled_counters(&pool).await?;
     let pids = pg::server_pids(&pool).await?;
+    let backend_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await?;
+    let postgres_cpus_allowed = u32::try_from(backend_pid)
+        .ok()
+        .and_then(procfs::cpus_allowed);
+    let cpu_window = Instant::now();
     let pg_cpu_before = procfs::CpuSnapshot::of(&pids);
     let own_cpu_before = procfs::own_cpu_seconds();
     progress.phase("throughput", config.sagas as u64);
@@ -307,19 +350,36 @@ pub async fn run(
     let own_cpu_after = procfs::own_cpu_seconds();
     let pids_after = pg::server_pids(&pool).await?;
     let pg_cpu = procfs::CpuSnapshot::of(&pids_after).since(&pg_cpu_before);
+    let cpu_wall = cpu_window.elapsed().as_secs_f64().max(1e-9);
     let after = pg::settled_counters(&pool).await?;
     let elapsed = ((t_end - t0).num_microseconds().unwrap_or(0) as f64 / 1e6).max(1e-6);
     let executed = workload::steps_executed(&engine, &ids).await?;
     let steps_per_s = executed as f64 / elapsed;
     let sagas_per_s = config.sagas as f64 / elapsed;
     let per = |x: f64| (executed > 0).then(|| round3(x / executed as f64));
+    let own_cpu = own_cpu_after.zip(own_cpu_before).map(|(a, b)| a - b);
+    let table_writes = pg::TableWrites::delta(&after.writes, &before.writes);
+    let sum = |f: fn(&pg::TableWrites) -> i64| table_writes.iter().map(f).sum::<i64>();
+    let (inserts, updates, hot_updates) = (
+        sum(|t| t.inserts),
+        sum(|t| t.updates),
+        sum(|t| t.hot_updates),
+    );
     let per_step = PerStep {
         commits: per((after.commits - before.commits) as f64),
         wal_bytes: per((after.wal_bytes - before.wal_bytes) as f64),
-        worker_cpu_us: own_cpu_after
-            .zip(own_cpu_before)
-            .and_then(|(a, b)| per((a - b) * 1e6)),
+        worker_cpu_us: own_cpu.and_then(|s| per(s * 1e6)),
         postgres_cpu_us: pg_cpu.and_then(|s| per(s * 1e6)),
+        rows_written: per(sum(pg::TableWrites::rows) as f64),
+        inserts: per(inserts as f64),
+        updates: per(updates as f64),
+        hot_updates: per(hot_updates as f64),
+        hot_update_share: (updates > 0).then(|| round3(hot_updates as f64 / updates as f64)),
+    };
+    let cores_busy = CoresBusy {
+        worker: own_cpu.map(|s| round3(s / cpu_wall)),
+        postgres: pg_cpu.map(|s| round3(s / cpu_wall)),
+        wall_s: round3(cpu_wall),
     };
 
     // 4. Latency at half the measured saga rate, the throughput workers still running.
@@ -375,11 +435,15 @@ pub async fn run(
         limit,
         synchronous_commit: server.synchronous_commit.clone(),
         per_step,
+        table_writes,
+        cores_busy,
         peak_rss_mib: procfs::peak_rss_mib().map(|m| (m * 10.0).round() / 10.0),
         tables,
         soak,
         machine: MachineReport {
             cpus: procfs::cpus(),
+            bench_cpus_allowed: procfs::cpus_allowed(std::process::id()),
+            postgres_cpus_allowed,
             load_average_1m_before: load_before,
             load_average_1m_after: procfs::load_average(),
             postgres: server,

@@ -102,12 +102,81 @@ pub async fn server_info(pool: &PgPool) -> Result<ServerInfo, BenchError> {
 }
 
 /// Cumulative counters at one moment.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Counters {
     /// Commits in the benchmark's database.
     pub commits: i64,
     /// WAL written by the whole server (other databases' traffic included).
     pub wal_bytes: i64,
+    /// Row writes of the engine's hot tables (`pg_stat_user_tables`).
+    pub writes: Vec<TableWrites>,
+}
+
+/// Rows written to one of the engine's tables so far (the history's partitions summed as
+/// `events`): PostgreSQL's cumulative `n_tup_ins`, `n_tup_upd` (HOT ones included),
+/// `n_tup_hot_upd` and `n_tup_del`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TableWrites {
+    pub table: String,
+    pub inserts: i64,
+    pub updates: i64,
+    pub hot_updates: i64,
+    pub deletes: i64,
+}
+
+impl TableWrites {
+    /// Rows this table got written: every insert, update (HOT or not) and delete.
+    pub fn rows(&self) -> i64 {
+        self.inserts + self.updates + self.deletes
+    }
+
+    /// `later - earlier`, table by table (a table missing from `earlier` counts whole).
+    pub fn delta(later: &[TableWrites], earlier: &[TableWrites]) -> Vec<TableWrites> {
+        later
+            .iter()
+            .map(|l| {
+                let e = earlier
+                    .iter()
+                    .find(|e| e.table == l.table)
+                    .cloned()
+                    .unwrap_or_default();
+                TableWrites {
+                    table: l.table.clone(),
+                    inserts: l.inserts - e.inserts,
+                    updates: l.updates - e.updates,
+                    hot_updates: l.hot_updates - e.hot_updates,
+                    deletes: l.deletes - e.deletes,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The row-write counters of `stepwise.sagas`, `stepwise.steps` and the history
+/// (`stepwise.events` and its partitions, summed), read from PostgreSQL's statistics views.
+async fn table_writes(conn: &mut PgConnection) -> Result<Vec<TableWrites>, BenchError> {
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT CASE WHEN relname LIKE 'events%' THEN 'events' ELSE relname::text END,
+                sum(n_tup_ins)::bigint, sum(n_tup_upd)::bigint, sum(n_tup_hot_upd)::bigint,
+                sum(n_tup_del)::bigint
+         FROM pg_stat_user_tables
+         WHERE schemaname = 'stepwise' AND (relname IN ('sagas', 'steps') OR relname LIKE 'events%')
+         GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(table, inserts, updates, hot_updates, deletes)| TableWrites {
+                table,
+                inserts,
+                updates,
+                hot_updates,
+                deletes,
+            },
+        )
+        .collect())
 }
 
 /// Makes every backend of `pool` publish its pending statistics, then reads the counters.
@@ -118,7 +187,29 @@ pub struct Counters {
 /// servers flush on the transaction end anyway).
 pub async fn settled_counters(pool: &PgPool) -> Result<Counters, BenchError> {
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    // Every idle connection (a worker's LISTEN connection stays out of the pool).
+    flush_stats(pool).await?;
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await?;
+    let (commits, wal_bytes): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
+                (SELECT wal_bytes::bigint FROM pg_stat_wal)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let writes = table_writes(&mut conn).await?;
+    Ok(Counters {
+        commits: commits.unwrap_or(0),
+        wal_bytes: wal_bytes.unwrap_or(0),
+        writes,
+    })
+}
+
+/// Makes every idle connection of `pool` publish its pending statistics now (an idle backend
+/// otherwise holds them for up to 10 s): one `pg_stat_force_next_flush()` transaction each.
+/// A worker's LISTEN connection stays out of the pool and has nothing to publish.
+pub async fn flush_stats(pool: &PgPool) -> Result<(), BenchError> {
     let mut held = Vec::new();
     while let Some(mut conn) = pool.try_acquire() {
         if sqlx::query("SELECT pg_stat_force_next_flush()")
@@ -131,20 +222,7 @@ pub async fn settled_counters(pool: &PgPool) -> Result<Counters, BenchError> {
         held.push(conn);
     }
     drop(held);
-    let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *conn)
-        .await?;
-    let (commits, wal_bytes): (Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
-                (SELECT wal_bytes::bigint FROM pg_stat_wal)",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Counters {
-        commits: commits.unwrap_or(0),
-        wal_bytes: wal_bytes.unwrap_or(0),
-    })
+    Ok(())
 }
 
 /// Pids of the server processes that serve this database, plus the server's background
@@ -161,7 +239,146 @@ pub async fn server_pids(pool: &PgPool) -> Result<Vec<u32>, BenchError> {
         .collect())
 }
 
-/// Health of one of the engine's tables.
+/// PostgreSQL's `autovacuum` switched on for a while by [`autovacuum_on`]; [`Self::restore`]
+/// puts the server's configuration back as it was.
+#[derive(Debug)]
+pub struct AutovacuumOn {
+    server_url: String,
+    /// Whether this changed the configuration (it was off).
+    changed: bool,
+    /// The `autovacuum` line of `postgresql.auto.conf` before, if it had one.
+    previous: Option<String>,
+}
+
+/// An `autovacuum_*` setting that is not PostgreSQL's default, as the soak's report states.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setting {
+    pub name: String,
+    pub setting: String,
+    pub source: String,
+}
+
+/// Turns autovacuum on with `ALTER SYSTEM` and a configuration reload (it overrides the
+/// configuration files, `postgresql.auto.conf` being read last), and waits until new sessions
+/// see it and the autovacuum launcher runs. Needs a superuser. Nothing changes when it is on
+/// already.
+pub async fn autovacuum_on(server_url: &str) -> Result<AutovacuumOn, BenchError> {
+    let admin_url = with_database(server_url, "postgres");
+    let mut conn = connect_one(&admin_url).await?;
+    let current: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(&mut conn)
+        .await?;
+    let mut guard = AutovacuumOn {
+        server_url: server_url.to_string(),
+        changed: false,
+        previous: None,
+    };
+    if current == "on" {
+        conn.close().await?;
+        return Ok(guard);
+    }
+    guard.previous = sqlx::query_scalar(
+        "SELECT setting FROM pg_file_settings
+         WHERE name = 'autovacuum' AND sourcefile LIKE '%postgresql.auto.conf'
+         ORDER BY seqno DESC LIMIT 1",
+    )
+    .fetch_optional(&mut conn)
+    .await?;
+    sqlx::raw_sql("ALTER SYSTEM SET autovacuum = on")
+        .execute(&mut conn)
+        .await?;
+    guard.changed = true;
+    sqlx::raw_sql("SELECT pg_reload_conf()")
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    // The reload is asynchronous: wait until a new session sees it and the postmaster has
+    // started the launcher (it does so on its next loop once autovacuum is on).
+    for _ in 0..100 {
+        let mut probe = connect_one(&admin_url).await?;
+        let (on, launcher): (String, bool) = sqlx::query_as(
+            "SELECT current_setting('autovacuum'),
+                    EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'autovacuum launcher')",
+        )
+        .fetch_one(&mut probe)
+        .await?;
+        probe.close().await?;
+        if on == "on" && launcher {
+            return Ok(guard);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restored = guard.restore().await;
+    Err(BenchError::Internal(format!(
+        "autovacuum did not come on within 10 s after ALTER SYSTEM and a reload{}",
+        restored.err().map_or(String::new(), |e| format!(
+            " (restoring it failed too: {e})"
+        ))
+    )))
+}
+
+impl AutovacuumOn {
+    /// Whether autovacuum was off and this turned it on.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Puts `postgresql.auto.conf` back as it was and reloads the configuration.
+    pub async fn restore(self) -> Result<(), BenchError> {
+        if !self.changed {
+            return Ok(());
+        }
+        let mut conn = connect_one(&with_database(&self.server_url, "postgres")).await?;
+        let statement = match &self.previous {
+            Some(value) => format!(
+                "ALTER SYSTEM SET autovacuum = '{}'",
+                value.replace('\'', "''")
+            ),
+            None => "ALTER SYSTEM RESET autovacuum".to_string(),
+        };
+        sqlx::raw_sql(&statement).execute(&mut conn).await?;
+        sqlx::raw_sql("SELECT pg_reload_conf()")
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(())
+    }
+}
+
+/// The `autovacuum*` settings that differ from PostgreSQL's defaults, and where they come from.
+pub async fn autovacuum_settings(pool: &PgPool) -> Result<Vec<Setting>, BenchError> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT name, setting, source FROM pg_settings
+         WHERE (name LIKE 'autovacuum%' OR name = 'track_counts') AND source <> 'default'
+         ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, setting, source)| Setting {
+            name,
+            setting,
+            source,
+        })
+        .collect())
+}
+
+/// Bytes on disk of the engine's tables with their indexes and TOAST (the history's
+/// partitions summed as `events`).
+pub async fn table_bytes(pool: &PgPool) -> Result<Vec<(String, i64)>, BenchError> {
+    Ok(sqlx::query_as(
+        "SELECT CASE WHEN c.relname LIKE 'events%' THEN 'events' ELSE c.relname::text END,
+                sum(pg_total_relation_size(c.oid))::bigint
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'stepwise' AND c.relkind = 'r'
+           AND (c.relname IN ('sagas', 'steps') OR c.relname LIKE 'events%')
+         GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -177,6 +394,23 @@ mod tests {
             with_database("postgres://postgres@127.0.0.1:5432", "bench"),
             "postgres://postgres@127.0.0.1:5432/bench"
         );
+    }
+
+    #[test]
+    fn writes_are_subtracted_table_by_table() {
+        let w = |table: &str, inserts, updates, hot_updates| TableWrites {
+            table: table.into(),
+            inserts,
+            updates,
+            hot_updates,
+            deletes: 0,
+        };
+        let delta = TableWrites::delta(
+            &[w("events", 10, 0, 0), w("sagas", 5, 40, 38)],
+            &[w("sagas", 5, 20, 19)],
+        );
+        assert_eq!(delta, vec![w("events", 10, 0, 0), w("sagas", 0, 20, 19)]);
+        assert_eq!(delta[1].rows(), 20);
     }
 
     #[test]

@@ -39,12 +39,30 @@ pub fn rss_mib() -> Option<f64> {
     status_kib("VmRSS:").map(|kib| kib as f64 / 1024.0)
 }
 
-fn status_kib(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+/// Current and peak resident set size of process `pid` in MiB (`VmRSS`, `VmHWM`).
+pub fn rss_of(pid: u32) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status_field(&text, "VmRSS:")?.parse::<u64>().ok()?;
+    let hwm = status_field(&text, "VmHWM:")?.parse::<u64>().ok()?;
+    Some((rss as f64 / 1024.0, hwm as f64 / 1024.0))
+}
+
+/// The CPUs process `pid` may run on, as Linux lists them (`Cpus_allowed_list`, e.g. `0-1`):
+/// how the report shows a run pinned with `taskset`.
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field(&text, "Cpus_allowed_list:").map(str::to_string)
+}
+
+fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|line| line.strip_prefix(key))
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+}
+
+fn status_kib(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_field(&text, key).and_then(|n| n.parse().ok())
 }
 
 /// The 1-minute load average of the machine.
@@ -105,6 +123,8 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(own_cpu_seconds().is_some());
             assert!(peak_rss_mib().is_some_and(|m| m > 0.0));
+            assert!(rss_of(std::process::id()).is_some_and(|(rss, peak)| rss > 0.0 && peak >= rss));
+            assert!(cpus_allowed(std::process::id()).is_some());
         }
     }
 }

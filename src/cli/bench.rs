@@ -38,6 +38,17 @@ pub struct BenchArgs {
     /// Length of a soak "minute" in seconds (only to try the soak out quickly).
     #[arg(long, default_value_t = 60, hide = true)]
     pub soak_interval_secs: u64,
+    /// Turn autovacuum on (PostgreSQL's defaults, ALTER SYSTEM + reload; needs a superuser)
+    /// for the soak if the server has it off, and put the configuration back afterwards.
+    #[arg(long, requires = "soak")]
+    pub soak_autovacuum: bool,
+    /// Instead of the other phases: an idle worker process with nothing waiting, then with
+    /// this many sagas waiting for an event; its transactions/s and RSS.
+    #[arg(long, value_name = "SAGAS", conflicts_with_all = ["soak", "fail_at_half"])]
+    pub waiting: Option<usize>,
+    /// Seconds of each idle window of --waiting.
+    #[arg(long, default_value_t = 60)]
+    pub waiting_window_secs: u64,
     /// Seconds of each pgbench run of the ceiling (0 skips the ceiling).
     #[arg(long, default_value_t = 5)]
     pub limit_seconds: u64,
@@ -78,6 +89,7 @@ impl BenchArgs {
             ceiling_runs: self.limit_runs,
             soak_minutes: self.soak,
             soak_interval_secs: self.soak_interval_secs,
+            soak_autovacuum: self.soak_autovacuum,
             server_url,
             database: self.database.clone(),
         }
@@ -92,7 +104,23 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     } else {
         Arc::new(bench::Silent)
     };
-    let result = bench::run(config, progress.clone()).await;
+    let result = match args.waiting {
+        Some(n) => match std::env::current_exe() {
+            Ok(exe) => bench::waiting::run(
+                config,
+                n,
+                Duration::from_secs(args.waiting_window_secs.max(1)),
+                &exe,
+                progress.clone(),
+            )
+            .await
+            .map(|r| Report::Waiting(Box::new(r))),
+            Err(e) => Err(bench::BenchError::Io(e)),
+        },
+        None => bench::run(config, progress.clone())
+            .await
+            .map(|r| Report::Run(Box::new(r))),
+    };
     progress.phase("done", 0);
     if let Some(embedded) = target.embedded {
         if let Err(e) = embedded.shutdown().await {
@@ -103,12 +131,52 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         bench::BenchError::Invalid(m) => CliError::usage(m),
         other => CliError::failed(format!("benchmark failed: {other}")),
     })?;
-    if args.json {
-        super::print_json(&report)
-    } else {
-        println!("{}", render(&report));
-        Ok(())
+    match (report, args.json) {
+        (Report::Run(report), true) => super::print_json(&report),
+        (Report::Waiting(report), true) => super::print_json(&report),
+        (Report::Run(report), false) => {
+            println!("{}", render(&report));
+            Ok(())
+        }
+        (Report::Waiting(report), false) => {
+            println!("{}", render_waiting(&report));
+            Ok(())
+        }
     }
+}
+
+enum Report {
+    Run(Box<BenchReport>),
+    Waiting(Box<bench::waiting::WaitingReport>),
+}
+
+/// The human-readable report of `--waiting`.
+pub fn render_waiting(r: &bench::waiting::WaitingReport) -> String {
+    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v}"));
+    let mut lines = vec![format!(
+        "waiting       {} sagas made to wait in {} s; worker: stepwise {}",
+        r.waiting,
+        r.setup_s,
+        r.worker_args.join(" ")
+    )];
+    for w in [&r.nothing_waiting, &r.with_waiting] {
+        lines.push(format!(
+            "idle worker   {:>7} waiting: {} transactions/s, {} saga rows read/s, RSS {} MiB (peak {}) over {} s",
+            w.waiting_sagas,
+            w.transactions_per_s,
+            w.saga_rows_read_per_s,
+            f(w.worker_rss_mib),
+            f(w.worker_peak_rss_mib),
+            w.window_s
+        ));
+    }
+    lines.push(format!(
+        "machine       load {} -> {}, PostgreSQL {}",
+        f(r.load_average_1m_before),
+        f(r.load_average_1m_after),
+        r.postgres.version
+    ));
+    lines.join("\n")
 }
 
 /// The human-readable report.
@@ -175,6 +243,26 @@ pub fn render(r: &BenchReport) -> String {
         f(p.worker_cpu_us),
         f(p.postgres_cpu_us)
     ));
+    line(format!(
+        "rows written  {} per step ({} inserts, {} updates of which {} HOT; HOT share {})",
+        f(p.rows_written),
+        f(p.inserts),
+        f(p.updates),
+        f(p.hot_updates),
+        f(p.hot_update_share)
+    ));
+    for t in &r.table_writes {
+        line(format!(
+            "  {:<11} {} inserts, {} updates ({} HOT), {} deletes",
+            t.table, t.inserts, t.updates, t.hot_updates, t.deletes
+        ));
+    }
+    line(format!(
+        "cores busy    worker {}, PostgreSQL {} (CPU s per s over {} s)",
+        f(r.cores_busy.worker),
+        f(r.cores_busy.postgres),
+        r.cores_busy.wall_s
+    ));
     line(format!("peak RSS      {} MiB", f(r.peak_rss_mib)));
     for t in &r.tables {
         line(format!(
@@ -206,14 +294,18 @@ pub fn render(r: &BenchReport) -> String {
             soak.autovacuum,
             if soak.manual_vacuum {
                 " (the soak ran VACUUM (ANALYZE) on sagas and steps each minute)"
+            } else if soak.autovacuum_turned_on {
+                " (turned on for the soak, put back after)"
             } else {
                 ""
             }
         ));
     }
     line(format!(
-        "machine       {} CPUs, load {} -> {}, PostgreSQL {}",
+        "machine       {} CPUs (bench on {}, PostgreSQL on {}), load {} -> {}, PostgreSQL {}",
         r.machine.cpus,
+        r.machine.bench_cpus_allowed.as_deref().unwrap_or("-"),
+        r.machine.postgres_cpus_allowed.as_deref().unwrap_or("-"),
         f(r.machine.load_average_1m_before),
         f(r.machine.load_average_1m_after),
         r.machine.postgres.version
