@@ -57,7 +57,7 @@
 //!   places and worker of the last attempts (`started_seq`, `finished_seq`, `actor`, and
 //!   `compensation_*`).
 //! - `sagas.waiting_for`: what a `waiting` saga awaits (`{"step","event","until","prompt",
-//!   "schema","url","roles"}`), set exactly while it waits (a CHECK ties it to the status, no lease and a
+//!   "schema","url","roles"}`), set exactly while it waits (the row invariants tie it to the status, no lease and a
 //!   wake time); `steps.wait_deadlines`: each wait's deadline, fixed when first reached.
 //! - `deliveries`: events delivered to sagas, unique on (saga, delivery key), with payload,
 //!   actor, time and which step consumed them when.
