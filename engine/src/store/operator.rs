@@ -1,9 +1,11 @@
-//! The statements behind the operator API (replays, pruning, listing for bulk actions) and the
-//! queue sample behind the metrics. Parameterized throughout; kept apart from the worker's hot
-//! path. Every change here is one transaction that also appends its history rows.
+//! The statements behind the operator API (replays, listing for bulk actions; pruning is in
+//! `prune.rs`) and the queue sample behind the metrics. Parameterized throughout; kept apart
+//! from the worker's hot path. Every change here is one transaction that also appends its
+//! history rows.
 
 use super::history::{self, HistoryRow};
 use super::queries::start_saga;
+use super::reads::SUMMARY_COLUMNS;
 use super::rows::SummaryRow;
 use super::NewSaga;
 use super::{PgStore, WORK_CHANNEL};
@@ -13,9 +15,6 @@ use crate::model::{EventKind, SagaStatus, SagaSummary};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
-
-const SUMMARY_COLUMNS: &str =
-    "id, skill, skill_version, status, idempotency_key, created_at, updated_at";
 
 /// A history row written by an operator action.
 #[derive(Debug, Clone)]
