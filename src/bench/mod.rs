@@ -31,7 +31,7 @@ use latency::{round3, LatencySummary};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stepwise_engine::{Engine, PgStore, SystemClock};
+use stepwise_engine::{Engine, PgStore, SystemClock, WorkerConfig};
 use workload::{start_many, start_one, Workers};
 
 /// What to run.
@@ -49,6 +49,8 @@ pub struct BenchConfig {
     pub in_flight: usize,
     /// Group several sagas' step commits into one transaction.
     pub batch_commits: bool,
+    /// Concurrent group-commit tasks of each worker when commits are batched.
+    pub committers: usize,
     /// Make step K/2 fail permanently, so the run measures the compensation path too.
     pub fail_at_half: bool,
     /// Sagas started one at a time on idle workers, for the idle latency.
@@ -81,6 +83,7 @@ impl Default for BenchConfig {
             workers: 1,
             in_flight: 8,
             batch_commits: false,
+            committers: WorkerConfig::default().committers,
             fail_at_half: false,
             idle_samples: 50,
             half_load_seconds: 5.0,

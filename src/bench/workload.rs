@@ -69,6 +69,7 @@ impl Workers {
                     shutdown_grace: Duration::from_secs(30),
                     jitter: JitterSource::Random,
                     commit_batch: config.commit_batch(),
+                    committers: config.committers,
                     ..WorkerConfig::default()
                 });
                 let token = stop.clone();

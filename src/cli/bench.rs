@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// Cross-saga batched commits: several sagas' step results in one transaction.
     #[arg(long)]
     pub batch: bool,
+    /// With --batch: concurrent group commits of each worker (as `stepwise worker --committers`).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub committers: u16,
     /// Step K/2 fails permanently: measures the compensation path.
     #[arg(long)]
     pub fail_at_half: bool,
@@ -82,6 +85,7 @@ impl BenchArgs {
                 self.concurrency
             }),
             batch_commits: self.batch,
+            committers: usize::from(self.committers),
             fail_at_half: self.fail_at_half,
             idle_samples: self.idle_samples,
             half_load_seconds: self.half_load_seconds,
