@@ -451,3 +451,47 @@ async fn a_checkout_whose_charge_failed_unseen_says_nothing_had_been_charged(poo
         report.text
     );
 }
+
+/// The booking record's upsert takes effect but every answer is lost (5 attempts): the step is
+/// possibly done, the booking compensates, and the undo finds the booking under its external id
+/// and cancels it (and closes the opportunity) instead of failing for want of a recorded output.
+#[sqlx::test(migrations = false)]
+async fn a_booking_whose_record_answers_were_lost_cancels_the_possible_booking(pool: PgPool) {
+    stepwise::app::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let w = World::new(pool).await;
+    let ledger = w.ledger().await;
+    let room_number = free_vacant_rooms(&ledger, 60, 62)[0].clone();
+    let room_id = room(&ledger, &room_number)["Id"].clone();
+    w.faults(
+        json!({"effect_then_error_rate": 1.0, "services": ["salesforce"], "method": "PATCH",
+                    "path_prefix": "/salesforce/services/data/v60.0/sobjects/Booking__c",
+                    "max_faults": 5}),
+    )
+    .await;
+    let input = booking_input("lost-bk", "lost.answer@example.com", &room_number, 60, 62);
+    let saga = w.run("create_booking", input).await;
+    w.clear_faults().await;
+
+    assert_eq!(status(&saga), SagaStatus::Compensated, "{:?}", saga.error);
+    let record = saga
+        .steps
+        .iter()
+        .find(|s| s.name == "create_booking_record")
+        .unwrap();
+    assert!(record.possibly_done);
+    assert_eq!(record.attempts, 5);
+    let undo = record.compensation.output.clone().unwrap();
+    assert_eq!(undo["status"], "Cancelled", "{undo}");
+    assert!(compensated_steps(&saga).contains(&"create_opportunity".to_string()));
+
+    let ledger = w.ledger().await;
+    let bookings: Vec<Value> = objects(&ledger, "Booking__c")
+        .into_iter()
+        .filter(|b| b["Hotel_Room__c"] == room_id && b["Check_In_Date__c"] == day(60).as_str())
+        .collect();
+    assert_eq!(bookings.len(), 1, "the lost answers created it once");
+    assert_eq!(bookings[0]["Status__c"], "Cancelled");
+    assert_eq!(bookings[0]["Name"], undo["booking_number"]);
+}

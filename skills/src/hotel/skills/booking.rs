@@ -11,7 +11,9 @@ use crate::hotel::holds::NewHold;
 use crate::hotel::records::{
     self, booking_status, room_status, Booking, ContactType, Room, BOOKING, OPPORTUNITY,
 };
-use crate::hotel::{exposure, ext, input, record_key, recorded, step, undo, Hotel};
+use crate::hotel::{
+    exposure, ext, input, possibly_created, record_key, recorded, step, undo, Hotel,
+};
 use chrono::NaiveDate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -319,21 +321,29 @@ async fn create_opportunity(
 
 async fn lose_opportunity(
     hotel: Arc<Hotel>,
-    _ctx: StepContext,
+    ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
-    let record: OpportunityRecord = recorded(output)?;
+    let opportunity_id = if ctx.possibly_done {
+        // Its answer was lost: the upsert may have created it under its external id.
+        match possibly_created(&hotel, &ctx, OPPORTUNITY).await? {
+            Some(id) => id,
+            None => return Ok(json!({"closed": false, "reason": "no opportunity was created"})),
+        }
+    } else {
+        recorded::<OpportunityRecord>(output)?.opportunity_id
+    };
     hotel
         .connectors
         .crm
         .update(
             OPPORTUNITY,
-            &record.opportunity_id,
+            &opportunity_id,
             &json!({"StageName": "Closed Lost"}),
         )
         .await
         .map_err(ext)?;
-    Ok(json!({"opportunity_id": record.opportunity_id, "stage": "Closed Lost"}))
+    Ok(json!({"opportunity_id": opportunity_id, "stage": "Closed Lost"}))
 }
 
 async fn create_booking_record(
@@ -370,20 +380,30 @@ async fn create_booking_record(
 
 async fn cancel_booking_record(
     hotel: Arc<Hotel>,
-    _ctx: StepContext,
+    ctx: StepContext,
     output: Value,
 ) -> Result<Value, StepError> {
-    let record: BookingRecord = recorded(output)?;
-    hotel
-        .connectors
-        .crm
-        .update(
-            BOOKING,
-            &record.booking_id,
-            &json!({"Status__c": booking_status::CANCELLED}),
-        )
-        .await
-        .map_err(ext)?;
+    let crm = &hotel.connectors.crm;
+    let record: BookingRecord = if ctx.possibly_done {
+        // Its answer was lost: the upsert may have created it under its external id.
+        let Some(id) = possibly_created(&hotel, &ctx, BOOKING).await? else {
+            return Ok(json!({"cancelled": false, "reason": "no booking was created"}));
+        };
+        let booking: Booking = crm.get(BOOKING, &id).await.map_err(ext)?;
+        BookingRecord {
+            booking_id: booking.id,
+            booking_number: booking.number,
+        }
+    } else {
+        recorded(output)?
+    };
+    crm.update(
+        BOOKING,
+        &record.booking_id,
+        &json!({"Status__c": booking_status::CANCELLED}),
+    )
+    .await
+    .map_err(ext)?;
     Ok(json!({"booking_number": record.booking_number, "status": booking_status::CANCELLED}))
 }
 
