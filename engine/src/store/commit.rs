@@ -1,7 +1,8 @@
 //! Committing a worker's [`Transition`]s under their fencing tokens. Every commit goes through
-//! `stepwise.commit_steps` (engine/migrations), one statement over arrays for one saga or a
-//! group of sagas: the saga rows, the attempts that begin and succeed, and the history rows
-//! that end sagas. A transition that also fails a step, waits or ends a compensation adds its
+//! `stepwise.commit_steps` (engine/migrations), one call over arrays for one saga or a group
+//! of sagas: the saga rows, the attempts that begin and succeed, and the history rows that end
+//! sagas. Inside, it writes a saga at a time with short primary-key statements (a single
+//! statement over the arrays cost twice as much per saga, BENCHMARKS.md). A transition that also fails a step, waits or ends a compensation adds its
 //! other changes around that call, in one transaction (docs/storage.md).
 
 use super::history;
@@ -26,7 +27,7 @@ impl PgStore {
     /// Applies a worker's transition atomically, fenced by its lease token.
     ///
     /// The hot path (a step's result and the next step's start, compensation progress, a
-    /// saga's end) is one statement, so one round trip and one commit; with group commit on,
+    /// saga's end) is one function call, so one round trip and one commit; with group commit on,
     /// several sagas' transitions share that statement and its commit. Rarer transitions (a
     /// failure, a wait, a compensation that gives up) run as a transaction of a few.
     pub async fn commit(
