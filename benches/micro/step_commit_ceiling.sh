@@ -26,7 +26,7 @@ tps() { # script database -> transactions/s
 fresh_sagas() { # one saga of 50,000 no-op steps per pgbench client slot, claimed
   psql "$url" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
   DATABASE_URL="$base/$db" "$bin" migrate >/dev/null
-  psql "$base/$db" <<'SQL'
+  psql "$base/$db" >/dev/null <<'SQL'
 SELECT count(*) FROM generate_series(1, 512) n,
   LATERAL stepwise.start_saga(('01900000-0000-7000-8000-' || lpad(n::text, 12, '0'))::uuid, 'ceiling', 1,
     NULL, '{}'::jsonb, 'bench', NULL, (SELECT array_agg('s' || g) FROM generate_series(0, 2000) g),
