@@ -3,7 +3,7 @@
 
 use super::BenchError;
 use serde::Serialize;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -60,8 +60,7 @@ pub async fn drop_database(server_url: &str, db: &str) -> Result<(), BenchError>
 /// A pool of exactly `size` connections, all opened now so none is opened mid-measurement.
 pub async fn pool(url: &str, size: u32) -> Result<PgPool, BenchError> {
     let options = PgConnectOptions::from_str(url)?.application_name("stepwise-bench");
-    Ok(PgPoolOptions::new()
-        .max_connections(size)
+    Ok(stepwise_engine::store::pool_options(size)
         .min_connections(size)
         .acquire_timeout(Duration::from_secs(60))
         .connect_with(options)

@@ -15,7 +15,7 @@
 
 use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult, PgRow, PgStatement};
-use sqlx::{Describe, Either, Execute, Executor, PgPool, Postgres, Transaction};
+use sqlx::{Connection, Describe, Either, Execute, Executor, PgPool, Postgres, Transaction};
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -51,6 +51,31 @@ impl From<PgPool> for DbPool {
     }
 }
 
+/// A pooled connection idle for less than this is handed out without a check: it was working
+/// a moment ago, and a statement on a connection that broke since fails like one that breaks
+/// while it runs.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// The options of every engine pool, with at most `max_connections`. sqlx pings each
+/// connection as it is taken from the pool by default: a second round trip for every
+/// statement, and a step commit is one statement (BENCHMARKS.md). Only connections idle for
+/// [`CHECK_AFTER_IDLE`] or more are pinged here, which is where a restarted server or a cut
+/// link shows; a failed ping discards the connection and the pool takes or opens another.
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 impl DbPool {
     /// A pool of at most `max_connections` to `options`, set up for `pooling`; connects once
     /// so a wrong URL fails here.
@@ -59,9 +84,7 @@ impl DbPool {
         max_connections: u32,
         pooling: Pooling,
     ) -> Result<Self, sqlx::Error> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(30))
+        let pool = pool_options(max_connections)
             .connect_with(pooled_options(options, pooling))
             .await?;
         Ok(Self { pool, pooling })
@@ -69,10 +92,8 @@ impl DbPool {
 
     /// Like [`DbPool::connect`], without connecting until the first statement.
     pub fn connect_lazy(options: PgConnectOptions, max_connections: u32, pooling: Pooling) -> Self {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_lazy_with(pooled_options(options, pooling));
+        let pool =
+            pool_options(max_connections).connect_lazy_with(pooled_options(options, pooling));
         Self { pool, pooling }
     }
 

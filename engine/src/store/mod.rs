@@ -27,7 +27,7 @@ pub use console::{
     AttentionList, ConsoleSaga, MinuteActivity, SagaPageQuery, SkillStatusCount,
     SAGA_CHANGED_CHANNEL,
 };
-pub use db_pool::{pooled_options, DbPool, Pooling};
+pub use db_pool::{pool_options, pooled_options, DbPool, Pooling};
 pub use operator::{OperatorEvent, ReplayConflict, ReplaySaga};
 pub use prune::{HistoryPartition, PruneBatch};
 pub use queries::{InsertConflict, NewSaga, StartOutcome};
