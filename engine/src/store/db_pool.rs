@@ -34,6 +34,12 @@ pub enum Pooling {
 /// What every transaction opened through a transaction pooler starts with.
 const POOLED_BEGIN: &str = "DEALLOCATE ALL; BEGIN";
 
+/// How [`DbPool::begin_snapshot`] starts its transactions, directly and through a transaction
+/// pooler.
+const SNAPSHOT_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+const POOLED_SNAPSHOT_BEGIN: &str =
+    "DEALLOCATE ALL; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
 /// A PostgreSQL pool that knows whether a transaction pooler stands between it and the server.
 /// `&DbPool` is an sqlx [`Executor`], like `&PgPool`. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -117,6 +123,18 @@ impl DbPool {
                 Transaction::begin(conn, Some(Cow::Borrowed(POOLED_BEGIN))).await
             }
         }
+    }
+
+    /// Starts a read-only transaction whose statements all see one snapshot (`REPEATABLE
+    /// READ`): for readers that assemble one answer from several statements while workers
+    /// commit.
+    pub async fn begin_snapshot(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let conn = self.pool.acquire().await?;
+        let begin = match self.pooling {
+            Pooling::Direct => SNAPSHOT_BEGIN,
+            Pooling::Transaction => POOLED_SNAPSHOT_BEGIN,
+        };
+        Transaction::begin(conn, Some(Cow::Borrowed(begin))).await
     }
 
     /// Where the pool's new connections go from now on (the connections open stay).

@@ -104,8 +104,10 @@ impl PgStore {
         row.map(SagaSummary::try_from).transpose()
     }
 
-    /// A saga with its steps and full history (see the module documentation).
+    /// A saga with its steps and full history (see the module documentation), read in one
+    /// snapshot so the three agree while a worker commits the saga's next step.
     pub async fn detail(&self, id: Uuid) -> Result<Option<SagaDetail>, StoreError> {
+        let mut tx = self.pool.begin_snapshot().await?;
         let Some(saga): Option<DetailRow> = sqlx::query_as(
             "SELECT id, skill, skill_version, status, idempotency_key, input, output, error,
                     started_by, replay_of, cancel_requested_at, lease_owner, waiting_for,
@@ -113,7 +115,7 @@ impl PgStore {
              FROM stepwise.sagas WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
         else {
             return Ok(None);
@@ -126,7 +128,7 @@ impl PgStore {
              FROM ({STEPS_VIEW}) v WHERE saga_id = $1 ORDER BY position"
         ))
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         // One statement, so the ranks count every row of the union in its place.
         let events: Vec<EventRow> = sqlx::query_as(&format!(
@@ -135,8 +137,9 @@ impl PgStore {
              FROM ({HISTORY}) h WHERE saga_id = $1 ORDER BY place"
         ))
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(Some(SagaDetail {
             id: saga.id,
             status: parse("saga status", &saga.status)?,
