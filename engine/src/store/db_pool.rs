@@ -35,10 +35,11 @@ pub enum Pooling {
 const POOLED_BEGIN: &str = "DEALLOCATE ALL; BEGIN";
 
 /// How [`DbPool::begin_snapshot`] starts its transactions, directly and through a transaction
-/// pooler.
+/// pooler. `BEGIN` comes first there: the statements of one message run in one transaction,
+/// and its isolation level can no longer be set once `DEALLOCATE` has run in it.
 const SNAPSHOT_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 const POOLED_SNAPSHOT_BEGIN: &str =
-    "DEALLOCATE ALL; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; DEALLOCATE ALL";
 
 /// A PostgreSQL pool that knows whether a transaction pooler stands between it and the server.
 /// `&DbPool` is an sqlx [`Executor`], like `&PgPool`. Cheap to clone.
