@@ -73,6 +73,13 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30))
         .test_before_acquire(false)
+        // No idle timeout and no maximum lifetime, hence no pool maintenance task: in sqlx
+        // 0.8 that task can read a momentarily wrapped idle count and spin on a core forever
+        // (sqlx issue 3645, fixed in 0.9; seen here in a 30-minute soak, docs/reliability.md).
+        // A connection lives until it fails; the check above replaces the ones that broke
+        // while idle.
+        .idle_timeout(None)
+        .max_lifetime(None)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
                 if meta.idle_for >= CHECK_AFTER_IDLE {
