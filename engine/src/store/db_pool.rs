@@ -76,7 +76,7 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         // No idle timeout and no maximum lifetime, hence no pool maintenance task: in sqlx
         // 0.8 that task can read a momentarily wrapped idle count and spin on a core forever
         // (sqlx issue 3645, fixed in 0.9; seen here in a 30-minute soak, docs/reliability.md).
-        // A connection lives until it fails; the check above replaces the ones that broke
+        // A connection lives until it fails; the check below replaces the ones that broke
         // while idle.
         .idle_timeout(None)
         .max_lifetime(None)
