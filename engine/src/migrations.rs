@@ -23,7 +23,6 @@
 //! the `search_path` only decides where the history table lives.
 
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 /// One crate's schema and the embedded migrations that build it.
@@ -92,8 +91,7 @@ impl SchemaMigrations {
             .options([("search_path", schema), ("client_min_messages", "warning")]);
         // A pool of one, not a bare connection: `Migrator::run` over `&mut PgConnection` makes
         // a future that is not `Send` for every lifetime, so callers could not spawn it.
-        let migration_pool = PgPoolOptions::new()
-            .max_connections(1)
+        let migration_pool = crate::store::pool_options(1)
             .connect_with(options)
             .await
             .map_err(database)?;

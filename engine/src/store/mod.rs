@@ -37,7 +37,7 @@ pub use waits::{DeliveryOutcome, StoredDelivery};
 
 use crate::error::StoreError;
 use crate::migrations::SchemaMigrations;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener};
 use std::str::FromStr;
 
 /// The channel workers LISTEN on; a NOTIFY means "new or due work may be waiting".
@@ -188,9 +188,7 @@ impl PgStore {
         match &self.listen {
             // A pool of one per listener: it only reconnects the listener.
             Some(options) => {
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_lazy_with(options.clone());
+                let pool = pool_options(1).connect_lazy_with(options.clone());
                 Ok(PgListener::connect_with(&pool).await?)
             }
             None => Ok(PgListener::connect_with(self.pool.raw()).await?),
