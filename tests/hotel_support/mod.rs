@@ -28,9 +28,9 @@ pub struct World {
 }
 
 impl World {
-    /// A hotel on UTC whose clock starts at the wall clock's time.
+    /// A hotel on UTC whose clock starts at [`start_of_today`].
     pub async fn new(pool: PgPool) -> Self {
-        Self::in_time_zone(pool, "UTC", chrono::Utc::now()).await
+        Self::in_time_zone(pool, "UTC", start_of_today()).await
     }
 
     /// A hotel in `time_zone` (an IANA name, as `STEPWISE_HOTEL_TZ` takes it) whose clock
@@ -52,7 +52,7 @@ impl World {
         Self::build(
             pool,
             "UTC",
-            chrono::Utc::now(),
+            start_of_today(),
             timeout,
             RefundApproval::default(),
         )
@@ -65,7 +65,7 @@ impl World {
         Self::build(
             pool,
             "UTC",
-            chrono::Utc::now(),
+            start_of_today(),
             hotel::DEFAULT_PAYMENT_AUTH_TIMEOUT,
             approval,
         )
@@ -287,6 +287,14 @@ pub fn error_code(detail: &SagaDetail) -> String {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string()
+}
+
+/// Midnight UTC of the wall clock's day: where the UTC worlds' clocks start. A booking arriving
+/// [`today`] arms a no-show timer for 18:00 that day (the default cutoff); from a clock started
+/// at the wall clock's time, a test run at 17:58 would cross it while its retries move the clock
+/// on, and the timer would release the stay's room hold under the test.
+pub fn start_of_today() -> DateTime<Utc> {
+    today().and_time(chrono::NaiveTime::MIN).and_utc()
 }
 
 pub fn today() -> chrono::NaiveDate {
