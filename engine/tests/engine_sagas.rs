@@ -270,7 +270,7 @@ async fn expired_lease_is_taken_over_and_the_stale_worker_is_fenced_off(pool: Pg
     });
     let err = engine
         .store()
-        .commit(&stale, clock.now(), &late)
+        .commit(&stale, clock.now(), &std::sync::Arc::new(late))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LostLease { .. }));

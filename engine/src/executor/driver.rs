@@ -3,7 +3,8 @@
 //! for a retry time, or the lease is lost.
 
 use super::machine::{
-    self, chrono_duration, decide, observe, Attempt, Facts, Leg, Next, Outcome, Ran, Run,
+    self, chrono_duration, decide, observe, output_value, Attempt, Facts, Leg, Next, Outcome, Ran,
+    Run,
 };
 use crate::clock::SharedClock;
 use crate::error::{StepError, StoreError};
@@ -94,7 +95,7 @@ impl Driver {
                 t.steps.push(StepChange::ReleaseAttempt);
             }
             self.store
-                .commit(&claimed.lease, self.clock.now(), &t)
+                .commit(&claimed.lease, self.clock.now(), &Arc::new(t))
                 .await?;
             return Ok(());
         };
@@ -114,9 +115,9 @@ impl Driver {
             }
             match run.next(&self.facts()) {
                 Next::Stop => return Ok(()),
-                Next::Commit(t) => self.commit(&mut run, &t, None).await?,
+                Next::Commit(t) => self.commit(&mut run, t, None).await?,
                 Next::Begin(t) => {
-                    self.commit(&mut run, &t, None).await?;
+                    self.commit(&mut run, t, None).await?;
                     let Some(attempt) = run.in_flight else {
                         return Err(StoreError::Corrupt(
                             "no attempt in flight after beginning one".to_string(),
@@ -171,7 +172,7 @@ impl Driver {
             return self.give_back(run, t, ran).await;
         }
         let t = decide(run, outcome, &facts);
-        self.commit(run, &t, ran).await
+        self.commit(run, t, ran).await
     }
 
     /// Runs one attempt of the action with its waits. When the action suspends on an event
@@ -266,7 +267,8 @@ impl Driver {
         let step = &skill.steps()[attempt.position];
         let output = run.steps[attempt.position]
             .output
-            .clone()
+            .as_deref()
+            .and_then(output_value)
             .unwrap_or(Value::Null);
         let ctx = run.context(attempt, self.clock.now(), None);
         let Some(fut) = step.run_compensation(ctx, output) else {
@@ -305,12 +307,13 @@ impl Driver {
     async fn commit(
         &self,
         run: &mut Run,
-        t: &Transition,
+        t: Transition,
         ran: Option<Ran>,
     ) -> Result<(), StoreError> {
-        let committed = self.store.commit(&run.lease, self.clock.now(), t).await?;
-        run.apply(t, &committed);
-        observe(run, t, &committed, ran);
+        let t = Arc::new(t);
+        let committed = self.store.commit(&run.lease, self.clock.now(), &t).await?;
+        run.apply(&t, &committed);
+        observe(run, &t, &committed, ran);
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use super::PgStore;
 use crate::error::StoreError;
 use crate::model::{CompensationStatus, SagaStatus, StepStatus};
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -19,7 +20,11 @@ pub struct StepState {
     pub status: StepStatus,
     pub attempts: i32,
     pub attempts_round_base: i32,
-    pub output: Option<Value>,
+    /// The output of a succeeded step, as JSON text: a run keeps the output of every succeeded
+    /// step for the steps after it, and a `serde_json::Value` tree costs many times its text
+    /// (a two-field object ~870 bytes), which was most of a worker's memory with 1,000 sagas in
+    /// flight (BENCHMARKS.md).
+    pub output: Option<Box<RawValue>>,
     pub compensation_status: CompensationStatus,
     pub compensation_attempts: i32,
     pub compensation_round_base: i32,
@@ -184,7 +189,7 @@ struct StepJson {
     attempts_round_base: i32,
     /// JSON cannot tell SQL NULL from a `null` output; `has_output` can.
     has_output: bool,
-    output: Option<Value>,
+    output: Option<Box<RawValue>>,
     compensation_status: String,
     compensation_attempts: i32,
     compensation_round_base: i32,
@@ -202,7 +207,9 @@ impl StepJson {
             status: parse("step status", &self.status)?,
             attempts: self.attempts,
             attempts_round_base: self.attempts_round_base,
-            output: self.has_output.then(|| self.output.unwrap_or(Value::Null)),
+            output: self
+                .has_output
+                .then(|| self.output.unwrap_or_else(|| RawValue::NULL.to_owned())),
             compensation_status: parse("compensation status", &self.compensation_status)?,
             compensation_attempts: self.compensation_attempts,
             compensation_round_base: self.compensation_round_base,

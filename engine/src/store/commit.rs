@@ -13,6 +13,7 @@ use crate::model::SagaStatus;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// One saga's transition waiting to be committed (possibly with other sagas').
@@ -20,7 +21,9 @@ use uuid::Uuid;
 pub(crate) struct CommitItem {
     pub lease: Lease,
     pub now: DateTime<Utc>,
-    pub transition: Transition,
+    /// Shared with the driver that waits for the answer, so a transition waiting in a group
+    /// commit (with a step's output, or a whole saga's) is held once, not copied.
+    pub transition: Arc<Transition>,
 }
 
 impl PgStore {
@@ -34,7 +37,7 @@ impl PgStore {
         &self,
         lease: &Lease,
         now: DateTime<Utc>,
-        t: &Transition,
+        t: &Arc<Transition>,
     ) -> Result<Committed, StoreError> {
         if !fits_one_statement(t) {
             return self.commit_in_transaction(lease, now, t).await;
@@ -45,7 +48,7 @@ impl PgStore {
         let item = CommitItem {
             lease: lease.clone(),
             now,
-            transition: t.clone(),
+            transition: Arc::clone(t),
         };
         self.commit_batch(std::slice::from_ref(&item))
             .await?
@@ -72,7 +75,7 @@ impl PgStore {
         &self,
         lease: &Lease,
         now: DateTime<Utc>,
-        t: &Transition,
+        t: &Arc<Transition>,
     ) -> Result<Committed, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The attempt in flight ends without a result: its start goes to the history before
@@ -94,7 +97,7 @@ impl PgStore {
         let item = CommitItem {
             lease: lease.clone(),
             now,
-            transition: t.clone(),
+            transition: Arc::clone(t),
         };
         let committed =
             commit_steps(&mut *tx, std::slice::from_ref(&item), NewEvent::ends_saga).await?;

@@ -61,13 +61,13 @@ impl GroupCommit {
         &self,
         lease: &Lease,
         now: DateTime<Utc>,
-        t: &Transition,
+        t: &Arc<Transition>,
     ) -> Result<Committed, StoreError> {
         let (reply, answer) = oneshot::channel();
         let item = CommitItem {
             lease: lease.clone(),
             now,
-            transition: t.clone(),
+            transition: Arc::clone(t),
         };
         if let Err(mpsc::error::SendError(request)) = self.queue.send(Request { item, reply }).await
         {

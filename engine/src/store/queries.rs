@@ -91,7 +91,9 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         t.wake = WakeChange::Set(now);
         t.release_lease = true;
-        self.commit(lease, now, &t).await.map(|_| ())
+        self.commit(lease, now, &std::sync::Arc::new(t))
+            .await
+            .map(|_| ())
     }
 
     /// Records a cancellation request; a worker compensates after the running step. Returns

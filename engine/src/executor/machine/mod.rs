@@ -26,6 +26,7 @@ use crate::store::{
 };
 use crate::wait::{Suspension, WaitBook};
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -385,7 +386,7 @@ fn apply_to_steps(steps: &mut [StepState], change: &StepChange) {
             if let Some(p) = at(steps, attempt.position) {
                 steps[p].status = StepStatus::Succeeded;
                 steps[p].attempts = attempt.attempt;
-                steps[p].output = Some(output.clone());
+                steps[p].output = Some(as_json_text(output));
             }
         }
         StepChange::Failed { position, last, .. } => {
@@ -460,13 +461,26 @@ fn apply_to_steps(steps: &mut [StepState], change: &StepChange) {
     }
 }
 
-/// Outputs of the steps that succeeded, by name.
+/// Outputs of the steps that succeeded, by name. An output nested deeper than serde_json's
+/// recursion limit (128) cannot be read back, here as after a claim; it is left out, and a
+/// step that asks for it fails with `missing_step_output`.
 fn outputs_of(steps: &[StepState]) -> BTreeMap<String, Value> {
     steps
         .iter()
         .filter(|s| s.status == StepStatus::Succeeded)
-        .filter_map(|s| s.output.clone().map(|o| (s.name.clone(), o)))
+        .filter_map(|s| Some((s.name.clone(), output_value(s.output.as_deref()?)?)))
         .collect()
+}
+
+/// A step's output as the run keeps it ([`StepState::output`]).
+fn as_json_text(output: &Value) -> Box<RawValue> {
+    // Infallible: a `Value` always serializes (its object keys are strings).
+    serde_json::value::to_raw_value(output).expect("a serde_json::Value serializes")
+}
+
+/// A kept output as a value again (`None` past serde_json's recursion limit).
+pub(crate) fn output_value(output: &RawValue) -> Option<Value> {
+    serde_json::from_str(output.get()).ok()
 }
 
 pub(crate) fn chrono_duration(d: Duration) -> chrono::Duration {

@@ -149,7 +149,7 @@ fn at(position: usize, attempt: i32) -> Run {
         let s = &mut run.steps[p];
         s.status = StepStatus::Succeeded;
         s.attempts = 1;
-        s.output = Some(json!(format!("out-{}", s.name)));
+        s.output = Some(as_json_text(&json!(format!("out-{}", s.name))));
     }
     run.cursor = position;
     run.status = SagaStatus::Running;
@@ -169,7 +169,7 @@ fn compensating(last: usize, position: usize, attempt: i32) -> Run {
         let s = &mut run.steps[p];
         s.status = StepStatus::Succeeded;
         s.attempts = 1;
-        s.output = Some(json!(p));
+        s.output = Some(as_json_text(&json!(p)));
         if skill.steps()[p].is_compensable() {
             s.compensation_status = CompensationStatus::Pending;
         }
@@ -327,7 +327,10 @@ fn a_success_starts_the_next_step_in_the_same_commit() {
     commit(&mut run, &t);
     assert_eq!(run.cursor, 1);
     assert_eq!(run.steps[0].status, StepStatus::Succeeded);
-    assert_eq!(run.steps[0].output, Some(json!({"id": 7})));
+    assert_eq!(
+        run.steps[0].output.as_deref().and_then(output_value),
+        Some(json!({"id": 7}))
+    );
     assert_eq!(run.steps[1].status, StepStatus::Running);
     assert_eq!(run.steps[1].attempts, 1);
     assert_eq!(run.in_flight.map(|a| (a.position, a.number)), Some((1, 1)));
@@ -374,7 +377,7 @@ fn a_fork_that_reused_every_step_completes() {
     let mut run = fresh();
     for s in &mut run.steps {
         s.status = StepStatus::Succeeded;
-        s.output = Some(json!(s.position));
+        s.output = Some(as_json_text(&json!(s.position)));
     }
     run.cursor = 4;
     let t = next_commit(&run);
