@@ -462,8 +462,8 @@ fn apply_to_steps(steps: &mut [StepState], change: &StepChange) {
 }
 
 /// Outputs of the steps that succeeded, by name. An output nested deeper than serde_json's
-/// recursion limit (128) cannot be read back, here as after a claim; it is left out, and a
-/// step that asks for it fails with `missing_step_output`.
+/// recursion limit (128 levels) cannot be parsed back from its text: it is left out, so a step
+/// that asks for it fails with `missing_step_output` (and its compensation gets `null`).
 fn outputs_of(steps: &[StepState]) -> BTreeMap<String, Value> {
     steps
         .iter()
