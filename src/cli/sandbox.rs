@@ -38,14 +38,13 @@ pub async fn run(args: SandboxArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::usage(e.to_string()))?;
     let url = sandbox.base_url();
-    eprintln!("sandbox listening on {url} (seed {})", args.seed);
-    if let Some(config) = &webhooks {
-        eprintln!(
-            "  webhooks: Stripe events signed and sent to {}",
-            config.url
-        );
-    }
+    let webhook_url = webhooks.as_ref().map(|config| config.url.clone());
+    // Settings first: a client that reads "listening" may call at once.
     sandbox.set_webhooks(webhooks).map_err(CliError::usage)?;
+    eprintln!("sandbox listening on {url} (seed {})", args.seed);
+    if let Some(webhook_url) = webhook_url {
+        eprintln!("  webhooks: Stripe events signed and sent to {webhook_url}");
+    }
     eprintln!("  connectors: export STEPWISE_SANDBOX_URL={url}");
     eprintln!("  ledger: {url}/_sandbox/ledger   faults: {url}/_sandbox/faults   reset: POST {url}/_sandbox/reset");
     shutdown_signal().await;

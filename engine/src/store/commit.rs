@@ -1,9 +1,11 @@
 //! Committing a worker's [`Transition`]s under their fencing tokens. Every commit goes through
 //! `stepwise.commit_steps` (engine/migrations), one call over arrays for one saga or a group
 //! of sagas: the saga rows, the attempts that begin and succeed, and the history rows that end
-//! sagas. Inside, it writes a saga at a time with short primary-key statements (a single
-//! statement over the arrays cost twice as much per saga, BENCHMARKS.md). A transition that also fails a step, waits or ends a compensation adds its
-//! other changes around that call, in one transaction (docs/storage.md).
+//! sagas. Inside, one fenced statement updates all the call's sagas and one the steps rows of
+//! the attempts that succeeded, so a group of 64 costs the server about a third per step of
+//! what a call of one does (BENCHMARKS.md). A transition that also fails a step, waits or ends
+//! a compensation adds its other changes around that call, in one transaction
+//! (docs/storage.md).
 
 use super::history;
 use super::transition::{Committed, InFlight, Lease, NewEvent, StepChange, Transition, WakeChange};
