@@ -9,9 +9,11 @@ use common::*;
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::Duration;
+use stepwise_engine::store::KnownSkills;
 use stepwise_engine::{
-    CompensationStatus, JitterSource, ManualClock, SagaStatus, StepStatus, WorkerConfig,
+    Clock, CompensationStatus, JitterSource, ManualClock, SagaStatus, StepStatus, WorkerConfig,
 };
+use uuid::Uuid;
 
 const SYN: &str = "synthetic_chain";
 
@@ -77,4 +79,103 @@ async fn grouped_commits_run_every_saga_in_order_with_its_history(pool: PgPool) 
     let store = engine.store();
     assert_eq!(store.steps_succeeded(None).await.unwrap(), 36 * 6 + 4 * 3);
     assert_eq!(store.steps_succeeded_twice().await.unwrap(), 0);
+}
+
+/// One call of `stepwise.commit_steps` for three claimed sagas, step 1 of each succeeding and
+/// step 2 beginning, after another worker took the middle one over (its token moved on).
+#[sqlx::test(migrations = false)]
+async fn a_group_commit_leaves_out_only_the_saga_whose_lease_was_lost(pool: PgPool) {
+    common::migrate(&pool).await;
+    let clock = ManualClock::starting_now();
+    let engine = engine_with(pool.clone(), clock.clone());
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let key = format!("lost-{i}");
+        ids.push(start(&engine, SYN, json!({"steps": 3}), Some(&key)).await);
+    }
+    let now = clock.now();
+    let known = KnownSkills::new([(SYN, 1)]);
+    let worker: std::sync::Arc<str> = "grouped".into();
+    let claimed = (engine.store())
+        .claim(&worker, now, now + chrono::Duration::seconds(30), 3, &known)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    // The call lists the sagas in another order than they were started.
+    let call = [ids[2], ids[1], ids[0]];
+    let (tokens, seqs): (Vec<i64>, Vec<i64>) = {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT s.fencing_token, s.attempt_seq
+             FROM UNNEST($1::uuid[]) WITH ORDINALITY AS c(id, ord)
+             JOIN stepwise.sagas s ON s.id = c.id ORDER BY c.ord",
+        )
+        .bind(&call[..])
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows.into_iter().unzip()
+    };
+    sqlx::query("UPDATE stepwise.sagas SET fencing_token = fencing_token + 1 WHERE id = $1")
+        .bind(ids[1])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let before_lost: (i32, i64) =
+        sqlx::query_as("SELECT cursor, attempt_seq FROM stepwise.sagas WHERE id = $1")
+            .bind(ids[1])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+    let committed: Vec<(Uuid, bool, Option<i64>)> = sqlx::query_as(
+        "SELECT saga_id, cancel_requested, begun_seq FROM stepwise.commit_steps(
+             $1, $2, array_fill(now(), ARRAY[3]), array_fill('grouped'::text, ARRAY[3]),
+             array_fill(NULL::text, ARRAY[3]), ARRAY[1, 1, 1], ARRAY[false, false, false],
+             array_fill(NULL::timestamptz, ARRAY[3]), ARRAY[false, false, false],
+             array_fill(NULL::jsonb, ARRAY[3]), array_fill(NULL::jsonb, ARRAY[3]),
+             array_fill(NULL::jsonb, ARRAY[3]), ARRAY[true, true, true], ARRAY[0, 0, 0],
+             ARRAY[false, false, false], ARRAY[1, 1, 1], array_fill(now(), ARRAY[3]), $3,
+             array_fill('{\"done\": true}'::jsonb, ARRAY[3]), ARRAY[1, 1, 1],
+             ARRAY[false, false, false], ARRAY[1, 1, 1], ARRAY[true, true, true],
+             '{}', '{}', '{}', '{}', '{}')",
+    )
+    .bind(&call[..])
+    .bind(&tokens)
+    .bind(&seqs)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+
+    // The answer: the committed sagas, in the order of the call, each with the attempt it began.
+    let answered: Vec<Uuid> = committed.iter().map(|c| c.0).collect();
+    assert_eq!(answered, vec![ids[2], ids[0]]);
+    for (id, cancel, begun) in &committed {
+        assert!(!cancel);
+        let (status, finished_seq, cursor, attempt_seq): (String, i64, i32, i64) = sqlx::query_as(
+            "SELECT st.status, st.finished_seq, s.cursor, s.attempt_seq
+             FROM stepwise.steps st JOIN stepwise.sagas s ON s.id = st.saga_id
+             WHERE st.saga_id = $1 AND st.position = 0",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(status, "succeeded");
+        assert_eq!(cursor, 1);
+        assert_eq!(*begun, Some(attempt_seq));
+        // The end of step 1 comes before the start of step 2 in the saga's history.
+        assert!(finished_seq < attempt_seq, "{finished_seq} < {attempt_seq}");
+    }
+    // The saga whose lease was lost: nothing of it changed.
+    let lost: (String, i32, i64) = sqlx::query_as(
+        "SELECT st.status, s.cursor, s.attempt_seq
+         FROM stepwise.steps st JOIN stepwise.sagas s ON s.id = st.saga_id
+         WHERE st.saga_id = $1 AND st.position = 0",
+    )
+    .bind(ids[1])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(lost.0, "pending");
+    assert_eq!((lost.1, lost.2), before_lost);
 }
