@@ -2,9 +2,9 @@
 //! `stepwise.commit_steps` (engine/migrations), one call over arrays for one saga or a group
 //! of sagas: the saga rows, the attempts that begin and succeed, and the history rows that end
 //! sagas. Inside, one fenced statement updates all the call's sagas and one the steps rows of
-//! the attempts that succeeded, so a group of 64 costs the server about a third per step of
-//! what a call of one does (BENCHMARKS.md). A transition that also fails a step, waits or ends
-//! a compensation adds its other changes around that call, in one transaction
+//! the attempts that succeeded, so a step in a group of 16 or more costs the server about a
+//! fifth of a call for one saga (BENCHMARKS.md). A transition that also fails a step, waits
+//! or ends a compensation adds its other changes around that call, in one transaction
 //! (docs/storage.md).
 
 use super::history;
