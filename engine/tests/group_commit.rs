@@ -151,31 +151,31 @@ async fn a_group_commit_leaves_out_only_the_saga_whose_lease_was_lost(pool: PgPo
     assert_eq!(answered, vec![ids[2], ids[0]]);
     for (id, cancel, begun) in &committed {
         assert!(!cancel);
-        let (status, finished_seq, cursor, attempt_seq): (String, i64, i32, i64) = sqlx::query_as(
-            "SELECT st.status, st.finished_seq, s.cursor, s.attempt_seq
-             FROM stepwise.steps st JOIN stepwise.sagas s ON s.id = st.saga_id
-             WHERE st.saga_id = $1 AND st.position = 0",
-        )
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let (status, finished_seq, cursor, attempt_seq) = first_step_and_saga(&pool, *id).await;
         assert_eq!(status, "succeeded");
         assert_eq!(cursor, 1);
         assert_eq!(*begun, Some(attempt_seq));
         // The end of step 1 comes before the start of step 2 in the saga's history.
+        let finished_seq = finished_seq.unwrap();
         assert!(finished_seq < attempt_seq, "{finished_seq} < {attempt_seq}");
     }
     // The saga whose lease was lost: nothing of it changed.
-    let lost: (String, i32, i64) = sqlx::query_as(
-        "SELECT st.status, s.cursor, s.attempt_seq
+    let (status, finished_seq, cursor, attempt_seq) = first_step_and_saga(&pool, ids[1]).await;
+    assert_eq!(status, "pending");
+    assert_eq!(finished_seq, None);
+    assert_eq!((cursor, attempt_seq), before_lost);
+}
+
+/// The first step's status and history place of its end, and the saga's cursor and attempt in
+/// flight, as stored.
+async fn first_step_and_saga(pool: &PgPool, id: Uuid) -> (String, Option<i64>, i32, i64) {
+    sqlx::query_as(
+        "SELECT st.status, st.finished_seq, s.cursor, s.attempt_seq
          FROM stepwise.steps st JOIN stepwise.sagas s ON s.id = st.saga_id
          WHERE st.saga_id = $1 AND st.position = 0",
     )
-    .bind(ids[1])
-    .fetch_one(&pool)
+    .bind(id)
+    .fetch_one(pool)
     .await
-    .unwrap();
-    assert_eq!(lost.0, "pending");
-    assert_eq!((lost.1, lost.2), before_lost);
+    .unwrap()
 }
