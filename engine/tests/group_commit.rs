@@ -179,3 +179,71 @@ async fn first_step_and_saga(pool: &PgPool, id: Uuid) -> (String, Option<i64>, i
     .await
     .unwrap()
 }
+
+/// Live views learn of every status change a worker makes exactly once, in order, whether the
+/// worker commits each saga alone or in groups: the worker announces them after its commit
+/// and the trigger on `stepwise.sagas` stays quiet for them (docs/console.md, "Live updates").
+#[sqlx::test(migrations = false)]
+async fn a_workers_status_changes_are_announced_once_each_in_order(pool: PgPool) {
+    common::migrate(&pool).await;
+    let clock = ManualClock::starting_now();
+    let engine = engine_with(pool.clone(), clock.clone());
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen(stepwise_engine::store::SAGA_CHANGED_CHANNEL)
+        .await
+        .unwrap();
+
+    let mut expected = std::collections::HashMap::new();
+    for commit_batch in [1, 8] {
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            let (input, statuses) = if i % 2 == 0 {
+                (json!({"steps": 3}), vec!["completed"])
+            } else {
+                (
+                    json!({"steps": 4, "fail_at": 3}),
+                    vec!["compensating", "compensated"],
+                )
+            };
+            let id = start(
+                &engine,
+                SYN,
+                input,
+                Some(&format!("announce-{commit_batch}-{i}")),
+            )
+            .await;
+            expected.insert(id, statuses);
+            ids.push(id);
+        }
+        let worker = engine.worker(WorkerConfig {
+            worker_id: format!("announcer-{commit_batch}"),
+            concurrency: 4,
+            claim_batch: 4,
+            commit_batch,
+            jitter: JitterSource::Fixed(1.0),
+            ..WorkerConfig::default()
+        });
+        worker.run_until_idle().await.unwrap();
+        for id in ids {
+            assert!(detail(&engine, id).await.status.is_terminal());
+        }
+    }
+
+    let mut announced: std::collections::HashMap<Uuid, Vec<String>> = Default::default();
+    while let Ok(Ok(notification)) =
+        tokio::time::timeout(Duration::from_millis(700), listener.recv()).await
+    {
+        let (id, status) = notification.payload().split_once(' ').unwrap();
+        announced
+            .entry(Uuid::parse_str(id).unwrap())
+            .or_default()
+            .push(status.to_string());
+    }
+    assert_eq!(announced.len(), expected.len(), "{announced:?}");
+    for (id, statuses) in expected {
+        assert_eq!(announced[&id], statuses, "saga {id}");
+    }
+}

@@ -7,6 +7,7 @@
 //! or ends a compensation adds its other changes around that call, in one transaction
 //! (docs/storage.md).
 
+use super::announce::status_changes;
 use super::history;
 use super::transition::{Committed, InFlight, Lease, NewEvent, StepChange, Transition, WakeChange};
 use super::PgStore;
@@ -62,13 +63,17 @@ impl PgStore {
 
     /// Applies several sagas' transitions (each [`fits_one_statement`]) in one statement, hence
     /// one transaction and one commit. Each saga's writes are fenced by its own token: a saga
-    /// whose lease was lost gets `LostLease` and changes nothing, the others commit.
+    /// whose lease was lost gets `LostLease` and changes nothing, the others commit. Their
+    /// status changes are announced after the commit (`announce`).
     pub(crate) async fn commit_batch(
         &self,
         items: &[CommitItem],
     ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
         let committed = commit_steps(&self.pool, items, |_| true).await?;
-        Ok(answers(items, &committed))
+        let answers = answers(items, &committed);
+        self.announcer
+            .announce(&self.pool, status_changes(items, &answers));
+        Ok(answers)
     }
 
     /// The general path: the changes `commit_steps` does not make, around it, in one
@@ -135,6 +140,10 @@ impl PgStore {
             apply_step_change(&mut tx, lease.saga_id, now, change).await?;
         }
         tx.commit().await?;
+        if let Some(status) = t.status {
+            self.announcer
+                .announce(&self.pool, vec![(lease.saga_id, status)]);
+        }
         Ok(committed)
     }
 }

@@ -4,6 +4,7 @@
 //! transaction on the saga's fencing token: a worker that lost its lease gets
 //! [`StoreError::LostLease`] and changes nothing.
 
+mod announce;
 mod claim;
 mod commit;
 mod console;
@@ -92,6 +93,8 @@ pub struct PgStore {
     read: Option<replica::ReadReplica>,
     /// Set on a worker's copy when its step commits are grouped across sagas.
     group: Option<std::sync::Arc<group_commit::GroupCommit>>,
+    /// Announces the status changes this store's workers commit (shared by its copies).
+    announcer: announce::Announcer,
 }
 
 impl PgStore {
@@ -101,6 +104,7 @@ impl PgStore {
             listen: None,
             read: None,
             group: None,
+            announcer: announce::Announcer::default(),
         }
     }
 
@@ -120,6 +124,7 @@ impl PgStore {
             group: Some(group_commit::GroupCommit::start(
                 direct, max_batch, committers,
             )),
+            announcer: self.announcer.clone(),
         }
     }
 
@@ -176,6 +181,7 @@ impl PgStore {
             listen,
             read,
             group: None,
+            announcer: announce::Announcer::default(),
         })
     }
 

@@ -32,6 +32,7 @@ impl PgStore {
                 listen: None,
                 read: None,
                 group: None,
+                announcer: Default::default(),
             },
             Ok(false) => {
                 debug!("the read replica is behind; reading from the primary");
