@@ -199,14 +199,20 @@ async fn a_workers_status_changes_are_announced_once_each_in_order(pool: PgPool)
     let mut expected = std::collections::HashMap::new();
     for commit_batch in [1, 8] {
         let mut ids = Vec::new();
-        for i in 0..4 {
-            let (input, statuses) = if i % 2 == 0 {
-                (json!({"steps": 3}), vec!["completed"])
-            } else {
-                (
+        for i in 0..6 {
+            let (input, statuses) = match i % 3 {
+                0 => (json!({"steps": 3}), vec!["completed"]),
+                1 => (
                     json!({"steps": 4, "fail_at": 3}),
                     vec!["compensating", "compensated"],
-                )
+                ),
+                // Given back for its retry, then claimed again (the claim's `running` is not
+                // news) and completed.
+                _ => (
+                    json!({"steps": 3, "fail_at": 2, "fail_kind": "transient",
+                           "transient_failures": 1, "max_attempts": 3}),
+                    vec!["pending", "completed"],
+                ),
             };
             let id = start(
                 &engine,
@@ -220,13 +226,13 @@ async fn a_workers_status_changes_are_announced_once_each_in_order(pool: PgPool)
         }
         let worker = engine.worker(WorkerConfig {
             worker_id: format!("announcer-{commit_batch}"),
-            concurrency: 4,
-            claim_batch: 4,
+            concurrency: 6,
+            claim_batch: 6,
             commit_batch,
             jitter: JitterSource::Fixed(1.0),
             ..WorkerConfig::default()
         });
-        worker.run_until_idle().await.unwrap();
+        drive_with_retries(&clock, &worker, 20).await;
         for id in ids {
             assert!(detail(&engine, id).await.status.is_terminal());
         }

@@ -75,6 +75,9 @@ async fn announce_in_windows(pool: DbPool, mut receiver: mpsc::Receiver<(Uuid, S
 }
 
 /// The status changes among the committed transitions (answered `Ok`), in the call's order.
+/// A worker's `running` is left out: the claim already made the saga running (a worker holds
+/// only running, compensating or claimed sagas), so it changes nothing stored, and the trigger
+/// that announced changes before only announced a status that differed.
 pub(crate) fn status_changes(
     items: &[CommitItem],
     answers: &[Result<Committed, StoreError>],
@@ -84,5 +87,6 @@ pub(crate) fn status_changes(
         .zip(answers)
         .filter(|(_, answer)| answer.is_ok())
         .filter_map(|(item, _)| Some((item.lease.saga_id, item.transition.status?)))
+        .filter(|(_, status)| *status != SagaStatus::Running)
         .collect()
 }

@@ -140,10 +140,10 @@ impl PgStore {
             apply_step_change(&mut tx, lease.saga_id, now, change).await?;
         }
         tx.commit().await?;
-        if let Some(status) = t.status {
-            self.announcer
-                .announce(&self.pool, vec![(lease.saga_id, status)]);
-        }
+        self.announcer.announce(
+            &self.pool,
+            status_changes(std::slice::from_ref(&item), &[Ok(committed)]),
+        );
         Ok(committed)
     }
 }
