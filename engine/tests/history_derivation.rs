@@ -361,7 +361,7 @@ async fn forward_history_interleaves_step_rows_events_and_the_attempt_in_flight(
     assert_eq!(store.attempts_executed(&[id]).await.unwrap(), 1 + 2 + 1);
     assert_eq!(store.latest_event_at().await.unwrap(), Some(t(7)));
     let times = store.saga_times(&[id]).await.unwrap();
-    assert_eq!(times[0].first_step_started_at, Some(t(1)));
+    assert_eq!(times[0].first_step_finished_at, Some(t(2)));
     let activity = store
         .console_activity(t0 - Duration::minutes(1), Duration::hours(1))
         .await

@@ -1,7 +1,9 @@
 //! Latencies of sagas, read back from what the engine recorded: start (`sagas.created_at`, the
-//! engine's clock when `start` was called) -> first step started (`steps.started_at` of step 0)
-//! -> terminal (`sagas.updated_at` of the final commit). Percentiles come from an HDR
-//! histogram in microseconds.
+//! engine's clock when `start` was called) -> first step ran (`steps.finished_at` of step 0,
+//! the worker's clock when the step's action returned) -> terminal (`sagas.updated_at` of the
+//! final commit). Not the step's recorded start: that is when its attempt was begun, in the
+//! statement that claims the saga (or starts it, for a local start), before the commit the
+//! step's code waits for. Percentiles come from an HDR histogram in microseconds.
 
 use super::BenchError;
 use hdrhistogram::Histogram;
@@ -26,8 +28,8 @@ pub async fn of_sagas(store: &PgStore, ids: &[Uuid]) -> Result<LatencySummary, B
     let mut first = histogram()?;
     let mut done = histogram()?;
     for times in &rows {
-        if let Some(started) = times.first_step_started_at {
-            record(&mut first, started - times.created_at)?;
+        if let Some(ran) = times.first_step_finished_at {
+            record(&mut first, ran - times.created_at)?;
         }
         record(&mut done, times.updated_at - times.created_at)?;
     }

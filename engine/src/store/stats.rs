@@ -16,7 +16,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SagaTimes {
     pub created_at: DateTime<Utc>,
-    pub first_step_started_at: Option<DateTime<Utc>>,
+    /// When the first step's action returned (the worker's clock, before its commit).
+    pub first_step_finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -149,7 +150,7 @@ impl PgStore {
     /// The timings of each of `ids` that exists, in no particular order.
     pub async fn saga_times(&self, ids: &[Uuid]) -> Result<Vec<SagaTimes>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "SELECT s.created_at, v.started_at AS first_step_started_at, s.updated_at
+            "SELECT s.created_at, v.finished_at AS first_step_finished_at, s.updated_at
              FROM stepwise.sagas s
              JOIN ({STEPS_VIEW}) v ON v.saga_id = s.id AND v.position = 0
              WHERE s.id = ANY($1)"
