@@ -2,7 +2,7 @@
 
 use crate::clock::SharedClock;
 use crate::error::{StartError, StoreError};
-use crate::executor::{Worker, WorkerConfig};
+use crate::executor::{chrono_duration, LocalWorkers, Worker, WorkerConfig};
 use crate::model::{SagaDetail, SagaFilter, SagaStatus, SagaSummary};
 use crate::registry::Registry;
 use crate::store::{DeliveryOutcome, InsertConflict, NewSaga, PgStore, StartOutcome};
@@ -28,6 +28,9 @@ pub struct Engine {
     store: PgStore,
     registry: Arc<Registry>,
     clock: SharedClock,
+    /// The running workers made by this engine (or its clones), which take the sagas it
+    /// starts while they have a free slot.
+    local: LocalWorkers,
 }
 
 impl Engine {
@@ -36,6 +39,7 @@ impl Engine {
             store,
             registry,
             clock,
+            local: LocalWorkers::default(),
         }
     }
 
@@ -57,11 +61,13 @@ impl Engine {
             self.registry.clone(),
             self.clock.clone(),
             config,
+            self.local.clone(),
         )
     }
 
     /// Validates the input and starts a saga on the skill's latest version, idempotently on
-    /// (skill, idempotency key).
+    /// (skill, idempotency key). If a running worker of this engine has a free slot, the saga
+    /// is started already claimed by it and returned `running` (see [`crate::executor`]).
     pub async fn start(&self, request: StartRequest) -> Result<StartOutcome, StartError> {
         let skill = self
             .registry
@@ -85,7 +91,32 @@ impl Engine {
             step_names,
             reused_outputs: Vec::new(),
         };
-        match self.store.insert_saga(new, self.clock.now()).await? {
+        let now = self.clock.now();
+        if let Some(worker) = self.local.reserve(skill.name(), skill.version()) {
+            let lease_until = now + chrono_duration(worker.lease);
+            let claimed = self
+                .store
+                .insert_claimed_saga(&new, now, &worker.worker_id, lease_until)
+                .await?;
+            if let Some(claimed) = claimed {
+                let saga = SagaSummary {
+                    id: new.id,
+                    skill: new.skill,
+                    skill_version: new.skill_version,
+                    status: claimed.status,
+                    idempotency_key: new.idempotency_key,
+                    created_at: now,
+                    updated_at: now,
+                };
+                worker.hand(claimed, skill, &self.store, &self.clock).await;
+                return Ok(StartOutcome {
+                    saga,
+                    created: true,
+                });
+            }
+            // The key is taken: the usual start reports the saga that holds it.
+        }
+        match self.store.insert_saga(new, now).await? {
             Ok(outcome) => Ok(outcome),
             Err(InsertConflict::DifferentInput(existing)) => Err(StartError::IdempotencyConflict {
                 skill: request.skill,

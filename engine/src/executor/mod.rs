@@ -3,8 +3,11 @@
 //! A worker claims with `FOR UPDATE SKIP LOCKED`, holds each saga under a lease and fencing
 //! token, and keeps running the saga's next step itself while it holds the lease. Idle workers
 //! wait on LISTEN/NOTIFY, with polling as the fallback (and for retry times coming due).
+//! A running worker also takes the sagas its own process starts while it has a free slot,
+//! claimed in the transaction that starts them ([`handoff`]).
 
 mod driver;
+mod handoff;
 mod machine;
 
 use crate::clock::SharedClock;
@@ -12,10 +15,11 @@ use crate::error::StoreError;
 use crate::registry::Registry;
 use crate::store::{ClaimedSaga, KnownSkills, Lease, PgStore, WORK_CHANNEL};
 use driver::Driver;
-use machine::chrono_duration;
+pub(crate) use handoff::LocalWorkers;
+pub(crate) use machine::chrono_duration;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -129,14 +133,17 @@ pub struct Worker {
     registry: Arc<Registry>,
     /// What the claim asks for: this worker never takes a saga it has no definition for.
     known: Arc<KnownSkills>,
+    /// Where a running worker offers its free slots to its process's starts.
+    local: LocalWorkers,
 }
 
 impl Worker {
-    pub fn new(
+    pub(crate) fn new(
         store: PgStore,
         registry: Arc<Registry>,
         clock: SharedClock,
         config: WorkerConfig,
+        local: LocalWorkers,
     ) -> Self {
         let known = KnownSkills::new(
             registry
@@ -151,6 +158,7 @@ impl Worker {
             clock,
             config,
             registry,
+            local,
         }
     }
 
@@ -221,6 +229,12 @@ impl Worker {
         let abandon = CancellationToken::new();
         let driver = self.driver(shutdown.clone(), abandon.clone());
         let mut tasks = JoinSet::new();
+        let (offer, mut handed) = self.local.register(
+            self.worker_id.clone(),
+            self.known.clone(),
+            self.config.lease,
+            permits.clone(),
+        );
         // Sagas whose driver lost its connection to PostgreSQL, with the lease it held: taken
         // back as soon as a statement goes through again (see `reclaim`).
         let mut paused: Vec<Lease> = Vec::new();
@@ -230,18 +244,16 @@ impl Worker {
             while let Some(done) = tasks.try_join_next() {
                 collect_paused(done, &mut paused);
             }
+            while let Ok(saga) = handed.try_recv() {
+                spawn_drive(&mut tasks, &driver, saga.saga, saga.permit);
+            }
             if !paused.is_empty() && permits.available_permits() > 0 {
                 let taken = self.reclaim(&mut paused, permits.available_permits()).await;
                 for saga in taken {
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
                         break;
                     };
-                    let driver = driver.clone();
-                    tasks.spawn(async move {
-                        let paused = driver.drive(saga).await;
-                        drop(permit);
-                        paused
-                    });
+                    spawn_drive(&mut tasks, &driver, saga, permit);
                 }
             }
             let free = permits
@@ -256,12 +268,7 @@ impl Worker {
                             let Ok(permit) = permits.clone().try_acquire_owned() else {
                                 break;
                             };
-                            let driver = driver.clone();
-                            tasks.spawn(async move {
-                                let paused = driver.drive(saga).await;
-                                drop(permit);
-                                paused
-                            });
+                            spawn_drive(&mut tasks, &driver, saga, permit);
                         }
                     }
                     Err(error) => {
@@ -280,21 +287,39 @@ impl Worker {
             } else {
                 self.idle_wait().await
             };
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                notification = listener.recv() => {
-                    if let Err(error) = notification {
-                        warn!(error = %error, "notification listener failed; polling until it reconnects");
-                        tokio::time::sleep(self.config.poll_interval).await;
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    notification = listener.recv() => {
+                        if let Err(error) = notification {
+                            warn!(error = %error, "notification listener failed; polling until it reconnects");
+                            tokio::time::sleep(self.config.poll_interval).await;
+                        }
+                        break;
                     }
+                    _ = &mut sleep => break,
+                    // A saga let go: a permit is free, and it may have scheduled a retry sooner
+                    // than this sleep would notice.
+                    Some(done) = tasks.join_next() => {
+                        collect_paused(done, &mut paused);
+                        break;
+                    }
+                    // A local start is driven at once, with no look at the queue: it says
+                    // nothing about what else is due.
+                    Some(saga) = handed.recv() => spawn_drive(&mut tasks, &driver, saga.saga, saga.permit),
                 }
-                _ = tokio::time::sleep(wait) => {}
-                // A saga let go: a permit is free, and it may have scheduled a retry sooner
-                // than this sleep would notice.
-                Some(done) = tasks.join_next() => collect_paused(done, &mut paused),
             }
         }
 
+        // No more local starts; those already handed are driven, which gives them back at
+        // once since the worker is stopping.
+        drop(offer);
+        handed.close();
+        while let Some(saga) = handed.recv().await {
+            spawn_drive(&mut tasks, &driver, saga.saga, saga.permit);
+        }
         info!(in_flight = tasks.len(), "worker stopping");
         if tokio::time::timeout(self.config.shutdown_grace, drain(&mut tasks))
             .await
@@ -369,6 +394,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// Drives a saga in a task of its own, holding a worker slot until it lets go.
+fn spawn_drive(
+    tasks: &mut JoinSet<Option<Lease>>,
+    driver: &Driver,
+    saga: ClaimedSaga,
+    permit: OwnedSemaphorePermit,
+) {
+    let driver = driver.clone();
+    tasks.spawn(async move {
+        let paused = driver.drive(saga).await;
+        drop(permit);
+        paused
+    });
 }
 
 /// Notes a finished saga task: the lease of a saga paused by a lost connection is kept to take

@@ -1,6 +1,7 @@
 //! Taking sagas: the claim of due sagas and the reclaim after a lost connection, both one call
 //! to a function in engine/migrations that returns each saga with what its worker needs.
 
+use super::queries::NewSaga;
 use super::rows::parse;
 use super::transition::{InFlight, Lease};
 use super::PgStore;
@@ -78,6 +79,12 @@ impl KnownSkills {
     pub(super) fn keys(&self) -> &[String] {
         &self.keys
     }
+
+    /// Whether `skill` at `version` is among them.
+    pub(crate) fn contains(&self, skill: &str, version: u32) -> bool {
+        let key = format!("{skill}@{version}");
+        self.keys.contains(&key)
+    }
 }
 
 const CLAIM_COLUMNS: &str = "id, skill, skill_version, status, input, cursor, fencing_token,
@@ -143,6 +150,42 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await?;
         claimed_sagas(worker, lease_until, rows)
+    }
+
+    /// Starts a saga already claimed by `worker` until `lease_until`, its first attempt begun,
+    /// in one transaction (a local start, see [`crate::executor`]): the worker runs its first
+    /// step without another commit, and no NOTIFY wakes other workers. `None` when the
+    /// idempotency key is taken: nothing was written, and [`PgStore::insert_saga`] reports the
+    /// saga holding the key. Live views hear of the new saga from the announcer.
+    pub async fn insert_claimed_saga(
+        &self,
+        saga: &NewSaga,
+        now: DateTime<Utc>,
+        worker: &Arc<str>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<ClaimedSaga>, StoreError> {
+        let rows: Vec<ClaimRow> = sqlx::query_as(&format!(
+            "SELECT {CLAIM_COLUMNS}
+             FROM stepwise.start_claimed_saga($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(saga.id)
+        .bind(&saga.skill)
+        .bind(saga.skill_version)
+        .bind(&saga.idempotency_key)
+        .bind(&saga.input)
+        .bind(&saga.started_by)
+        .bind(&saga.step_names)
+        .bind(now)
+        .bind(worker.as_ref())
+        .bind(lease_until)
+        .fetch_all(&self.pool)
+        .await?;
+        let claimed = claimed_sagas(worker, lease_until, rows)?.pop();
+        if let Some(saga) = &claimed {
+            self.announcer
+                .announce(&self.pool, vec![(saga.lease.saga_id, saga.status)]);
+        }
+        Ok(claimed)
     }
 }
 
