@@ -1,5 +1,6 @@
 //! Live updates: one PostgreSQL connection per process LISTENs on `stepwise_saga_changed`
-//! (a saga's status changed: `<id> <status>`, sent by the engine's trigger) and
+//! (a saga's status changed: `<id> <status>`, sent by the worker holding it or the engine's
+//! trigger; a saga started already claimed by a local worker arrives here as `running`) and
 //! `stepwise_work` (a saga was started or an operator made one due), and fans the
 //! notifications out to the browsers over Server-Sent Events (`GET /console/events`). Pages
 //! refetch their live part when told; nothing polls. After the listening connection was lost
