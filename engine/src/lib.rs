@@ -23,7 +23,9 @@
 //!   reclaimed by any worker (`lease_expired` in the history). A worker claims only the skill
 //!   versions it has registered, and the claim itself starts the saga's waiting step. The
 //!   worker that commits step k starts step k+1 in the same commit and runs it while it holds
-//!   the lease.
+//!   the lease. A saga the [`Engine`] starts while one of its running workers has a free slot
+//!   is claimed by that worker in the start's own transaction and handed to it in memory (a
+//!   local start: one commit before the first step, not two).
 //! - **Waits.** A step may wait for a named event it declares with a payload schema
 //!   ([`Step::awaits`], [`StepContext::await_event`] with a [`Wait`]) or for a time
 //!   ([`StepContext::sleep`]). The action returns an error that suspends it (pass it on with

@@ -63,13 +63,23 @@ async fn announce_in_windows(pool: DbPool, mut receiver: mpsc::Receiver<(Uuid, S
             ids.push(id);
             statuses.push(status.as_str());
         }
-        if let Err(error) = sqlx::query("SELECT stepwise.announce_saga_changes($1, $2)")
+        match sqlx::query("SELECT stepwise.announce_saga_changes($1, $2)")
             .bind(&ids)
             .bind(&statuses)
             .execute(&pool)
             .await
         {
-            warn!(%error, sagas = ids.len(), "could not announce saga status changes; live views see them at their next refresh");
+            Ok(_) => {}
+            // The process is closing its pool on its way out: nothing to warn anyone about.
+            Err(sqlx::Error::PoolClosed) => {
+                debug!(
+                    sagas = ids.len(),
+                    "pool closed; the last saga status changes were not announced"
+                );
+            }
+            Err(error) => {
+                warn!(%error, sagas = ids.len(), "could not announce saga status changes; live views see them at their next refresh");
+            }
         }
     }
 }
