@@ -184,3 +184,44 @@ async fn a_start_after_the_worker_stopped_is_left_for_a_claim(pool: PgPool) {
     assert_eq!(worker.run_until_idle().await.unwrap(), 1);
     completed(&engine, started.saga.id).await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn local_starts_racing_a_workers_claims_leave_no_saga_waiting_for_its_lease(pool: PgPool) {
+    migrate(&pool).await;
+    let engine = engine_with(pool, ManualClock::starting_now());
+    let (stop, task) = run_worker(&engine, "racing", 4);
+    settle().await;
+
+    // Many starters at once against four slots: some starts find a slot free and are handed
+    // over, the others are claimed as slots free up, while further starts take those slots.
+    let starts = (0..24).map(|i| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for j in 0..8 {
+                let input = json!({"steps": 2, "step_sleep_ms": (i + j) % 3});
+                ids.push(engine.start(request(input, None)).await.unwrap().saga.id);
+            }
+            ids
+        })
+    });
+    let mut ids = Vec::new();
+    for started in futures::future::join_all(starts).await {
+        ids.extend(started.unwrap());
+    }
+    // Well within the 30 s lease: a saga claimed without a slot would wait for it to expire.
+    for id in &ids {
+        let summary = engine.wait(*id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(summary.status, SagaStatus::Completed, "saga {id}");
+    }
+    for id in &ids {
+        let saga = detail(&engine, *id).await;
+        assert!(
+            !history(&saga).iter().any(|e| e == "lease_expired"),
+            "saga {id} waited for its lease: {:?}",
+            history(&saga)
+        );
+    }
+    stop.cancel();
+    task.await.unwrap();
+}

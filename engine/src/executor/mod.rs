@@ -247,28 +247,29 @@ impl Worker {
             while let Ok(saga) = handed.try_recv() {
                 spawn_drive(&mut tasks, &driver, saga.saga, saga.permit);
             }
-            if !paused.is_empty() && permits.available_permits() > 0 {
-                let taken = self.reclaim(&mut paused, permits.available_permits()).await;
-                for saga in taken {
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        break;
-                    };
-                    spawn_drive(&mut tasks, &driver, saga, permit);
+            if !paused.is_empty() {
+                if let Some(mut slots) = take_free_slots(&permits, paused.len()) {
+                    let taken = self.reclaim(&mut paused, slots.num_permits()).await;
+                    for saga in taken {
+                        let Some(slot) = one_slot(&mut slots) else {
+                            break;
+                        };
+                        spawn_drive(&mut tasks, &driver, saga, slot);
+                    }
                 }
             }
-            let free = permits
-                .available_permits()
-                .min(self.config.claim_batch.max(1));
             let mut claimed_all = false;
-            if free > 0 {
+            let mut free = 0;
+            if let Some(mut slots) = take_free_slots(&permits, self.config.claim_batch.max(1)) {
+                free = slots.num_permits();
                 match self.claim(free).await {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
                         for saga in claimed {
-                            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                            let Some(slot) = one_slot(&mut slots) else {
                                 break;
                             };
-                            spawn_drive(&mut tasks, &driver, saga, permit);
+                            spawn_drive(&mut tasks, &driver, saga, slot);
                         }
                     }
                     Err(error) => {
@@ -394,6 +395,34 @@ impl Worker {
             }
         }
     }
+}
+
+/// Up to `most` of the worker's free slots, taken before a claim asks for that many sagas: a
+/// local start may take a slot at any time, and a saga claimed without one would wait under
+/// this worker's lease until the lease expired. The slots not used go back when dropped.
+fn take_free_slots(permits: &Arc<Semaphore>, most: usize) -> Option<OwnedSemaphorePermit> {
+    loop {
+        let free = permits.available_permits().min(most);
+        if free == 0 {
+            return None;
+        }
+        let count = u32::try_from(free).unwrap_or(u32::MAX);
+        if let Ok(slots) = permits.clone().try_acquire_many_owned(count) {
+            return Some(slots);
+        }
+        // A local start took one meanwhile: count again.
+    }
+}
+
+/// One of the slots taken for a claim. A claim returns at most as many sagas as it was
+/// allowed, so there is one for each; if a claim ever returned more, the rest are left to
+/// their leases' expiry, as if this worker had died.
+fn one_slot(slots: &mut OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+    let slot = slots.split(1);
+    if slot.is_none() {
+        warn!("a claim returned more sagas than it asked for; the rest are resumed when their leases expire");
+    }
+    slot
 }
 
 /// Drives a saga in a task of its own, holding a worker slot until it lets go.
