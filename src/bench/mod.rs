@@ -506,17 +506,25 @@ async fn paced_starts(
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut ids = Vec::with_capacity(n);
+    let joined = |joined: Result<Result<uuid::Uuid, BenchError>, tokio::task::JoinError>| {
+        joined.map_err(|e| BenchError::Internal(format!("start task: {e}")))?
+    };
     for i in 0..n {
         ticker.tick().await;
         let engine = engine.clone();
         let input = input.clone();
         tasks.spawn(async move { start_one(&engine, input).await });
         progress.set(i as u64 + 1);
+        // A finished task keeps its memory (sized for the whole start) until it is joined:
+        // joined only at the end, thousands of them were most of the process's peak RSS
+        // (BENCHMARKS.md, 3 December, late afternoon).
+        while let Some(done) = tasks.try_join_next() {
+            ids.push(joined(done)?);
+        }
     }
-    let mut ids = Vec::with_capacity(n);
-    while let Some(joined) = tasks.join_next().await {
-        let id = joined.map_err(|e| BenchError::Internal(format!("start task: {e}")))??;
-        ids.push(id);
+    while let Some(done) = tasks.join_next().await {
+        ids.push(joined(done)?);
     }
     Ok(ids)
 }
