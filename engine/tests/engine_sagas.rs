@@ -229,7 +229,7 @@ async fn expired_lease_is_taken_over_and_the_stale_worker_is_fenced_off(pool: Pg
     // (paused, partitioned, killed).
     let a: std::sync::Arc<str> = "worker-a".into();
     let now = clock.now();
-    let known = KnownSkills::new([(SYN, 1)]);
+    let known = KnownSkills::of(engine.registry());
     let claimed = engine
         .store()
         .claim(&a, now, now + chrono::Duration::seconds(30), 1, &known)

@@ -94,7 +94,7 @@ async fn a_group_commit_leaves_out_only_the_saga_whose_lease_was_lost(pool: PgPo
         ids.push(start(&engine, SYN, json!({"steps": 3}), Some(&key)).await);
     }
     let now = clock.now();
-    let known = KnownSkills::new([(SYN, 1)]);
+    let known = KnownSkills::of(engine.registry());
     let worker: std::sync::Arc<str> = "grouped".into();
     let claimed = (engine.store())
         .claim(&worker, now, now + chrono::Duration::seconds(30), 3, &known)

@@ -22,7 +22,7 @@ async fn a_worker_takes_back_only_the_sagas_it_still_holds_with_the_same_token(p
     let clock = ManualClock::starting_now();
     let engine = engine_with(pool, clock.clone());
     let store = engine.store();
-    let known = KnownSkills::new([(SYN, 1)]);
+    let known = KnownSkills::of(engine.registry());
     let a: Arc<str> = "worker-a".into();
     let lease = chrono::Duration::seconds(30);
 

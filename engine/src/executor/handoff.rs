@@ -185,7 +185,11 @@ mod tests {
     ) -> (Registration, mpsc::UnboundedReceiver<Handed>) {
         local.register(
             Arc::from("w1"),
-            Arc::new(KnownSkills::new([(crate::synthetic::NAME, 1)])),
+            Arc::new(KnownSkills::new([(
+                crate::synthetic::NAME,
+                1,
+                vec!["step_0".into()],
+            )])),
             Duration::from_secs(30),
             Arc::new(Semaphore::new(permits)),
         )

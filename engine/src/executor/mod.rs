@@ -145,12 +145,7 @@ impl Worker {
         config: WorkerConfig,
         local: LocalWorkers,
     ) -> Self {
-        let known = KnownSkills::new(
-            registry
-                .all()
-                .iter()
-                .map(|skill| (skill.name(), skill.version())),
-        );
+        let known = KnownSkills::of(&registry);
         Self {
             worker_id: Arc::from(config.worker_id.as_str()),
             known: Arc::new(known),

@@ -1,12 +1,13 @@
 //! Taking sagas: the claim of due sagas and the reclaim after a lost connection, both one call
 //! to a function in engine/migrations that returns each saga with what its worker needs.
 
+use super::claim_rows::{claimed_sagas, ClaimRow};
 use super::queries::NewSaga;
-use super::rows::parse;
 use super::transition::{InFlight, Lease};
 use super::PgStore;
 use crate::error::StoreError;
 use crate::model::{CompensationStatus, SagaStatus, StepStatus};
+use crate::registry::Registry;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -59,21 +60,35 @@ pub struct ClaimedSaga {
     pub steps: Vec<StepState>,
 }
 
-/// The skill versions a worker can run, as the claim matches them (`{skill}@{version}`): a
-/// worker never claims a saga it could not drive.
+/// The skill versions a worker can run, as the claim matches them (`{skill}@{version}`), with
+/// their step names: a worker never claims a saga it could not drive, and it builds the steps
+/// of a saga nothing has run in yet from those names (the claim does not read them, see
+/// [`untouched_steps`]).
 #[derive(Debug, Clone, Default)]
 pub struct KnownSkills {
     keys: Vec<String>,
+    /// Each key's step names, in position order.
+    step_names: Vec<Vec<String>>,
 }
 
 impl KnownSkills {
-    pub fn new<'a>(skills: impl IntoIterator<Item = (&'a str, u32)>) -> Self {
-        Self {
-            keys: skills
-                .into_iter()
-                .map(|(name, version)| format!("{name}@{version}"))
-                .collect(),
-        }
+    /// From `(skill, version, step names)`.
+    pub fn new<'a>(skills: impl IntoIterator<Item = (&'a str, u32, Vec<String>)>) -> Self {
+        let (keys, step_names) = skills
+            .into_iter()
+            .map(|(name, version, steps)| (format!("{name}@{version}"), steps))
+            .unzip();
+        Self { keys, step_names }
+    }
+
+    /// Every skill version of `registry`.
+    pub fn of(registry: &Registry) -> Self {
+        let skills = registry.all();
+        Self::new(
+            skills
+                .iter()
+                .map(|skill| (skill.name(), skill.version(), skill.step_names())),
+        )
     }
 
     pub(super) fn keys(&self) -> &[String] {
@@ -84,6 +99,13 @@ impl KnownSkills {
     pub(crate) fn contains(&self, skill: &str, version: u32) -> bool {
         let key = format!("{skill}@{version}");
         self.keys.contains(&key)
+    }
+
+    /// The step names of `skill` at `version`, if it is among them.
+    fn step_names(&self, skill: &str, version: i32) -> Option<&[String]> {
+        let key = format!("{skill}@{version}");
+        let i = self.keys.iter().position(|k| *k == key)?;
+        self.step_names.get(i).map(Vec::as_slice)
     }
 }
 
@@ -119,7 +141,9 @@ impl PgStore {
         .bind(skills.keys())
         .fetch_all(&self.pool)
         .await?;
-        claimed_sagas(worker, lease_until, rows)
+        claimed_sagas(worker, lease_until, rows, |skill, version| {
+            skills.step_names(skill, version)
+        })
     }
 
     /// Takes back sagas this worker was driving when its connection to PostgreSQL was lost
@@ -149,7 +173,8 @@ impl PgStore {
         .bind(&tokens)
         .fetch_all(&self.pool)
         .await?;
-        claimed_sagas(worker, lease_until, rows)
+        // Every saga taken back was claimed before: its steps come as rows.
+        claimed_sagas(worker, lease_until, rows, |_, _| None)
     }
 
     /// Starts a saga already claimed by `worker` until `lease_until`, its first attempt begun,
@@ -180,145 +205,12 @@ impl PgStore {
         .bind(lease_until)
         .fetch_all(&self.pool)
         .await?;
-        let claimed = claimed_sagas(worker, lease_until, rows)?.pop();
+        let names = |_: &str, _: i32| Some(saga.step_names.as_slice());
+        let claimed = claimed_sagas(worker, lease_until, rows, names)?.pop();
         if let Some(saga) = &claimed {
             self.announcer
                 .announce(&self.pool, vec![(saga.lease.saga_id, saga.status)]);
         }
         Ok(claimed)
     }
-}
-
-/// One row of `stepwise.claim_sagas` (or `reclaim_sagas`, which has the same shape).
-#[derive(sqlx::FromRow)]
-struct ClaimRow {
-    id: Uuid,
-    skill: String,
-    skill_version: i32,
-    status: String,
-    input: Value,
-    cursor: i32,
-    fencing_token: i64,
-    cancel_requested: bool,
-    previous_owner: Option<String>,
-    resumed: bool,
-    attempt_position: Option<i32>,
-    attempt_compensation: Option<bool>,
-    attempt: Option<i32>,
-    attempt_started_at: Option<DateTime<Utc>>,
-    attempt_seq: Option<i64>,
-    steps: Option<sqlx::types::Json<Vec<StepJson>>>,
-}
-
-impl ClaimRow {
-    fn in_flight(&self) -> Option<InFlight> {
-        Some(InFlight {
-            position: self.attempt_position?,
-            compensation: self.attempt_compensation?,
-            attempt: self.attempt?,
-            started_at: self.attempt_started_at?,
-            seq: self.attempt_seq?,
-        })
-    }
-}
-
-/// The shape of `stepwise.step_states`.
-#[derive(serde::Deserialize)]
-struct StepJson {
-    position: i32,
-    name: String,
-    status: String,
-    attempts: i32,
-    attempts_round_base: i32,
-    /// JSON cannot tell SQL NULL from a `null` output; `has_output` can.
-    has_output: bool,
-    output: Option<Box<RawValue>>,
-    compensation_status: String,
-    compensation_attempts: i32,
-    compensation_round_base: i32,
-    #[serde(default)]
-    wait_deadlines: std::collections::BTreeMap<String, DateTime<Utc>>,
-    #[serde(default)]
-    possibly_done: bool,
-}
-
-impl StepJson {
-    fn into_state(self) -> Result<StepState, StoreError> {
-        Ok(StepState {
-            position: self.position,
-            name: self.name,
-            status: parse("step status", &self.status)?,
-            attempts: self.attempts,
-            attempts_round_base: self.attempts_round_base,
-            output: self
-                .has_output
-                .then(|| self.output.unwrap_or_else(|| RawValue::NULL.to_owned())),
-            compensation_status: parse("compensation status", &self.compensation_status)?,
-            compensation_attempts: self.compensation_attempts,
-            compensation_round_base: self.compensation_round_base,
-            wait_deadlines: self.wait_deadlines,
-            possibly_done: self.possibly_done,
-        })
-    }
-}
-
-/// Shows the attempt in flight in the steps, as the worker reasons about them: the step (or
-/// its compensation) `running` with that attempt counted.
-pub(crate) fn overlay_in_flight(steps: &mut [StepState], in_flight: &InFlight) {
-    let Some(step) = usize::try_from(in_flight.position)
-        .ok()
-        .and_then(|p| steps.get_mut(p))
-    else {
-        return;
-    };
-    if in_flight.compensation {
-        step.compensation_status = CompensationStatus::Running;
-        step.compensation_attempts = in_flight.attempt;
-    } else {
-        step.status = StepStatus::Running;
-        step.attempts = in_flight.attempt;
-    }
-}
-
-/// Turns claim rows into claimed sagas held by `worker` until `lease_until`.
-fn claimed_sagas(
-    worker: &Arc<str>,
-    lease_until: DateTime<Utc>,
-    rows: Vec<ClaimRow>,
-) -> Result<Vec<ClaimedSaga>, StoreError> {
-    rows.into_iter()
-        .map(|mut r| {
-            let in_flight = r.in_flight();
-            let mut steps = r
-                .steps
-                .take()
-                .map(|json| json.0)
-                .unwrap_or_default()
-                .into_iter()
-                .map(StepJson::into_state)
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            if let Some(in_flight) = &in_flight {
-                overlay_in_flight(&mut steps, in_flight);
-            }
-            Ok(ClaimedSaga {
-                lease: Lease {
-                    saga_id: r.id,
-                    token: r.fencing_token,
-                    worker: worker.clone(),
-                    expires_at: lease_until,
-                },
-                status: parse::<SagaStatus>("saga status", &r.status)?,
-                skill: r.skill,
-                skill_version: r.skill_version,
-                input: r.input,
-                cursor: r.cursor,
-                cancel_requested: r.cancel_requested,
-                expired_owner: r.previous_owner,
-                begun: in_flight.is_some() && !r.resumed,
-                resumed: r.resumed,
-                in_flight,
-                steps,
-            })
-        })
-        .collect()
 }

@@ -6,6 +6,7 @@
 
 mod announce;
 mod claim;
+mod claim_rows;
 mod commit;
 mod console;
 mod db_pool;
