@@ -188,7 +188,7 @@ mod tests {
             Arc::new(KnownSkills::new([(
                 crate::synthetic::NAME,
                 1,
-                vec!["step_0".into()],
+                vec!["step_1".into()],
             )])),
             Duration::from_secs(30),
             Arc::new(Semaphore::new(permits)),

@@ -62,8 +62,8 @@ pub struct ClaimedSaga {
 
 /// The skill versions a worker can run, as the claim matches them (`{skill}@{version}`), with
 /// their step names: a worker never claims a saga it could not drive, and it builds the steps
-/// of a saga nothing has run in yet from those names (the claim does not read them, see
-/// [`untouched_steps`]).
+/// of a saga nothing has run in yet from those names (the claim does not read them; see
+/// docs/storage.md, "Steps at a claim").
 #[derive(Debug, Clone, Default)]
 pub struct KnownSkills {
     keys: Vec<String>,
