@@ -13,7 +13,8 @@ use serde_json::Value;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// One row of `stepwise.claim_sagas` (or `reclaim_sagas`, which has the same shape).
+/// One row of `stepwise.claim_sagas` (or of `reclaim_sagas` or `start_claimed_saga`, which have
+/// the same shape).
 #[derive(sqlx::FromRow)]
 pub(super) struct ClaimRow {
     id: Uuid,
