@@ -3,11 +3,11 @@
 -- steps exactly as `start_saga` wrote them: every step `pending`, no attempt, no output, no
 -- compensation. For such a saga `steps` is the number of its steps (a json number) instead of
 -- their rows, and the worker builds them from its skill's step names
--- (engine/src/store/claim_rows.rs, `untouched_steps`). Nothing changes a step row without the
+-- (engine/src/store/claim.rs, `untouched_steps`). Nothing changes a step row without the
 -- saga's lease (a commit under its token, an interrupted attempt, a resumed compensation of a
 -- failed saga: each needs a claim first), and a fork's reused steps put the cursor past 0.
 --
--- benches/micro/claim.sql, two alternations: claims of 16 sagas 90-93 -> 40-46 µs per
+-- benches/micro/claim.sql, three alternations: claims of 16 sagas 90-93 -> 40-46 µs per
 -- claimed saga, of one saga (a local start's take) 252-269 -> 205-223.
 
 CREATE OR REPLACE FUNCTION stepwise.take_sagas(
