@@ -37,6 +37,26 @@ pub struct StepState {
     pub possibly_done: bool,
 }
 
+impl StepState {
+    /// The step at `position` as `stepwise.start_saga` writes it for a saga that reuses
+    /// nothing: pending, never attempted, no output, no compensation needed.
+    pub(crate) fn untouched(position: i32, name: String) -> Self {
+        Self {
+            position,
+            name,
+            status: StepStatus::Pending,
+            attempts: 0,
+            attempts_round_base: 0,
+            output: None,
+            compensation_status: CompensationStatus::NotNeeded,
+            compensation_attempts: 0,
+            compensation_round_base: 0,
+            wait_deadlines: Default::default(),
+            possibly_done: false,
+        }
+    }
+}
+
 /// A saga a worker just claimed.
 #[derive(Debug, Clone)]
 pub struct ClaimedSaga {
@@ -95,16 +115,20 @@ impl KnownSkills {
         &self.keys
     }
 
+    /// Where `skill` at `version` is among them, if it is.
+    fn index(&self, skill: &str, version: impl std::fmt::Display) -> Option<usize> {
+        let key = format!("{skill}@{version}");
+        self.keys.iter().position(|k| *k == key)
+    }
+
     /// Whether `skill` at `version` is among them.
     pub(crate) fn contains(&self, skill: &str, version: u32) -> bool {
-        let key = format!("{skill}@{version}");
-        self.keys.contains(&key)
+        self.index(skill, version).is_some()
     }
 
     /// The step names of `skill` at `version`, if it is among them.
     fn step_names(&self, skill: &str, version: i32) -> Option<&[String]> {
-        let key = format!("{skill}@{version}");
-        let i = self.keys.iter().position(|k| *k == key)?;
+        let i = self.index(skill, version)?;
         self.step_names.get(i).map(Vec::as_slice)
     }
 }

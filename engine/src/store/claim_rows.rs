@@ -143,25 +143,13 @@ pub(crate) fn overlay_in_flight(steps: &mut [StepState], in_flight: &InFlight) {
     }
 }
 
-/// The first `count` steps named `names` as `stepwise.start_saga` writes them for a saga that
-/// reuses nothing: pending, never attempted, no output, no compensation needed.
+/// The first `count` steps named `names`, as `stepwise.start_saga` writes them for a saga
+/// that reuses nothing ([`StepState::untouched`]).
 fn untouched_steps(names: &[String], count: usize) -> Option<Vec<StepState>> {
     let steps = names.get(..count)?.iter().zip(0..);
     Some(
         steps
-            .map(|(name, position)| StepState {
-                position,
-                name: name.clone(),
-                status: StepStatus::Pending,
-                attempts: 0,
-                attempts_round_base: 0,
-                output: None,
-                compensation_status: CompensationStatus::NotNeeded,
-                compensation_attempts: 0,
-                compensation_round_base: 0,
-                wait_deadlines: Default::default(),
-                possibly_done: false,
-            })
+            .map(|(name, position)| StepState::untouched(position, name.clone()))
             .collect(),
     )
 }

@@ -66,19 +66,7 @@ fn claimed() -> ClaimedSaga {
     let steps = ["a", "b", "c", "d"]
         .iter()
         .enumerate()
-        .map(|(position, name)| StepState {
-            position: position as i32,
-            name: name.to_string(),
-            status: StepStatus::Pending,
-            attempts: 0,
-            attempts_round_base: 0,
-            output: None,
-            compensation_status: CompensationStatus::NotNeeded,
-            compensation_attempts: 0,
-            compensation_round_base: 0,
-            wait_deadlines: BTreeMap::new(),
-            possibly_done: false,
-        })
+        .map(|(position, name)| StepState::untouched(position as i32, name.to_string()))
         .collect();
     ClaimedSaga {
         lease: Lease {
