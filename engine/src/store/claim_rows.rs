@@ -301,4 +301,100 @@ mod tests {
         .unwrap();
         assert_eq!(steps, "2");
     }
+
+    /// A saga's rows without what differs between two sagas (ids, sequence numbers): the saga
+    /// row, its step rows in order, its history rows in order.
+    async fn rows_of(pool: &PgPool, id: Uuid) -> (Value, Value, Value) {
+        sqlx::query_as(
+            "SELECT (SELECT to_jsonb(s) - 'id' - 'attempt_seq' FROM stepwise.sagas s
+                     WHERE s.id = $1),
+                    (SELECT jsonb_agg(to_jsonb(st) - 'saga_id' ORDER BY st.position)
+                     FROM stepwise.steps st WHERE st.saga_id = $1),
+                    (SELECT jsonb_agg(to_jsonb(e) - 'id' - 'saga_id' ORDER BY e.id)
+                     FROM stepwise.events e WHERE e.saga_id = $1)",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    /// Whether the saga's `saga_started` row comes before its attempt in flight in its history.
+    async fn started_before_attempt(pool: &PgPool, id: Uuid) -> bool {
+        sqlx::query_scalar(
+            "SELECT (SELECT e.id FROM stepwise.events e
+                     WHERE e.saga_id = $1 AND e.kind = 'saga_started')
+                    < (SELECT s.attempt_seq FROM stepwise.sagas s WHERE s.id = $1)",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_local_start_writes_the_rows_a_start_and_a_claim_write(pool: PgPool) {
+        let store = PgStore::new(pool.clone());
+        store.migrate().await.unwrap();
+        let mut registry = Registry::new();
+        registry
+            .register(crate::synthetic::skill().unwrap())
+            .unwrap();
+        let known = KnownSkills::of(&registry);
+        let worker: Arc<str> = Arc::from("w1");
+        let now = Utc::now();
+        let lease_until = now + chrono::Duration::seconds(30);
+
+        // Started, then claimed (the local saga is not due before its lease ends).
+        let usual = synthetic(3);
+        store
+            .insert_saga(usual.clone(), now)
+            .await
+            .unwrap()
+            .unwrap();
+        let local = synthetic(3);
+        let by_start = store
+            .insert_claimed_saga(&local, now, &worker, lease_until)
+            .await
+            .unwrap()
+            .unwrap();
+        let by_claim = store
+            .claim(&worker, now, lease_until, 8, &known)
+            .await
+            .unwrap();
+        assert_eq!(by_claim.len(), 1, "only the usual start was due");
+        let by_claim = &by_claim[0];
+
+        assert_eq!(
+            rows_of(&pool, local.id).await,
+            rows_of(&pool, usual.id).await
+        );
+        assert!(started_before_attempt(&pool, local.id).await);
+        assert!(started_before_attempt(&pool, usual.id).await);
+
+        // The worker is handed the same saga either way.
+        let same = |c: &ClaimedSaga| {
+            let in_flight = c.in_flight.unwrap();
+            (
+                (c.lease.token, c.lease.expires_at, c.lease.worker.clone()),
+                (c.status, c.cursor, c.cancel_requested, c.begun, c.resumed),
+                (
+                    in_flight.position,
+                    in_flight.compensation,
+                    in_flight.attempt,
+                ),
+                in_flight.started_at,
+                (c.expired_owner.clone(), c.skill.clone(), c.input.clone()),
+                format!("{:?}", c.steps),
+            )
+        };
+        assert_eq!(same(&by_start), same(by_claim));
+        let seq_on_row: i64 =
+            sqlx::query_scalar("SELECT attempt_seq FROM stepwise.sagas WHERE id = $1")
+                .bind(local.id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(by_start.in_flight.unwrap().seq, seq_on_row);
+    }
 }
