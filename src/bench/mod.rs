@@ -296,9 +296,8 @@ pub async fn run(
     let url = pg::with_database(&config.server_url, &config.database);
     // C connections for the work, plus the one each worker keeps for LISTEN.
     let pool_size = (config.concurrency + config.workers) as u32;
-    let pool = pg::pool(&url, pool_size).await?;
+    let pool = pg::migrated_pool(&url, pool_size).await?;
     let store = PgStore::new(pool.clone());
-    store.migrate().await?;
     let engine = Engine::new(
         store,
         Arc::new(stepwise_skills::registry()?),

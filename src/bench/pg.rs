@@ -7,6 +7,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
+use stepwise_engine::PgStore;
 
 /// `url` with its database name replaced by `db` (query parameters kept).
 pub fn with_database(url: &str, db: &str) -> String {
@@ -55,6 +56,17 @@ pub async fn drop_database(server_url: &str, db: &str) -> Result<(), BenchError>
     .await?;
     conn.close().await?;
     Ok(())
+}
+
+/// The engine's schema migrated through a connection of its own, then a pool of exactly
+/// `size` connections opened after it, so that each is warmed up as the engine's pools warm
+/// theirs (engine/src/store/warm_up.rs), as it would be in a process that has been serving
+/// for a while.
+pub async fn migrated_pool(url: &str, size: u32) -> Result<PgPool, BenchError> {
+    let migrations = pool(url, 1).await?;
+    PgStore::new(migrations.clone()).migrate().await?;
+    migrations.close().await;
+    pool(url, size).await
 }
 
 /// A pool of exactly `size` connections, all opened now so none is opened mid-measurement.

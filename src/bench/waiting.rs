@@ -69,9 +69,8 @@ pub async fn run(
     let load_before = procfs::load_average();
     pg::recreate_database(&config.server_url, &config.database).await?;
     let url = pg::with_database(&config.server_url, &config.database);
-    let pool = pg::pool(&url, (config.concurrency + config.workers) as u32).await?;
+    let pool = pg::migrated_pool(&url, (config.concurrency + config.workers) as u32).await?;
     let store = PgStore::new(pool.clone());
-    store.migrate().await?;
     let engine = Engine::new(
         store,
         Arc::new(stepwise_skills::registry()?),

@@ -11,6 +11,7 @@ use crate::registry::Registry;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use sqlx::PgExecutor;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -155,16 +156,7 @@ impl PgStore {
         // One round trip to `stepwise.claim_sagas` (engine/migrations): its statements have
         // cached plans and reach rows by index only, so a claim stays O(batch) however many
         // sagas ever ran.
-        let rows: Vec<ClaimRow> = sqlx::query_as(&format!(
-            "SELECT {CLAIM_COLUMNS} FROM stepwise.claim_sagas($1, $2, $3, $4, $5)"
-        ))
-        .bind(now)
-        .bind(limit)
-        .bind(worker.as_ref())
-        .bind(lease_until)
-        .bind(skills.keys())
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = claim_rows(&self.pool, now, limit, worker, lease_until, skills.keys()).await?;
         claimed_sagas(worker, lease_until, rows, |skill, version| {
             skills.step_names(skill, version)
         })
@@ -213,22 +205,7 @@ impl PgStore {
         worker: &Arc<str>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<ClaimedSaga>, StoreError> {
-        let rows: Vec<ClaimRow> = sqlx::query_as(&format!(
-            "SELECT {CLAIM_COLUMNS}
-             FROM stepwise.start_claimed_saga($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        ))
-        .bind(saga.id)
-        .bind(&saga.skill)
-        .bind(saga.skill_version)
-        .bind(&saga.idempotency_key)
-        .bind(&saga.input)
-        .bind(&saga.started_by)
-        .bind(&saga.step_names)
-        .bind(now)
-        .bind(worker.as_ref())
-        .bind(lease_until)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = start_claimed_rows(&self.pool, saga, now, worker, lease_until).await?;
         let names = |_: &str, _: i32| Some(saga.step_names.as_slice());
         let claimed = claimed_sagas(worker, lease_until, rows, names)?.pop();
         if let Some(saga) = &claimed {
@@ -237,4 +214,52 @@ impl PgStore {
         }
         Ok(claimed)
     }
+}
+
+/// The rows of `stepwise.claim_sagas` (see [`PgStore::claim`]), on `executor`.
+pub(super) async fn claim_rows<'e, E: PgExecutor<'e>>(
+    executor: E,
+    now: DateTime<Utc>,
+    limit: i64,
+    worker: &str,
+    lease_until: DateTime<Utc>,
+    skill_keys: &[String],
+) -> Result<Vec<ClaimRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CLAIM_COLUMNS} FROM stepwise.claim_sagas($1, $2, $3, $4, $5)"
+    ))
+    .bind(now)
+    .bind(limit)
+    .bind(worker)
+    .bind(lease_until)
+    .bind(skill_keys)
+    .fetch_all(executor)
+    .await
+}
+
+/// The rows of `stepwise.start_claimed_saga` (see [`PgStore::insert_claimed_saga`]), on
+/// `executor`: one row, or none when the idempotency key is taken.
+pub(super) async fn start_claimed_rows<'e, E: PgExecutor<'e>>(
+    executor: E,
+    saga: &NewSaga,
+    now: DateTime<Utc>,
+    worker: &str,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<ClaimRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CLAIM_COLUMNS}
+         FROM stepwise.start_claimed_saga($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
+    .bind(saga.id)
+    .bind(&saga.skill)
+    .bind(saga.skill_version)
+    .bind(&saga.idempotency_key)
+    .bind(&saga.input)
+    .bind(&saga.started_by)
+    .bind(&saga.step_names)
+    .bind(now)
+    .bind(worker)
+    .bind(lease_until)
+    .fetch_all(executor)
+    .await
 }

@@ -261,7 +261,7 @@ impl<'a> Columns<'a> {
 /// Calls `stepwise.commit_steps` for `items`, with the history rows `events` selects. Returns
 /// each committed saga with whether a cancel was requested and the history place of the
 /// attempt it began; a saga whose fencing token no longer matches is missing.
-async fn commit_steps<'e, E>(
+pub(super) async fn commit_steps<'e, E>(
     executor: E,
     items: &[CommitItem],
     events: impl Fn(&NewEvent) -> bool,

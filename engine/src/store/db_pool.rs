@@ -68,6 +68,7 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// statement, and a step commit is one statement (BENCHMARKS.md). Only connections idle for
 /// [`CHECK_AFTER_IDLE`] or more are pinged here, which is where a restarted server or a cut
 /// link shows; a failed ping discards the connection and the pool takes or opens another.
+/// Each new connection is warmed up first ([`super::warm_up`]).
 pub fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
@@ -80,6 +81,14 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         // while idle.
         .idle_timeout(None)
         .max_lifetime(None)
+        // Compiled and planned before it is handed out, not on its first requests
+        // (super::warm_up).
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                super::warm_up::warm_up_or_log(conn).await;
+                Ok(())
+            })
+        })
         .before_acquire(|conn, meta| {
             Box::pin(async move {
                 if meta.idle_for >= CHECK_AFTER_IDLE {

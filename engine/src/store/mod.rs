@@ -23,6 +23,7 @@ mod rows;
 mod stats;
 mod transition;
 mod waits;
+mod warm_up;
 
 pub use claim::{ClaimedSaga, KnownSkills, StepState};
 pub use console::{
