@@ -229,6 +229,17 @@ mod tests {
         }
     }
 
+    /// A store on `pool`, migrated, and the skills of a worker that runs the synthetic skill.
+    async fn migrated_with_synthetic(pool: &PgPool) -> (PgStore, KnownSkills) {
+        let store = PgStore::new(pool.clone());
+        store.migrate().await.unwrap();
+        let mut registry = Registry::new();
+        registry
+            .register(crate::synthetic::skill().unwrap())
+            .unwrap();
+        (store, KnownSkills::of(&registry))
+    }
+
     /// The steps as `stepwise.step_states` reads them from their rows.
     async fn steps_read(pool: &PgPool, id: Uuid) -> Vec<StepState> {
         let json: sqlx::types::Json<StepsJson> =
@@ -245,13 +256,7 @@ mod tests {
 
     #[sqlx::test(migrations = false)]
     async fn a_claim_builds_an_untouched_sagas_steps_exactly_as_its_rows_hold_them(pool: PgPool) {
-        let store = PgStore::new(pool.clone());
-        store.migrate().await.unwrap();
-        let mut registry = Registry::new();
-        registry
-            .register(crate::synthetic::skill().unwrap())
-            .unwrap();
-        let known = KnownSkills::of(&registry);
+        let (store, known) = migrated_with_synthetic(&pool).await;
         let saga = synthetic(3);
         let now = Utc::now();
         store.insert_saga(saga.clone(), now).await.unwrap().unwrap();
@@ -334,13 +339,7 @@ mod tests {
 
     #[sqlx::test(migrations = false)]
     async fn a_local_start_writes_the_rows_a_start_and_a_claim_write(pool: PgPool) {
-        let store = PgStore::new(pool.clone());
-        store.migrate().await.unwrap();
-        let mut registry = Registry::new();
-        registry
-            .register(crate::synthetic::skill().unwrap())
-            .unwrap();
-        let known = KnownSkills::of(&registry);
+        let (store, known) = migrated_with_synthetic(&pool).await;
         let worker: Arc<str> = Arc::from("w1");
         let now = Utc::now();
         let lease_until = now + chrono::Duration::seconds(30);
