@@ -25,7 +25,10 @@
 //!   worker that commits step k starts step k+1 in the same commit and runs it while it holds
 //!   the lease. A saga the [`Engine`] starts while one of its running workers has a free slot
 //!   is claimed by that worker in the start's own transaction and handed to it in memory (a
-//!   local start: one commit before the first step, not two).
+//!   local start: one commit before the first step, not two). A worker claims when a NOTIFY
+//!   says work was started, when its sleep until the next due time ends, and after a saga ends
+//!   only if its last claim was full (more may be waiting): otherwise a claim would hold the
+//!   free slots a local start is looking for.
 //! - **Waits.** A step may wait for a named event it declares with a payload schema
 //!   ([`Step::awaits`], [`StepContext::await_event`] with a [`Wait`]) or for a time
 //!   ([`StepContext::sleep`]). The action returns an error that suspends it (pass it on with

@@ -225,3 +225,95 @@ async fn local_starts_racing_a_workers_claims_leave_no_saga_waiting_for_its_leas
     stop.cancel();
     task.await.unwrap();
 }
+
+/// How many times `stepwise.claim_sagas` ran in this database, every pool connection's
+/// statistics published first (an idle backend holds them for up to 10 s otherwise).
+async fn claims_so_far(pool: &PgPool) -> i64 {
+    let mut held = Vec::new();
+    while let Some(mut conn) = pool.try_acquire() {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        held.push(conn);
+    }
+    drop(held);
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(calls), 0)::int8 FROM pg_stat_user_functions
+         WHERE schemaname = 'stepwise' AND funcname = 'claim_sagas'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn sagas_ending_with_nothing_due_leave_the_workers_slots_to_local_starts(pool: PgPool) {
+    migrate(&pool).await;
+    // Count function calls in this database, on connections opened after the setting.
+    sqlx::query(
+        "DO $$ BEGIN
+           EXECUTE format('ALTER DATABASE %I SET track_functions = ''pl''', current_database());
+         END $$",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let counted = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let engine = engine_with(counted.clone(), ManualClock::starting_now());
+    let (stop, task) = run_worker(&engine, "idle", 4);
+    settle().await;
+    let first = engine
+        .start(request(json!({"steps": 2}), None))
+        .await
+        .unwrap();
+    completed(&engine, first.saga.id).await;
+    let before = claims_so_far(&counted).await;
+
+    // Each saga ends with nothing else due: the worker's last claim found nothing and no NOTIFY
+    // came since, so it does not claim again, and holds no slot a start could need.
+    for _ in 0..20 {
+        let started = engine
+            .start(request(json!({"steps": 2}), None))
+            .await
+            .unwrap();
+        assert_eq!(
+            started.saga.status,
+            SagaStatus::Running,
+            "handed to the worker"
+        );
+        completed(&engine, started.saga.id).await;
+    }
+    assert_eq!(
+        claims_so_far(&counted).await - before,
+        0,
+        "claims after sagas ended"
+    );
+
+    // A start the usual way (every slot taken, so a NOTIFY) is still claimed at once.
+    let slow: Vec<_> = futures::future::join_all(
+        (0..4).map(|_| engine.start(request(json!({"steps": 1, "step_sleep_ms": 300}), None))),
+    )
+    .await
+    .into_iter()
+    .map(|s| s.unwrap())
+    .collect();
+    assert!(slow.iter().all(|s| s.saga.status == SagaStatus::Running));
+    let queued = engine
+        .start(request(json!({"steps": 1}), None))
+        .await
+        .unwrap();
+    assert_eq!(queued.saga.status, SagaStatus::Pending);
+    completed(&engine, queued.saga.id).await;
+    stop.cancel();
+    task.await.unwrap();
+}

@@ -28,6 +28,10 @@ use tracing::{debug, info, warn};
 /// back (a commit each) before it drops them and leaves them to lease expiry.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
+/// The shortest idle sleep: a saga due now but locked by another worker's claim is looked at
+/// again this often, not in a busy loop.
+const MIN_IDLE_WAIT: Duration = Duration::from_millis(2);
+
 /// Waits for every saga task to end.
 async fn drain(tasks: &mut JoinSet<Option<Lease>>) {
     while let Some(done) = tasks.join_next().await {
@@ -234,6 +238,14 @@ impl Worker {
         // back as soon as a statement goes through again (see `reclaim`).
         let mut paused: Vec<Lease> = Vec::new();
         info!(worker = %self.worker_id, concurrency = self.config.concurrency, "worker started");
+        // Whether a claim may find a due saga. A claim that came back with fewer sagas than it
+        // asked for found all there were; until a NOTIFY arrives or the sleep until the next
+        // due time ends, a saga of this worker ending only frees a slot and the loop just
+        // looks at the next due time again (one query, no slots held). Claiming anyway held
+        // every free slot for the claim's round trip after each saga's end, and local starts
+        // meanwhile found no slot and fell back to a start, a NOTIFY and a claim: 45% of them
+        // at half load (BENCHMARKS.md, 4 December).
+        let mut may_be_due = true;
 
         while !shutdown.is_cancelled() {
             while let Some(done) = tasks.try_join_next() {
@@ -254,12 +266,18 @@ impl Worker {
                 }
             }
             let mut claimed_all = false;
-            let mut free = 0;
-            if let Some(mut slots) = take_free_slots(&permits, self.config.claim_batch.max(1)) {
+            let mut free = permits.available_permits();
+            let claiming = may_be_due;
+            if !claiming {
+                // Nothing to claim; the wait below looks at the next due time.
+            } else if let Some(mut slots) =
+                take_free_slots(&permits, self.config.claim_batch.max(1))
+            {
                 free = slots.num_permits();
                 match self.claim(free).await {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
+                        may_be_due = claimed_all;
                         for saga in claimed {
                             let Some(slot) = one_slot(&mut slots) else {
                                 break;
@@ -283,6 +301,12 @@ impl Worker {
             } else {
                 self.idle_wait().await
             };
+            if !claiming && wait <= MIN_IDLE_WAIT {
+                // Something is due now (a retry of a saga that just let go, a lease expired):
+                // claim it at once.
+                may_be_due = true;
+                continue;
+            }
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
             loop {
@@ -293,9 +317,13 @@ impl Worker {
                             warn!(error = %error, "notification listener failed; polling until it reconnects");
                             tokio::time::sleep(self.config.poll_interval).await;
                         }
+                        may_be_due = true;
                         break;
                     }
-                    _ = &mut sleep => break,
+                    _ = &mut sleep => {
+                        may_be_due = true;
+                        break;
+                    }
                     // A saga let go: a permit is free, and it may have scheduled a retry sooner
                     // than this sleep would notice.
                     Some(done) = tasks.join_next() => {
@@ -381,7 +409,7 @@ impl Worker {
         match self.store.next_due(&self.known).await {
             Ok(Some(at)) => {
                 let until = (at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
-                until.clamp(Duration::from_millis(2), self.config.poll_interval)
+                until.clamp(MIN_IDLE_WAIT, self.config.poll_interval)
             }
             Ok(None) => self.config.poll_interval,
             Err(error) => {
