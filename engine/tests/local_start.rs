@@ -299,7 +299,8 @@ async fn sagas_ending_with_nothing_due_leave_the_workers_slots_to_local_starts(p
         "claims after sagas ended"
     );
 
-    // A start the usual way (every slot taken, so a NOTIFY) is still claimed at once.
+    // A start the usual way (every slot taken, so a NOTIFY) is still claimed as soon as a slot
+    // frees.
     let slow: Vec<_> = futures::future::join_all(
         (0..4).map(|_| engine.start(request(json!({"steps": 1, "step_sleep_ms": 300}), None))),
     )

@@ -267,12 +267,14 @@ impl Worker {
             }
             let mut claimed_all = false;
             let mut free = permits.available_permits();
+            // Without `may_be_due` nothing is claimed; the wait below looks at the next due time.
             let claiming = may_be_due;
-            if !claiming {
-                // Nothing to claim; the wait below looks at the next due time.
-            } else if let Some(mut slots) =
+            let slots = if claiming {
                 take_free_slots(&permits, self.config.claim_batch.max(1))
-            {
+            } else {
+                None
+            };
+            if let Some(mut slots) = slots {
                 free = slots.num_permits();
                 match self.claim(free).await {
                     Ok(claimed) => {
