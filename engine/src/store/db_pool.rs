@@ -13,11 +13,15 @@
 //! committed before the caller sees the result; [`DbPool::begin`] opens its transactions the
 //! same way.
 
+use super::parked::{Parked, Taken};
 use futures::{StreamExt, TryFutureExt, TryStreamExt};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult, PgRow, PgStatement};
 use sqlx::{Connection, Describe, Either, Execute, Executor, PgPool, Postgres, Transaction};
 use std::borrow::Cow;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::debug;
 
 /// How `DATABASE_URL`'s connections reach PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,19 +46,18 @@ const POOLED_SNAPSHOT_BEGIN: &str =
     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; DEALLOCATE ALL";
 
 /// A PostgreSQL pool that knows whether a transaction pooler stands between it and the server.
-/// `&DbPool` is an sqlx [`Executor`], like `&PgPool`. Cheap to clone.
+/// `&DbPool` is an sqlx [`Executor`], like `&PgPool`. Cheap to clone: clones share the pool
+/// and its parked connections (super::parked).
 #[derive(Debug, Clone)]
 pub struct DbPool {
     pool: PgPool,
     pooling: Pooling,
+    parked: Arc<Parked>,
 }
 
 impl From<PgPool> for DbPool {
     fn from(pool: PgPool) -> Self {
-        Self {
-            pool,
-            pooling: Pooling::Direct,
-        }
+        Self::new(pool, Pooling::Direct)
     }
 }
 
@@ -110,14 +113,23 @@ impl DbPool {
         let pool = pool_options(max_connections)
             .connect_with(pooled_options(options, pooling))
             .await?;
-        Ok(Self { pool, pooling })
+        Ok(Self::new(pool, pooling))
+    }
+
+    fn new(pool: PgPool, pooling: Pooling) -> Self {
+        let parked = Parked::for_pool(&pool);
+        Self {
+            pool,
+            pooling,
+            parked,
+        }
     }
 
     /// Like [`DbPool::connect`], without connecting until the first statement.
     pub fn connect_lazy(options: PgConnectOptions, max_connections: u32, pooling: Pooling) -> Self {
         let pool =
             pool_options(max_connections).connect_lazy_with(pooled_options(options, pooling));
-        Self { pool, pooling }
+        Self::new(pool, pooling)
     }
 
     pub fn pooling(&self) -> Pooling {
@@ -131,22 +143,53 @@ impl DbPool {
         &self.pool
     }
 
-    /// Starts a transaction, as [`PgPool::begin`] does.
-    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        match self.pooling {
-            Pooling::Direct => self.pool.begin().await,
-            Pooling::Transaction => {
-                let conn = self.pool.acquire().await?;
-                Transaction::begin(conn, Some(Cow::Borrowed(POOLED_BEGIN))).await
+    /// A connection: a parked one if there is one (super::parked; checked first if it has been
+    /// idle for [`CHECK_AFTER_IDLE`], like sqlx's idle ones, see [`pool_options`]), else one of
+    /// sqlx's pool. Dropped, it goes back to sqlx's pool.
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        Ok(self.take().await?.connection)
+    }
+
+    async fn take(&self) -> Result<Taken, sqlx::Error> {
+        while let Some(mut taken) = self.parked.take() {
+            if taken.idle_for < CHECK_AFTER_IDLE {
+                return Ok(taken);
+            }
+            match taken.connection.ping().await {
+                Ok(()) => return Ok(taken),
+                Err(error) => {
+                    debug!(%error, "a parked connection broke while idle; closing it");
+                    taken.connection.close_on_drop();
+                }
             }
         }
+        Ok(Taken {
+            connection: self.pool.acquire().await?,
+            out_since: Instant::now(),
+            idle_for: Duration::ZERO,
+        })
+    }
+
+    /// How many connections are parked (for tests and metrics).
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Starts a transaction, as [`PgPool::begin`] does.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let conn = self.acquire().await?;
+        let begin = match self.pooling {
+            Pooling::Direct => None,
+            Pooling::Transaction => Some(Cow::Borrowed(POOLED_BEGIN)),
+        };
+        Transaction::begin(conn, begin).await
     }
 
     /// Starts a read-only transaction whose statements all see one snapshot (`REPEATABLE
     /// READ`): for readers that assemble one answer from several statements while workers
     /// commit.
     pub async fn begin_snapshot(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        let conn = self.pool.acquire().await?;
+        let conn = self.acquire().await?;
         let begin = match self.pooling {
             Pooling::Direct => SNAPSHOT_BEGIN,
             Pooling::Transaction => POOLED_SNAPSHOT_BEGIN,
@@ -160,8 +203,13 @@ impl DbPool {
             .set_connect_options(pooled_options(options, self.pooling));
     }
 
+    /// Closes the pool, waiting for the connections in use (sqlx's [`PgPool::close`]; parked
+    /// ones are not in use).
     pub async fn close(&self) {
-        self.pool.close().await;
+        // Marks the pool closed first: a statement ending meanwhile does not park.
+        let closing = self.pool.close();
+        self.parked.release_all();
+        closing.await;
     }
 }
 
@@ -175,20 +223,35 @@ pub fn pooled_options(options: PgConnectOptions, pooling: Pooling) -> PgConnectO
     }
 }
 
-/// Runs `query` on a connection of `pool` in a transaction of its own, committed (or rolled
-/// back on error) before the rows are handed over.
-async fn in_own_transaction<'q, E>(
-    pool: PgPool,
+/// Runs `query` on a connection of `pool`, read to its end before the rows are handed over:
+/// directly, parking the connection afterwards (super::parked), or through a transaction pooler in
+/// a transaction of its own, committed (or rolled back on error) first.
+async fn run_to_end<'q, E>(
+    pool: DbPool,
     query: E,
 ) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error>
 where
     E: 'q + Execute<'q, Postgres>,
 {
-    let conn = pool.acquire().await?;
-    let mut tx = Transaction::begin(conn, Some(Cow::Borrowed(POOLED_BEGIN))).await?;
-    let results: Vec<_> = (&mut *tx).fetch_many(query).try_collect().await?;
-    tx.commit().await?;
-    Ok(results)
+    match pool.pooling {
+        Pooling::Direct => {
+            let Taken {
+                mut connection,
+                out_since,
+                ..
+            } = pool.take().await?;
+            let results: Vec<_> = (&mut *connection).fetch_many(query).try_collect().await?;
+            pool.parked.park(connection, out_since, &pool.pool);
+            Ok(results)
+        }
+        Pooling::Transaction => {
+            let conn = pool.acquire().await?;
+            let mut tx = Transaction::begin(conn, Some(Cow::Borrowed(POOLED_BEGIN))).await?;
+            let results: Vec<_> = (&mut *tx).fetch_many(query).try_collect().await?;
+            tx.commit().await?;
+            Ok(results)
+        }
+    }
 }
 
 impl<'p> Executor<'p> for &'_ DbPool {
@@ -202,16 +265,10 @@ impl<'p> Executor<'p> for &'_ DbPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        match self.pooling {
-            Pooling::Direct => self.pool.fetch_many(query),
-            Pooling::Transaction => {
-                let pool = self.pool.clone();
-                futures::stream::once(in_own_transaction(pool, query))
-                    .map_ok(|rows| futures::stream::iter(rows.into_iter().map(Ok)))
-                    .try_flatten()
-                    .boxed()
-            }
-        }
+        futures::stream::once(run_to_end(self.clone(), query))
+            .map_ok(|rows| futures::stream::iter(rows.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -222,17 +279,12 @@ impl<'p> Executor<'p> for &'_ DbPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        match self.pooling {
-            Pooling::Direct => self.pool.fetch_optional(query),
-            Pooling::Transaction => Box::pin(
-                in_own_transaction(self.pool.clone(), query).and_then(|rows| async move {
-                    Ok(rows.into_iter().find_map(|r| match r {
-                        Either::Right(row) => Some(row),
-                        Either::Left(_) => None,
-                    }))
-                }),
-            ),
-        }
+        Box::pin(run_to_end(self.clone(), query).and_then(|rows| async move {
+            Ok(rows.into_iter().find_map(|r| match r {
+                Either::Right(row) => Some(row),
+                Either::Left(_) => None,
+            }))
+        }))
     }
 
     fn prepare_with<'e, 'q: 'e>(

@@ -15,6 +15,7 @@ mod history;
 pub mod multi_host;
 mod old_layout;
 mod operator;
+mod parked;
 mod prune;
 mod queries;
 mod reads;
