@@ -170,7 +170,7 @@ impl DbPool {
         })
     }
 
-    /// How many connections are parked (for tests and metrics).
+    /// How many connections are parked (tests hold the pool to its rules with it).
     pub fn parked(&self) -> usize {
         self.parked.len()
     }
