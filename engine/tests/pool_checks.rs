@@ -13,11 +13,24 @@ use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use stepwise_engine::{DbPool, Pooling};
 
-async fn backend_pid(pool: &DbPool) -> i32 {
+/// The server process of the connection that runs the statement, through sqlx's pool or the
+/// engine's.
+async fn backend_pid<'e>(executor: impl sqlx::PgExecutor<'e>) -> i32 {
     sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(pool.raw())
+        .fetch_one(executor)
         .await
         .unwrap()
+}
+
+/// Has the server end `pid`'s session, then waits past the pool's idle check (1 s).
+async fn cut_and_wait(admin: &PgPool, pid: i32) {
+    let cut: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    assert!(cut);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -27,25 +40,12 @@ async fn a_connection_cut_while_idle_is_replaced_before_the_next_statement(
 ) {
     let admin: PgPool = admin_options.connect_with(options.clone()).await.unwrap();
     let pool = DbPool::connect(options, 1, Pooling::Direct).await.unwrap();
-    let before = backend_pid(&pool).await;
+    let before = backend_pid(pool.raw()).await;
 
-    let cut: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(before)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-    assert!(cut);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    cut_and_wait(&admin, before).await;
 
-    let after = backend_pid(&pool).await;
+    let after = backend_pid(pool.raw()).await;
     assert_ne!(after, before, "a new connection serves the statement");
-}
-
-async fn backend_pid_parked(pool: &DbPool) -> i32 {
-    sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 #[sqlx::test(migrations = false)]
@@ -54,22 +54,14 @@ async fn a_statement_that_ran_to_its_end_leaves_its_connection_parked_for_the_ne
     options: PgConnectOptions,
 ) {
     let pool = DbPool::connect(options, 4, Pooling::Direct).await.unwrap();
-    let first = backend_pid_parked(&pool).await;
+    let first = backend_pid(&pool).await;
     assert_eq!(pool.parked(), 1);
     for _ in 0..20 {
-        assert_eq!(
-            backend_pid_parked(&pool).await,
-            first,
-            "the parked one is taken"
-        );
+        assert_eq!(backend_pid(&pool).await, first, "the parked one is taken");
     }
     // A transaction takes the parked connection too; it goes back to sqlx's pool afterwards.
     let mut tx = pool.begin().await.unwrap();
-    let in_tx: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(in_tx, first);
+    assert_eq!(backend_pid(&mut *tx).await, first);
     assert_eq!(pool.parked(), 0);
     tx.commit().await.unwrap();
 }
@@ -81,18 +73,12 @@ async fn a_parked_connection_cut_while_idle_is_replaced_before_the_next_statemen
 ) {
     let admin: PgPool = admin_options.connect_with(options.clone()).await.unwrap();
     let pool = DbPool::connect(options, 4, Pooling::Direct).await.unwrap();
-    let before = backend_pid_parked(&pool).await;
+    let before = backend_pid(&pool).await;
     assert_eq!(pool.parked(), 1);
 
-    let cut: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(before)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-    assert!(cut);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    cut_and_wait(&admin, before).await;
 
-    let after = backend_pid_parked(&pool).await;
+    let after = backend_pid(&pool).await;
     assert_ne!(after, before, "a new connection serves the statement");
 }
 
@@ -102,7 +88,7 @@ async fn a_statement_dropped_half_way_leaves_no_answer_for_the_next_statement(
     options: PgConnectOptions,
 ) {
     let pool = DbPool::connect(options, 4, Pooling::Direct).await.unwrap();
-    backend_pid_parked(&pool).await;
+    backend_pid(&pool).await;
     assert_eq!(pool.parked(), 1);
 
     let slow = sqlx::query_scalar::<_, i32>("SELECT 7 FROM pg_sleep(3)").fetch_one(&pool);
@@ -204,7 +190,7 @@ async fn closing_the_pool_does_not_wait_for_its_parked_connections(
     options: PgConnectOptions,
 ) {
     let pool = DbPool::connect(options, 4, Pooling::Direct).await.unwrap();
-    backend_pid_parked(&pool).await;
+    backend_pid(&pool).await;
     assert_eq!(pool.parked(), 1);
     tokio::time::timeout(Duration::from_secs(5), pool.close())
         .await

@@ -128,18 +128,22 @@ impl Parked {
     /// one will have been, if any is left.
     fn release_idle(&self) -> Option<Instant> {
         let now = Instant::now();
-        let released: Vec<Entry> = {
+        let (released, next): (Vec<Entry>, _) = {
             let mut entries = self.lock();
             // Parked last at the end, so the idle ones are a prefix.
             let idle = entries
                 .iter()
                 .take_while(|e| now.duration_since(e.parked_at) >= IDLE_RELEASE)
                 .count();
-            entries.drain(..idle).collect()
+            let released = entries.drain(..idle).collect();
+            (
+                released,
+                entries.first().map(|e| e.parked_at + IDLE_RELEASE),
+            )
         };
+        // Given back outside the lock: each drop hands its connection to sqlx's pool.
         drop(released);
-        let entries = self.lock();
-        entries.first().map(|e| e.parked_at + IDLE_RELEASE)
+        next
     }
 
     pub(super) fn len(&self) -> usize {
