@@ -227,8 +227,11 @@ async fn local_starts_racing_a_workers_claims_leave_no_saga_waiting_for_its_leas
 }
 
 /// How many times `stepwise.claim_sagas` ran in this database, every pool connection's
-/// statistics published first (an idle backend holds them for up to 10 s otherwise).
+/// statistics published first (an idle backend holds them for up to 10 s otherwise). The
+/// engine parks a connection for its next statement and gives it back to the pool once unused
+/// for 50 ms, so the count waits well past that for every connection to be in the pool.
 async fn claims_so_far(pool: &PgPool) -> i64 {
+    tokio::time::sleep(Duration::from_millis(250)).await;
     let mut held = Vec::new();
     while let Some(mut conn) = pool.try_acquire() {
         sqlx::query("SELECT pg_stat_force_next_flush()")

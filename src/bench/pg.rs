@@ -219,8 +219,11 @@ pub async fn settled_counters(pool: &PgPool) -> Result<Counters, BenchError> {
 
 /// Makes every idle connection of `pool` publish its pending statistics now (an idle backend
 /// otherwise holds them for up to 10 s): one `pg_stat_force_next_flush()` transaction each.
-/// A worker's LISTEN connection stays out of the pool and has nothing to publish.
+/// A worker's LISTEN connection stays out of the pool and has nothing to publish. An engine on
+/// this pool parks a connection for its next statement and gives it back once unused for 50 ms,
+/// so this first waits well past that for every connection to be back in the pool.
 pub async fn flush_stats(pool: &PgPool) -> Result<(), BenchError> {
+    tokio::time::sleep(Duration::from_millis(250)).await;
     let mut held = Vec::new();
     while let Some(mut conn) = pool.try_acquire() {
         if sqlx::query("SELECT pg_stat_force_next_flush()")
