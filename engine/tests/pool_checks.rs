@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use std::time::{Duration, Instant};
 use stepwise_engine::{DbPool, Pooling};
 
@@ -114,10 +114,39 @@ async fn parked_connections_leave_room_for_a_listener_and_go_back_to_sqlx_when_u
     _pool_options: PgPoolOptions,
     options: PgConnectOptions,
 ) {
+    // Four statements hold all four connections and end together: each waits for a lock a
+    // connection outside the pool holds until all four wait. (Ending at different moments, an
+    // early one would be given back as unused before the last one ends.)
+    let mut gate = PgConnection::connect_with(&options).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(7)")
+        .execute(&mut gate)
+        .await
+        .unwrap();
     let pool = DbPool::connect(options, 4, Pooling::Direct).await.unwrap();
-    let busy = (0..8)
-        .map(|_| sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_sleep(0.1)").fetch_one(&pool));
-    for answer in futures::future::join_all(busy).await {
+    let busy = futures::future::join_all((0..4).map(|_| {
+        sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_advisory_xact_lock_shared(7)")
+            .fetch_one(&pool)
+    }));
+    let open_the_gate = async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&mut gate)
+            .await
+            .unwrap();
+            if waiting == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        sqlx::query("SELECT pg_advisory_unlock(7)")
+            .execute(&mut gate)
+            .await
+            .unwrap();
+    };
+    let (answers, ()) = futures::future::join(busy, open_the_gate).await;
+    for answer in answers {
         assert_eq!(answer.unwrap(), 1);
     }
     assert_eq!(
