@@ -130,7 +130,9 @@ async fn parked_connections_leave_room_for_a_listener_and_go_back_to_sqlx_when_u
     let open_the_gate = async {
         loop {
             let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND objid = 7 AND NOT granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .fetch_one(&mut gate)
             .await
